@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One entry for the README's two commands; installs what it needs into .venv.
+#   bash dev.sh train [key=value ...]   tiny FIM decoder on CPU, embedded corpus
+#   bash dev.sh test  [pytest args]     the test suite (CPU)
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  echo "[dev.sh] installing into $VENV (first run only)" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # The CPU build of torch; on a GPU node, install your CUDA torch first and it is kept.
+  "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  touch "$stamp"
+fi
+cmd=${1:-}; shift || true
+case "$cmd" in
+  train) exec "$VENV/bin/python" -m recipes.train recipes/configs/gpt_fim_tiny.yaml "$@" ;;
+  test)  exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  *) echo "usage: bash dev.sh {train|test} [args]" >&2; exit 2 ;;
+esac
