@@ -56,9 +56,14 @@ class SpecialTokens:
     fim_suffix: int = 7
     fim_pad: int = 8
     unk: int = 9
+    # ids below this are reserved for the pipeline; tokenizer pieces start here
+    first_regular: int = 16
+
+    def is_special(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(ids) < self.first_regular
 
     def ids(self) -> np.ndarray:
-        return np.array(sorted(set(self.__dict__.values())), dtype=np.int32)
+        return np.arange(self.first_regular, dtype=np.int32)
 
 
 class Transform(Protocol):
