@@ -8,11 +8,13 @@ VENV=${VENV:-.venv}
 stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   echo "[dev.sh] installing into $VENV (first run only)" >&2
+  pipq() { "$VENV/bin/python" -m pip install -q "$@" 2>&1 | grep -v -e "^WARNING: Location" -e "^ *$" >&2 || true; }
   python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
+  pipq --upgrade pip
   # The CPU build of torch; on a GPU node, install your CUDA torch first and it is kept.
-  "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  "$VENV/bin/python" -c "import torch" 2>/dev/null || pipq "torch==2.13.0"
+  pipq -e ".[test]"
+  "$VENV/bin/python" -c "import torch, megatron.core, objectives" || { echo "[dev.sh] install failed" >&2; exit 1; }
   touch "$stamp"
 fi
 cmd=${1:-}; shift || true
