@@ -1,0 +1,98 @@
+"""Objective heads and their per-objective sums.
+
+Every head returns ``{"loss_sum", "count", "correct"}`` as 0-dim float32
+tensors (``loss_sum`` carries the gradient); the recipe weights and
+normalises, and reduces over data parallel ranks. All values are identical on
+every tensor-parallel rank.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+
+
+def vocab_parallel_sums(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                        tp_group) -> dict[str, torch.Tensor]:
+    """Cross-entropy sums over vocabulary-parallel logits [..., V / tp] (this rank's
+    slice), integer targets [...] and per-position weights [...]."""
+    weight = weight.float()
+    target = target.long().contiguous()
+    with torch.no_grad():  # accuracy first: megatron's cross-entropy may edit logits in place
+        correct = _vocab_parallel_correct(logits.detach(), target, tp_group)
+    losses = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), target)
+    return {"loss_sum": (losses * weight).sum(), "count": weight.sum(),
+            "correct": (correct.float() * weight).sum()}
+
+
+def _vocab_parallel_correct(logits: torch.Tensor, target: torch.Tensor, tp_group) -> torch.Tensor:
+    """Whether the target's logit is the maximum over the whole (sharded) vocabulary."""
+    v_local = logits.shape[-1]
+    tp_size = 1 if tp_group is None else torch.distributed.get_world_size(tp_group)
+    rank = 0 if tp_size == 1 else torch.distributed.get_rank(tp_group)
+    first = rank * v_local
+    local = target - first
+    mine = (local >= 0) & (local < v_local)
+    target_logit = logits.gather(-1, local.clamp(0, v_local - 1)[..., None])[..., 0].float() * mine
+    best = logits.max(dim=-1).values.float()
+    if tp_size > 1:
+        torch.distributed.all_reduce(best, op=torch.distributed.ReduceOp.MAX, group=tp_group)
+        torch.distributed.all_reduce(target_logit, group=tp_group)
+    return target_logit >= best
+
+
+def classification_sums(logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sums for a replicated classifier: logits [b, c], target [b]."""
+    target = target.long()
+    loss = F.cross_entropy(logits.float(), target, reduction="sum")
+    correct = (logits.detach().argmax(-1) == target).float().sum()
+    return {"loss_sum": loss, "count": torch.tensor(float(target.numel()), device=logits.device),
+            "correct": correct}
+
+
+def _init_linear(linear: torch.nn.Linear, std: float) -> None:
+    torch.nn.init.normal_(linear.weight, std=std)
+    if linear.bias is not None:
+        torch.nn.init.zeros_(linear.bias)
+
+
+class SpanBoundaryHead(torch.nn.Module):
+    """SpanBERT's span boundary objective: y_i = f([x_{s-1}; x_{e+1}; p_{i-s+1}]),
+    f a 2-layer GeLU + LayerNorm MLP; y_i goes through the tied vocab projection.
+    The offset table has its own embeddings for offsets 1..max_offset."""
+
+    def __init__(self, hidden: int, max_offset: int, std: float, eps: float, dtype: torch.dtype):
+        super().__init__()
+        self.max_offset = max_offset
+        self.offset_embeddings = torch.nn.Embedding(max_offset + 1, hidden, dtype=dtype)
+        torch.nn.init.normal_(self.offset_embeddings.weight, std=std)
+        self.fc1 = torch.nn.Linear(3 * hidden, hidden, dtype=dtype)
+        self.norm1 = torch.nn.LayerNorm(hidden, eps=eps, dtype=dtype)
+        self.fc2 = torch.nn.Linear(hidden, hidden, dtype=dtype)
+        self.norm2 = torch.nn.LayerNorm(hidden, eps=eps, dtype=dtype)
+        _init_linear(self.fc1, std)
+        _init_linear(self.fc2, std)
+
+    def forward(self, hidden_bsh: torch.Tensor, rows: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
+                offset: torch.Tensor) -> torch.Tensor:
+        """hidden_bsh [b, s, h]; rows/left/right/offset [n] for the n targets -> [n, h].
+        Offsets above max_offset share the last table entry."""
+        x = torch.cat([hidden_bsh[rows, left], hidden_bsh[rows, right],
+                       self.offset_embeddings(offset.clamp(1, self.max_offset))], dim=-1)
+        x = self.norm1(F.gelu(self.fc1(x)))
+        return self.norm2(F.gelu(self.fc2(x)))
+
+
+class SentenceHead(torch.nn.Module):
+    """BERT-style pooler (dense + tanh on the first token, [CLS]) and a 2-way classifier."""
+
+    def __init__(self, hidden: int, std: float, dtype: torch.dtype):
+        super().__init__()
+        self.pooler = torch.nn.Linear(hidden, hidden, dtype=dtype)
+        self.classifier = torch.nn.Linear(hidden, 2, dtype=dtype)
+        _init_linear(self.pooler, std)
+        _init_linear(self.classifier, std)
+
+    def forward(self, first_token: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.tanh(self.pooler(first_token)))

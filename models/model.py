@@ -1,0 +1,231 @@
+"""build_model: a megatron-core GPTModel (decoder or encoder) plus objective heads.
+
+Both kinds are megatron's ``GPTModel`` (embedding, ``TransformerBlock`` from a
+layer spec, tied ``ColumnParallelLinear`` output), with our
+``IntervalAttention`` as the spec's core attention, so the state dict has
+GPTModel's names under ``lm.`` and megatron's TP/PP/SP/DP machinery applies.
+The encoder is the same container with a bidirectional (``padding`` mask type)
+spec, learned absolute positions and segment embeddings; the attention pattern
+of either kind comes only from the batch's ``kv_start``/``kv_end``.
+
+Usage (one process; torchrun the same for TP/PP/DP)::
+
+    from models import ModelConfig, build_model, init_parallel
+    pg = init_parallel(tp=1, pp=1)                 # once per process
+    model = build_model(ModelConfig(kind="decoder"), pg)
+    out = model(batch)   # {"lm": {"loss_sum", "count", "correct"}, ...}
+    (out["lm"]["loss_sum"] / out["lm"]["count"]).backward()
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.models.gpt.gpt_model import GPTModel
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from models.attention import IntervalAttention, pack_intervals
+from models.config import ModelConfig
+from models.heads import SentenceHead, SpanBoundaryHead, classification_sums, vocab_parallel_sums
+from models.rope import make_device_safe
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def transformer_config(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, cpu_init: bool = True) -> TransformerConfig:
+    """megatron TransformerConfig for ``cfg``. Fusions that need CUDA/apex/TE are off
+    (they are not used by the local spec anyway); ``cpu_init`` draws each full
+    weight on the CPU and splits it, so the initial model is the same for any TP."""
+    dtype = TORCH_DTYPES[cfg.params_dtype]
+    decoder = cfg.kind == "decoder"
+    recompute = {}
+    if cfg.recompute_granularity == "full":
+        recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif cfg.recompute_granularity == "selective":
+        recompute = dict(recompute_granularity="selective")
+    return TransformerConfig(
+        num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.query_groups, ffn_hidden_size=cfg.ffn_size, init_method_std=cfg.init_method_std,
+        normalization="RMSNorm" if decoder else "LayerNorm", layernorm_epsilon=cfg.norm_epsilon,
+        gated_linear_unit=decoder, activation_func=F.silu if decoder else F.gelu,
+        add_bias_linear=not decoder, add_qkv_bias=not decoder,
+        hidden_dropout=cfg.hidden_dropout, attention_dropout=0.0,
+        params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        pipeline_dtype=dtype if pp > 1 else None,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        sequence_parallel=cfg.sequence_parallel and tp > 1,
+        use_cpu_initialization=cpu_init, perform_initialization=True,
+        gradient_accumulation_fusion=False, bias_activation_fusion=False, bias_dropout_fusion=False,
+        masked_softmax_fusion=False, apply_rope_fusion=False, persist_layer_norm=False,
+        **recompute,
+    )
+
+
+def layer_spec(cfg: ModelConfig):
+    """megatron's local (no Transformer Engine) GPT layer spec with our core attention."""
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm" if cfg.kind == "decoder" else "LayerNorm")
+    spec.submodules.self_attention.submodules.core_attention = IntervalAttention
+    mask_type = AttnMaskType.causal if cfg.kind == "decoder" else AttnMaskType.padding
+    spec.submodules.self_attention.params = {**spec.submodules.self_attention.params, "attn_mask_type": mask_type}
+    return spec
+
+
+class PretrainModel(MegatronModule):
+    """GPTModel (``self.lm``) + heads; ``forward(batch)`` returns per-objective sums."""
+
+    def __init__(self, cfg: ModelConfig, tconfig: TransformerConfig, pg_collection, *,
+                 pre_process: bool = True, post_process: bool = True):
+        super().__init__(config=tconfig)
+        self.cfg = cfg
+        self.pg_collection = pg_collection
+        self.tp_group = pg_collection.tp
+        decoder = cfg.kind == "decoder"
+        self.lm = GPTModel(
+            config=tconfig, transformer_layer_spec=layer_spec(cfg), vocab_size=cfg.vocab_size,
+            max_sequence_length=cfg.max_position_embeddings, pre_process=pre_process, post_process=post_process,
+            share_embeddings_and_output_weights=True,
+            position_embedding_type="rope" if decoder else "learned_absolute", rotary_base=cfg.rotary_base,
+            pg_collection=pg_collection,
+        )
+        if decoder:
+            make_device_safe(self.lm.rotary_pos_emb)
+        elif pre_process and cfg.num_segment_types:
+            emb = self.lm.embedding  # LanguageModelEmbedding's own token-type table
+            emb.num_tokentypes = cfg.num_segment_types
+            emb.tokentype_embeddings = torch.nn.Embedding(cfg.num_segment_types, cfg.hidden_size,
+                                                          dtype=tconfig.params_dtype)
+            tconfig.embedding_init_method(emb.tokentype_embeddings.weight)
+        dtype = tconfig.params_dtype
+        self.sbo = (SpanBoundaryHead(cfg.hidden_size, cfg.sbo_max_offset, cfg.init_method_std, cfg.norm_epsilon, dtype)
+                    if cfg.sbo_head and post_process else None)
+        self.sop = SentenceHead(cfg.hidden_size, cfg.init_method_std, dtype) if cfg.sop_head and post_process else None
+        self.nsp = SentenceHead(cfg.hidden_size, cfg.init_method_std, dtype) if cfg.nsp_head and post_process else None
+
+    # megatron pipeline schedules hand activations to non-first stages through this
+    def set_input_tensor(self, input_tensor) -> None:
+        self.lm.set_input_tensor(input_tensor)
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Final (normed, on the last stage) hidden states [s, b, h]; [s/tp, b, h]
+        under sequence parallelism."""
+        tokens = batch["tokens"]
+        s = tokens.shape[1]
+        if s > self.cfg.max_position_embeddings:
+            raise ValueError(f"batch tokens length {s} exceeds max_position_embeddings={self.cfg.max_position_embeddings}")
+        mask = pack_intervals(batch["kv_start"], batch["kv_end"])
+        emb = None
+        if self.lm.pre_process:
+            if self.cfg.kind == "encoder":
+                segments = batch.get("segment_ids") if self.cfg.num_segment_types else None
+                if segments is not None and int(segments.max()) >= self.cfg.num_segment_types:
+                    raise ValueError(f"batch segment_ids reach {int(segments.max())}, but "
+                                     f"num_segment_types={self.cfg.num_segment_types}")
+                if segments is None and self.cfg.num_segment_types:
+                    segments = torch.zeros_like(tokens)
+                emb = self.lm.embedding(input_ids=tokens, position_ids=batch["position_ids"],
+                                        tokentype_ids=None if segments is None else segments.long())
+            else:
+                emb = self.lm.embedding(input_ids=tokens, position_ids=None)
+        rope = self.lm.rotary_pos_emb(s) if self.cfg.kind == "decoder" else None
+        return self.lm.decoder(hidden_states=emb, attention_mask=mask, rotary_pos_emb=rope)
+
+    def tied_weight(self) -> torch.Tensor:
+        return self.lm.shared_embedding_or_output_weight()
+
+    def logits(self, batch: dict[str, torch.Tensor], gather: bool = True) -> torch.Tensor:
+        """LM logits [b, s, V] (all ranks' vocabulary when ``gather``, else this rank's slice)."""
+        hidden = self.hidden_states(batch)
+        logits, _ = self.lm.output_layer(hidden, weight=self.tied_weight())
+        if gather:
+            logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits, group=self.tp_group)
+        return logits.transpose(0, 1)
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        """Per-objective sums for the objectives whose fields are in ``batch``
+        (see module docstring); on a non-last pipeline stage, the hidden states."""
+        wants = self._objectives(batch)
+        hidden = self.hidden_states(batch)
+        if not self.lm.post_process:
+            return hidden
+        out = {}
+        if "lm" in wants:
+            if self.cfg.kind == "decoder":  # most positions count: project them all
+                logits, _ = self.lm.output_layer(hidden, weight=self.tied_weight())
+                out["lm"] = vocab_parallel_sums(logits, batch["labels"].t(), batch["loss_mask"].t(), self.tp_group)
+            else:  # cloze: project only the predicted positions
+                full = self._full_sequence(hidden).transpose(0, 1)  # [b, s, h]
+                rows, cols = torch.nonzero(batch["loss_mask"] > 0, as_tuple=True)
+                out["lm"] = vocab_parallel_sums(self._project(full[rows, cols]), batch["labels"][rows, cols],
+                                                batch["loss_mask"][rows, cols], self.tp_group)
+        if wants & {"sbo", "sop", "nsp"}:
+            full = self._full_sequence(hidden).transpose(0, 1)
+            if "sbo" in wants:
+                rows, cols = torch.nonzero(batch["sbo_offset"] > 0, as_tuple=True)
+                y = self.sbo(full, rows, batch["sbo_left"][rows, cols].long(), batch["sbo_right"][rows, cols].long(),
+                             batch["sbo_offset"][rows, cols].long())
+                weight = torch.ones(rows.shape[0], device=full.device)
+                out["sbo"] = vocab_parallel_sums(self._project(y), batch["labels"][rows, cols], weight, self.tp_group)
+            for name in ("sop", "nsp"):
+                if name in wants:
+                    head = getattr(self, name)
+                    out[name] = classification_sums(head(full[:, 0]), batch[f"{name}_label"].reshape(-1))
+        return out
+
+    def _objectives(self, batch) -> set[str]:
+        cfg, wants = self.cfg, set()
+        for name, field, flag in (("lm", "labels", "lm_head"), ("sbo", "sbo_offset", "sbo_head"),
+                                  ("sop", "sop_label", "sop_head"), ("nsp", "nsp_label", "nsp_head")):
+            if field in batch:
+                if not getattr(cfg, flag):
+                    raise ValueError(f"batch has {field!r} but ModelConfig.{flag} is False")
+                wants.add(name)
+        need = {"lm": ("loss_mask",), "sbo": ("labels", "sbo_left", "sbo_right")}
+        for name in wants:
+            missing = [f for f in need.get(name, ()) if f not in batch]
+            if missing:
+                raise ValueError(f"objective {name!r}: batch lacks field(s) {missing}")
+        if not wants:
+            raise ValueError(f"batch has no objective fields (labels / sbo_offset / sop_label / nsp_label); "
+                             f"it has {sorted(batch)}")
+        return wants
+
+    def _full_sequence(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.config.sequence_parallel:
+            return tensor_parallel.gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=True,
+                                                                        group=self.tp_group)
+        return hidden
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, h] -> this rank's vocabulary slice [n, V / tp] through the tied embedding."""
+        x = tensor_parallel.copy_to_tensor_model_parallel_region(x, group=self.tp_group)
+        return F.linear(x, self.tied_weight())
+
+
+def build_model(cfg: ModelConfig, pg_collection=None, *, device: str | torch.device | None = None,
+                cpu_init: bool = True, pre_process: bool | None = None,
+                post_process: bool | None = None) -> PretrainModel:
+    """Build the model for this rank. ``pg_collection``: from ``init_parallel`` (default:
+    the groups of megatron's already-initialised ``parallel_state``). Pipeline stages
+    default to this rank's place in the pipeline group."""
+    from megatron.core.process_groups_config import ProcessGroupCollection
+
+    if pg_collection is None:
+        pg_collection = ProcessGroupCollection.use_mpu_process_groups()
+    tp = pg_collection.tp.size()
+    pp = pg_collection.pp.size()
+    if cfg.vocab_size % tp:
+        raise ValueError(f"ModelConfig.vocab_size={cfg.vocab_size} must be divisible by tensor parallel size {tp}")
+    if cfg.query_groups % tp:
+        raise ValueError(f"ModelConfig.num_query_groups={cfg.query_groups} must be divisible by tensor parallel size {tp}")
+    pp_rank = pg_collection.pp.rank()
+    pre_process = pp_rank == 0 if pre_process is None else pre_process
+    post_process = pp_rank == pp - 1 if post_process is None else post_process
+    model = PretrainModel(cfg, transformer_config(cfg, tp=tp, pp=pp, cpu_init=cpu_init), pg_collection,
+                          pre_process=pre_process, post_process=post_process)
+    if device is not None:
+        model = model.to(device)
+    return model
