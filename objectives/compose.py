@@ -1,0 +1,118 @@
+"""Combining transforms: run several in sequence, or pick one per sample by weight.
+
+``Compose([a, b])(sample, rng)`` is ``b(a(sample, rng), rng)``: one rng threads
+through, so the result is still a pure function of (sample, seed).
+
+``MixByWeight([(w1, t1), (w2, t2)])`` draws the objective from the sample's own
+rng (one uniform draw, before the chosen transform draws anything), so a mix is
+as deterministic as its members. Batches only collate when every sample has the
+same fields, so a mix fills the fields its chosen member did not write with
+*neutral* values that no loss reads:
+
+==============================  ==================================  ===============
+field                           neutral value                       why neutral
+==============================  ==================================  ===============
+``sop_label``, ``nsp_label``    int32 scalar ``-1``                 heads skip -1
+``sbo_left``, ``sbo_right``     int32 [S] ``-1``                    "not a target"
+``sbo_offset``                  int32 [S] ``0``                     "not a target"
+==============================  ==================================  ===============
+
+Other extras need an entry in ``fill={field: (kind, value, dtype)}`` with kind
+``"scalar"`` or ``"per_token"`` (length of the sample's ``tokens``); a member
+whose output misses a field with no neutral value raises ``ValueError`` naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from objectives.sample import Sample
+
+NEUTRAL_FILL: dict[str, tuple[str, int, type]] = {
+    "sop_label": ("scalar", -1, np.int32),
+    "nsp_label": ("scalar", -1, np.int32),
+    "sbo_left": ("per_token", -1, np.int32),
+    "sbo_right": ("per_token", -1, np.int32),
+    "sbo_offset": ("per_token", 0, np.int32),
+}
+
+
+class Compose:
+    """Apply transforms in order, threading one rng through all of them."""
+
+    def __init__(self, transforms: Sequence):
+        if not transforms:
+            raise ValueError("Compose: transforms must not be empty")
+        self.transforms = list(transforms)
+        self.reads = tuple(getattr(self.transforms[0], "reads", ()))
+        writes: list[str] = []
+        for t in self.transforms:
+            writes += [f for f in getattr(t, "writes", ()) if f not in writes]
+        self.writes = tuple(writes)
+
+    def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
+        out = sample
+        for t in self.transforms:
+            out = t(out, rng)
+        return dict(out)
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms!r})"
+
+
+class MixByWeight:
+    """Pick one member per sample with probability proportional to its weight.
+
+    ``tag_field`` (optional) names an int32 scalar field that records the index
+    of the chosen member, e.g. for per-objective loss logging.
+    """
+
+    def __init__(self, members: Sequence[tuple[float, object]], *, fill: Mapping | None = None,
+                 tag_field: str | None = None):
+        if not members:
+            raise ValueError("MixByWeight: members must not be empty")
+        weights = np.array([float(w) for w, _ in members], dtype=np.float64)
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ValueError(f"MixByWeight: weights must be finite, >= 0 and not all 0, got {weights.tolist()}")
+        self.weights = weights / weights.sum()
+        self.cumulative = np.cumsum(self.weights)
+        self.cumulative[-1] = 1.0
+        self.transforms = [t for _, t in members]
+        self.fill = dict(NEUTRAL_FILL)
+        self.fill.update(fill or {})
+        self.tag_field = tag_field
+        self.reads = tuple(dict.fromkeys(f for t in self.transforms for f in getattr(t, "reads", ())))
+        self.writes = tuple(dict.fromkeys(f for t in self.transforms for f in getattr(t, "writes", ())))
+        missing = [f for t in self.transforms for f in self.writes
+                   if f not in getattr(t, "writes", ()) and f not in self.fill]
+        if missing:
+            raise ValueError(f"MixByWeight: no neutral value for field(s) {sorted(set(missing))} that only "
+                             f"some members write; pass fill={{field: (kind, value, dtype)}}")
+
+    def choose(self, rng: np.random.Generator) -> int:
+        return int(np.searchsorted(self.cumulative, rng.random(), side="right"))
+
+    def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
+        k = self.choose(rng)
+        out = dict(self.transforms[k](sample, rng))
+        n = len(out["tokens"]) if "tokens" in out else 0
+        for field in self.writes:
+            if field in out:
+                continue
+            if field not in self.fill:
+                raise ValueError(f"MixByWeight: member {k} did not write {field!r} and it has no neutral value")
+            kind, value, dtype = self.fill[field]
+            if kind == "scalar":
+                out[field] = np.array(value, dtype=dtype)
+            elif kind == "per_token":
+                out[field] = np.full(n, value, dtype=dtype)
+            else:
+                raise ValueError(f"MixByWeight: fill kind for {field!r} must be 'scalar' or 'per_token', got {kind!r}")
+        if self.tag_field:
+            out[self.tag_field] = np.array(k, dtype=np.int32)
+        return out
+
+    def __repr__(self) -> str:
+        return f"MixByWeight({list(zip(self.weights.round(4).tolist(), self.transforms))!r})"
