@@ -29,10 +29,13 @@ def masked_attention_reference(
     scale: float | None = None,
     layout: str = "bshd",
     compute_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """q: [b, s, h, d] (or [s, b, h, d] for layout='sbhd'); k, v: [b, s_k, h_kv, d]
     with h % h_kv == 0 (grouped-query attention); kv_start, kv_end: int [b, s] or [s].
-    Returns q's layout and dtype; computes in ``compute_dtype``."""
+    Returns q's layout and dtype; computes in ``compute_dtype``. With ``return_lse``
+    also returns the float32 logsumexp of the scaled scores, [b, h, s], natural log,
+    ``-inf`` for rows that see nothing."""
     qb, kb, vb = (to_bshd(t, layout) for t in (q, k, v))
     b, s, h, d = qb.shape
     s_k, h_kv = kb.shape[1], kb.shape[2]
@@ -52,4 +55,7 @@ def masked_attention_reference(
     probs = torch.softmax(scores, dim=-1)
     probs = torch.nan_to_num(probs, nan=0.0)  # rows that see nothing
     out = torch.matmul(probs, vf).transpose(1, 2).to(q.dtype)  # b s h d
-    return out if layout == "bshd" else out.transpose(0, 1)
+    out = out if layout == "bshd" else out.transpose(0, 1)
+    if return_lse:
+        return out, torch.logsumexp(scores.float(), dim=-1)
+    return out
