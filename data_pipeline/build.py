@@ -1,0 +1,238 @@
+"""Corpus -> tokenizer -> indexed dataset, cached by a key over the corpus's
+identity and both configs.
+
+``prepare_corpus(corpus_cfg, tokenizer_cfg, out_dir)`` is the one call a
+training recipe needs. Output goes to ``out_dir/<key>/``, built under a
+temporary name and renamed when complete, so a crash leaves no half-written
+dataset; a second call with the same inputs reuses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from itertools import islice
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from data_pipeline.config import CorpusConfig, TokenizerConfig
+from data_pipeline.corpus import Corpus, CorpusError, _file_identity, is_valid_document, open_corpus
+from data_pipeline.indexed import IndexedDataError, SplitWriter, TokenData, split_files
+from data_pipeline.sentences import split_sentences
+from data_pipeline.tokenizer import SentencePieceTokenizer
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_FILE = "tokenizer.model"
+
+
+@dataclass
+class PreparedCorpus:
+    """A prepared corpus: the tokenizer and the train / held-out token data.
+
+    ``valid`` is None when the held-out fraction selected no document.
+    """
+
+    path: Path
+    tokenizer: SentencePieceTokenizer
+    train: TokenData
+    valid: TokenData | None
+    manifest: dict
+    reused: bool = False
+
+
+# ---- encoding (runs in worker processes) -------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(proto: bytes, mode: str, valid_fraction: float, min_chars: int) -> None:
+    _WORKER.update(tok=SentencePieceTokenizer(proto), mode=mode, valid=valid_fraction, min_chars=min_chars)
+
+
+def _encode_chunk(docs: list[str]) -> dict:
+    """Encode a chunk of documents into flat arrays (cheap to send between processes)."""
+    tok: SentencePieceTokenizer = _WORKER["tok"]
+    tokens, word_start, sent_lengths, doc_sentences, valid = [], [], [], [], []
+    skipped = 0
+    for text in docs:
+        if len(text.strip()) < max(1, _WORKER["min_chars"]):
+            skipped += 1
+            continue
+        pieces = split_sentences(text, _WORKER["mode"])
+        encoded = [ids for ids in tok.encode_batch(pieces) if ids]
+        if not encoded:
+            skipped += 1
+            continue
+        lengths = [len(ids) for ids in encoded]
+        ids = np.fromiter((i for ids in encoded for i in ids), dtype=np.int32, count=sum(lengths))
+        tokens.append(ids)
+        word_start.append(tok.word_start(ids))
+        sent_lengths.extend(lengths)
+        doc_sentences.append(len(lengths))
+        valid.append(is_valid_document(text, _WORKER["valid"]))
+    cat = (lambda xs, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(0, dt))
+    return {
+        "tokens": cat(tokens, np.int32),
+        "word_start": cat(word_start, np.uint8),
+        "sentence_lengths": np.asarray(sent_lengths, dtype=np.int64),
+        "doc_sentences": np.asarray(doc_sentences, dtype=np.int64),
+        "valid": np.asarray(valid, dtype=bool),
+        "skipped": skipped,
+        "chars": sum(len(t) for t in docs),
+    }
+
+
+def _chunks(docs: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(docs)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def encode_documents(docs: Iterable[str], tokenizer: SentencePieceTokenizer, mode: str, *, valid_fraction: float,
+                     min_chars: int = 1, workers: int = 1, chunk_documents: int = 64) -> Iterator[dict]:
+    """Encoded chunks in corpus order; ``workers > 1`` uses a process pool (ordered imap)."""
+    args = (tokenizer._proto, mode, valid_fraction, min_chars)
+    if workers == 1:
+        _init_worker(*args)
+        yield from map(_encode_chunk, _chunks(docs, chunk_documents))
+        return
+    with get_context("spawn" if os.name == "nt" else "fork").Pool(workers, _init_worker, args) as pool:
+        yield from pool.imap(_encode_chunk, _chunks(docs, chunk_documents))
+
+
+# ---- caching ---------------------------------------------------------------------------
+def cache_key(corpus: Corpus, corpus_cfg: CorpusConfig, tok_cfg: TokenizerConfig) -> str:
+    tok_identity = dataclasses.asdict(tok_cfg)
+    if tok_cfg.model_path:
+        tok_identity = {"model": _file_identity([Path(tok_cfg.model_path).resolve()])}
+    payload = json.dumps(
+        {"v": FORMAT_VERSION, "corpus": corpus.identity, "corpus_cfg": dataclasses.asdict(corpus_cfg),
+         "tokenizer": tok_identity}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _load(path: Path, reused: bool) -> PreparedCorpus:
+    manifest = json.loads((path / MANIFEST).read_text())
+    tokenizer = SentencePieceTokenizer.load(path / TOKENIZER_FILE)
+    train = TokenData.open(path / "train")
+    valid = TokenData.open(path / "valid") if manifest["splits"].get("valid") else None
+    return PreparedCorpus(path, tokenizer, train, valid, manifest, reused)
+
+
+def _get_tokenizer(corpus: Corpus, corpus_cfg: CorpusConfig, tok_cfg: TokenizerConfig, save_to: Path):
+    if tok_cfg.model_path:
+        tok = SentencePieceTokenizer.load(tok_cfg.model_path)
+        tok.save(save_to)
+        return tok
+    train_docs = (d for d in _limited(corpus.documents(), corpus_cfg)
+                  if d.strip() and not is_valid_document(d, corpus_cfg.valid_fraction))
+    return SentencePieceTokenizer.train(
+        train_docs, tok_cfg.vocab_size, model_path=save_to, model_type=tok_cfg.model_type,
+        character_coverage=tok_cfg.character_coverage, add_dummy_prefix=tok_cfg.add_dummy_prefix,
+        max_sentences=tok_cfg.max_training_sentences)
+
+
+def _limited(docs: Iterator[str], cfg: CorpusConfig) -> Iterator[str]:
+    return islice(docs, cfg.max_documents) if cfg.max_documents else docs
+
+
+def prepare_corpus(corpus_cfg: CorpusConfig, tokenizer_cfg: TokenizerConfig, out_dir: str | os.PathLike, *,
+                   workers: int = 1, chunk_documents: int = 64, progress: bool = False,
+                   force: bool = False) -> PreparedCorpus:
+    """Prepare (or reuse) ``out_dir/<key>/`` and open it.
+
+    Empty documents (blank, or shorter than ``corpus_cfg.min_document_chars``) are
+    skipped and counted in the manifest (``skipped_documents``); a corpus with no
+    usable document is an error naming the corpus.
+    """
+    corpus = open_corpus(corpus_cfg)
+    out_dir = Path(out_dir)
+    key = cache_key(corpus, corpus_cfg, tokenizer_cfg)
+    final = out_dir / key
+    if final.is_dir() and not force:
+        try:
+            return _load(final, reused=True)
+        except (OSError, ValueError, KeyError) as exc:  # damaged cache: rebuild it
+            print(f"[data_pipeline] cached dataset {final} unusable ({exc}); rebuilding")
+            shutil.rmtree(final, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        manifest = _build(corpus, corpus_cfg, tokenizer_cfg, tmp, workers, chunk_documents, progress)
+        manifest["key"] = key
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _load(final, reused=False)
+
+
+def _build(corpus, corpus_cfg, tok_cfg, tmp: Path, workers, chunk_documents, progress) -> dict:
+    t0 = time.perf_counter()
+    tokenizer = _get_tokenizer(corpus, corpus_cfg, tok_cfg, tmp / TOKENIZER_FILE)
+    t_tok = time.perf_counter() - t0
+    writers = {"train": SplitWriter(tmp / "train", tokenizer.vocab_size),
+               "valid": SplitWriter(tmp / "valid", tokenizer.vocab_size)}
+    skipped = chars = 0
+    chunks = encode_documents(_limited(corpus.documents(), corpus_cfg), tokenizer, corpus_cfg.sentence_mode,
+                              valid_fraction=corpus_cfg.valid_fraction, min_chars=corpus_cfg.min_document_chars,
+                              workers=workers, chunk_documents=chunk_documents)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(desc=f"tokenising {corpus.name}", unit="doc")
+    t1 = time.perf_counter()
+    for chunk in chunks:
+        skipped += chunk["skipped"]
+        chars += chunk["chars"]
+        tok_off = np.concatenate([[0], np.cumsum(chunk["sentence_lengths"])])
+        sent_off = np.concatenate([[0], np.cumsum(chunk["doc_sentences"])])
+        for d in range(len(chunk["doc_sentences"])):
+            s0, s1 = sent_off[d], sent_off[d + 1]
+            a, b = tok_off[s0], tok_off[s1]
+            writer = writers["valid" if chunk["valid"][d] else "train"]
+            writer.add_document(chunk["tokens"][a:b], chunk["word_start"][a:b], chunk["sentence_lengths"][s0:s1])
+        if bar is not None:
+            bar.update(len(chunk["doc_sentences"]) + chunk["skipped"])
+    if bar is not None:
+        bar.close()
+    t_encode = time.perf_counter() - t1
+    if writers["train"].documents == 0:
+        raise CorpusError(
+            f"corpus {corpus.name} has no usable training document ({skipped} empty document(s) skipped, "
+            f"{writers['valid'].documents} held out)")
+    splits = {}
+    for name, w in writers.items():
+        w.finalize()
+        if w.documents == 0:
+            for f in split_files(w.prefix):
+                f.unlink(missing_ok=True)
+            splits[name] = None
+            continue
+        splits[name] = {"documents": w.documents, "sentences": w.sentences, "tokens": w.num_tokens,
+                        "files": [f.name for f in split_files(w.prefix)]}
+    return {
+        "format_version": FORMAT_VERSION,
+        "corpus": dataclasses.asdict(corpus_cfg),
+        "tokenizer": dataclasses.asdict(tok_cfg),
+        "vocab_size": tokenizer.vocab_size,
+        "splits": splits,
+        "skipped_documents": skipped,
+        "characters": chars,
+        "workers": workers,
+        "seconds": {"tokenizer": round(t_tok, 3), "encode": round(t_encode, 3),
+                    "total": round(time.perf_counter() - t0, 3)},
+    }

@@ -1,0 +1,146 @@
+"""Corpus readers: local files and hub datasets through Hugging Face ``datasets``,
+plus two embedded corpora that need no download (the Python standard library's
+source files as code, and their docstrings as English prose).
+
+Each reader yields documents (``str``) in a deterministic order and exposes an
+``identity`` string used as part of the cache key.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from data_pipeline.config import CorpusConfig
+
+_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".text": "text"}
+# stdlib folders left out: tests (huge, repetitive), vendored/third-party code, GUI demos
+_STDLIB_SKIP = ("test", "tests", "site-packages", "dist-packages", "idlelib", "turtledemo", "lib2to3", "__pycache__")
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be read; the message names the file or field."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    identity: str  # changes when the underlying files change
+    documents: Callable[[], Iterator[str]]
+
+
+def stdlib_files(max_bytes: int) -> list[Path]:
+    """Sorted stdlib ``*.py`` files (tests and vendored code left out), capped at ``max_bytes`` total."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    chosen, total = [], 0
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).parts
+        if any(part in _STDLIB_SKIP for part in rel[:-1]) or rel[-1].startswith("test_"):
+            continue
+        size = path.stat().st_size
+        if max_bytes and total + size > max_bytes:
+            continue  # keep looking for smaller files so the cap is filled deterministically
+        chosen.append(path)
+        total += size
+    return chosen
+
+
+def _file_identity(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_source(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def docstring_document(source: str) -> str:
+    """All docstrings of one module (module, classes, functions) joined by blank lines."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ""
+    parts = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=False)
+            if doc and len(doc.split()) >= 4:
+                parts.append(inspect.cleandoc(doc))
+    return "\n\n".join(parts)
+
+
+def _stdlib_corpus(cfg: CorpusConfig) -> Corpus:
+    # prose takes docstrings from a larger slice of files: docstrings are a fraction of the bytes
+    max_bytes = cfg.max_bytes * (8 if cfg.source == "stdlib-prose" else 1)
+    files = stdlib_files(max_bytes)
+    identity = f"{cfg.source}|{sys.version}|{_file_identity(files)}"
+    if cfg.source == "stdlib-code":
+        return Corpus(cfg.source, identity, lambda: (_read_source(p) for p in files))
+    return Corpus(cfg.source, identity, lambda: (docstring_document(_read_source(p)) for p in files))
+
+
+def _hf_documents(builder: str, kwargs: dict, text_field: str, label: str) -> Iterator[str]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(builder, **kwargs)
+    except Exception as exc:  # datasets raises many types; name the input either way
+        raise CorpusError(f"cannot read corpus {label}: {type(exc).__name__}: {exc}") from exc
+    columns = list(ds.column_names)
+    if text_field not in columns:
+        raise CorpusError(f"corpus {label} has no text field {text_field!r}; its fields are {columns}")
+    for row in ds.select_columns([text_field]):
+        value = row[text_field]
+        if value is not None and not isinstance(value, str):
+            raise CorpusError(f"corpus {label}: field {text_field!r} holds {type(value).__name__}, not text")
+        yield value or ""
+
+
+def open_corpus(cfg: CorpusConfig) -> Corpus:
+    """Resolve ``cfg.source`` to a :class:`Corpus`; fails fast on missing/unreadable files."""
+    if cfg.source in ("stdlib-code", "stdlib-prose"):
+        return _stdlib_corpus(cfg)
+    path = Path(cfg.source).expanduser()
+    suffix = path.suffix.lower()
+    looks_local = path.exists() or suffix in _FILE_BUILDERS or os.sep in cfg.source
+    if looks_local:
+        if not path.is_file():
+            raise CorpusError(f"corpus file {path} does not exist (or is not a file)")
+        if suffix not in _FILE_BUILDERS:
+            raise CorpusError(f"corpus file {path}: unsupported suffix {suffix!r}; use {sorted(_FILE_BUILDERS)}")
+        try:
+            with open(path, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise CorpusError(f"corpus file {path} is unreadable: {exc}") from exc
+        builder = _FILE_BUILDERS[suffix]
+        kwargs = {"data_files": str(path.resolve()), "split": "train"}
+        if builder == "text":
+            kwargs["sample_by"] = "document"
+        field = cfg.text_field
+        identity = f"file|{_file_identity([path.resolve()])}|{field}"
+        return Corpus(str(path), identity, lambda: _hf_documents(builder, kwargs, field, str(path)))
+    # a hub dataset name
+    kwargs = {"split": cfg.split}
+    identity = f"hub|{cfg.source}|{cfg.split}|{cfg.text_field}"
+    return Corpus(cfg.source, identity, lambda: _hf_documents(cfg.source, kwargs, cfg.text_field, cfg.source))
+
+
+def document_hash(text: str) -> int:
+    """64-bit content hash; decides the held-out split independent of order."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def is_valid_document(text: str, valid_fraction: float) -> bool:
+    return valid_fraction > 0 and (document_hash(text) / 2.0**64) < valid_fraction
