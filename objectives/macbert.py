@@ -224,7 +224,7 @@ class MacBERT:
 
     def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
         out = self.batch([sample], rng)
-        return {k: v[0] for k, v in out.items()}
+        return {k: np.asarray(v[0]) for k, v in out.items()}
 
     def __repr__(self) -> str:
         return f"MacBERT({self.config!r}, similar_words={len(self.similar)})"

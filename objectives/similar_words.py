@@ -166,7 +166,7 @@ class SimilarWords:
             out = np.full(n, -1, np.int64)
             keep_tok = np.repeat(fits, lengths)
             sub_len = lengths[fits]
-            sub_start = np.concatenate(([0], np.cumsum(sub_len)[:-1])).astype(np.int64)
+            sub_start = (np.cumsum(sub_len) - sub_len).astype(np.int64)
             out[fits] = self.lookup(flat_tokens[keep_tok], sub_start, sub_len)
             return out
         keys = hash_words(flat_tokens, starts, lengths)

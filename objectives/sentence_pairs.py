@@ -1,0 +1,278 @@
+"""Sentence-pair objectives: SOP (ALBERT) and NSP (BERT, the ablation baseline).
+
+Both take a segment of ONE document (``tokens``, ``word_start``,
+``sentence_start``) and cut it in two at a random sentence boundary, as
+ALBERT does: A = the text before the cut, B = the text after it.
+
+* **SOP**: with probability ``swap_rate`` (0.5) the order becomes B, A and
+  ``sop_label`` = 1 (1 = swapped, 0 = in order). The negative is always the
+  same two segments swapped: no random-document negatives (ALBERT's code mixes
+  some in; this does not).
+* **NSP**: with probability ``random_rate`` (0.5) B is replaced by the start
+  of ``random_tokens`` (a segment of another document from the sampler) and
+  ``nsp_label`` = 1 (1 = B is random, 0 = B is the true continuation). A
+  sample whose ``random_tokens`` is empty keeps its true B (label 0).
+
+Output (length ``seq_length``): ``[CLS] A [SEP] B [SEP] PAD...``,
+``segment_ids`` 0 for [CLS] A [SEP], 1 for B [SEP], 0 for PAD; every row sees
+the non-pad tokens. The pair is truncated to ``seq_length - 3`` tokens: the
+longer segment loses tokens first, then both alternately; A loses them at its
+front and B at its back, so A and B stay adjacent in the document (ALBERT
+picks the side at random; keeping them adjacent keeps the order signal clean).
+
+Fallbacks, on purpose: a segment with no sentence boundary after its first
+token is cut at a random word start instead; with no word start either, at a
+random token. A segment of fewer than 2 tokens cannot make a pair: it becomes
+``[CLS] tokens [SEP]`` with label -1 (the pair heads skip -1) and still gets
+its MLM targets.
+
+MLM on top (the model trains both): ``masking="mlm"`` (default, BERT 80/10/10
+per token over whole-word n-grams, ``ngram_probs`` (1,) = whole-word unigrams,
+budget ``mask_rate`` of the tokens), ``"macbert"`` (MacBERT's similar-word
+correction, budget ``mask_rate`` of the words; ``similar_words`` as for
+MacBERT) or ``"none"`` (no token targets). [CLS]/[SEP]/PAD are never targets.
+
+``SOP.batch`` / ``NSP.batch`` build a list of samples at once, vectorised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from objectives import masking
+from objectives.macbert import MacBERT, MacBERTConfig, _stack_segments
+from objectives.sample import Sample, SpecialTokens, check_rate
+
+MASKINGS = ("mlm", "macbert", "none")
+
+
+@dataclass(frozen=True)
+class _PairConfig:
+    seq_length: int = 512
+    masking: str = "mlm"                      # mlm | macbert | none
+    mask_rate: float = 0.15
+    ngram_probs: tuple = (1.0,)               # P(n-gram of 1, 2, ... words); MacBERT uses (0.4, 0.3, 0.2, 0.1)
+    replace_probs: tuple = (0.8, 0.1, 0.1)    # mlm: mask/random/keep; macbert: similar/random/keep
+    similar_words: str = ""                   # macbert only: table / synonym / embedding file
+    similar_format: str = "auto"
+
+    def __post_init__(self):
+        if int(self.seq_length) < 5:
+            raise ValueError(f"seq_length must be >= 5 ([CLS] a [SEP] b [SEP]), got {self.seq_length!r}")
+        if self.masking not in MASKINGS:
+            raise ValueError(f"masking must be one of {MASKINGS}, got {self.masking!r}")
+        check_rate("mask_rate", self.mask_rate)
+        try:
+            masking.ngram_length_probs(self.ngram_probs)
+        except ValueError as e:
+            raise ValueError(f"ngram_probs: {e}") from e
+        try:
+            masking.check_action_probs(self.replace_probs, "replace_probs")
+        except ValueError as e:
+            raise ValueError(f"replace_probs: {e}") from e
+
+
+@dataclass(frozen=True)
+class SOPConfig(_PairConfig):
+    swap_rate: float = 0.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_rate("swap_rate", self.swap_rate)
+
+
+@dataclass(frozen=True)
+class NSPConfig(_PairConfig):
+    random_rate: float = 0.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_rate("random_rate", self.random_rate)
+
+
+def choose_split(rng: np.random.Generator, n: np.ndarray, sentence_start: np.ndarray,
+                 word_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row a cut in ``[1, n)``: a uniform sentence boundary, else a uniform word
+    start, else a uniform token. Returns ``(split, kind)`` with kind 0 sentence,
+    1 word, 2 token, -1 none possible (n < 2; split = n)."""
+    B, N = sentence_start.shape
+    j = np.arange(N)[None, :]
+    inner = (j >= 1) & (j < n[:, None])
+    s_flag = sentence_start & inner
+    w_flag = word_start & inner
+    cs = s_flag.sum(axis=1)
+    cw = w_flag.sum(axis=1)
+    ct = inner.sum(axis=1)
+    flag = np.where((cs > 0)[:, None], s_flag, np.where((cw > 0)[:, None], w_flag, inner))
+    count = np.where(cs > 0, cs, np.where(cw > 0, cw, ct))
+    k = np.minimum((rng.random(B) * count).astype(np.int64), np.maximum(count - 1, 0))
+    split = np.argmax(np.cumsum(flag, axis=1) > k[:, None], axis=1)
+    kind = np.where(cs > 0, 0, np.where(cw > 0, 1, 2))
+    none = count == 0
+    return np.where(none, n, split), np.where(none, -1, kind)
+
+
+def truncate_pair(la: np.ndarray, lb: np.ndarray, max_total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens to cut from A and B so ``la + lb <= max_total``: the longer loses
+    first, then both alternately (the longer, or A on a tie, takes the odd one)."""
+    excess = np.maximum(la + lb - max_total, 0)
+    d = np.minimum(excess, np.abs(la - lb))
+    rem = excess - d
+    a_longer = la >= lb
+    cut_a = np.where(a_longer, d + (rem + 1) // 2, rem // 2)
+    cut_b = np.where(a_longer, rem // 2, d + (rem + 1) // 2)
+    return cut_a, cut_b
+
+
+class _SentencePair:
+    reads: tuple[str, ...] = ("tokens", "word_start", "sentence_start")
+    label_field = ""
+
+    def __init__(self, config: _PairConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None,
+                 similar=None):
+        if int(vocab_size) <= special.first_regular:
+            raise ValueError(f"vocab_size must exceed first_regular={special.first_regular}, got {vocab_size}")
+        self.config = config
+        self.special = special
+        self.vocab_size = int(vocab_size)
+        self.writes = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids", "kv_start", "kv_end",
+                       self.label_field)
+        self.ngram_probs = masking.ngram_length_probs(config.ngram_probs)
+        self.macbert = None
+        if config.masking == "macbert":
+            mc = MacBERTConfig(seq_length=config.seq_length, mask_rate=config.mask_rate,
+                               ngram_probs=config.ngram_probs, replace_probs=config.replace_probs,
+                               similar_words=config.similar_words, similar_format=config.similar_format)
+            self.macbert = MacBERT(mc, special=special, vocab_size=vocab_size, tokenizer=tokenizer, similar=similar)
+
+    # the B segment's source: (grid of tokens, grid of word starts, start, length, label) per row
+    def _second(self, rng, samples, own, split, n, pairable):
+        raise NotImplementedError
+
+    def _swap(self, rng, B):
+        return np.zeros(B, bool)
+
+    def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> Sample:
+        cfg, sp = self.config, self.special
+        S = int(cfg.seq_length)
+        B = len(samples)
+        width = max([len(np.asarray(s["tokens"])) if "tokens" in s else 0 for s in samples] + [1])
+        tok, ws, n, sent = _stack_segments(samples, width, type(self).__name__, extra=("sentence_start",))
+        split, kind = choose_split(rng, n, sent, ws)
+        pairable = kind >= 0
+        # B's source grid: own tokens (offset 0) or the random document (offset width)
+        grid_tok, grid_ws, b_start, lb, label = self._second(rng, samples, (tok, ws), split, n, pairable)
+        la = split
+        cut_a, cut_b = truncate_pair(la, lb, S - 3)
+        a_start, la = cut_a, la - cut_a                      # A loses its front
+        lb = lb - cut_b                                       # B loses its back
+        # a segment that cannot pair: [CLS] tokens[:S-2] [SEP]
+        la = np.where(pairable, la, np.minimum(n, S - 2))
+        a_start = np.where(pairable, a_start, 0)
+        swap = self._swap(rng, B) & pairable
+        label = np.where(pairable, np.where(swap, 1, label), -1).astype(np.int32)
+        s1 = np.where(swap, b_start, a_start)
+        l1 = np.where(swap, lb, la)
+        s2 = np.where(swap, a_start, b_start)
+        l2 = np.where(swap, la, lb)
+
+        p = np.arange(S)[None, :]
+        L1, L2 = l1[:, None], l2[:, None]
+        in1 = (p >= 1) & (p <= L1)
+        in2 = (p >= L1 + 2) & (p < L1 + 2 + L2)
+        src = np.where(in1, s1[:, None] + p - 1, np.where(in2, s2[:, None] + p - L1 - 2, 0))
+        src = np.minimum(src, grid_tok.shape[1] - 1)
+        body = np.take_along_axis(grid_tok, src, axis=1)
+        wbody = np.take_along_axis(grid_ws, src, axis=1)
+        eligible = in1 | in2
+        wbody |= (p == 1) | (p == L1 + 2)                      # each segment starts a word
+        wbody &= eligible
+        sep1 = p == L1 + 1
+        sep2 = (p == L1 + L2 + 2) & (L2 > 0)
+        n_real = np.where(l2 > 0, l1 + l2 + 3, l1 + 2).astype(np.int32)
+
+        tokens = np.where(eligible, body, sp.pad).astype(np.int32)
+        tokens[:, 0] = sp.cls
+        tokens[sep1 | sep2] = sp.sep
+        labels = np.full((B, S), sp.pad, np.int32)
+        loss_mask = np.zeros((B, S), np.float32)
+        if cfg.masking != "none":
+            if self.macbert is not None:
+                new, chosen, _ = self.macbert.corrupt_grid(rng, tokens, wbody, eligible)
+            else:
+                budget = cfg.mask_rate * eligible.sum(axis=1)
+                span = masking.choose_spans(rng, wbody, length_probs=self.ngram_probs, budget_tokens=budget,
+                                            eligible=eligible)
+                chosen = span >= 0
+                new, _ = masking.bert_corrupt(rng, tokens, span, mask_id=sp.mask, low=sp.first_regular,
+                                              high=self.vocab_size, probs=cfg.replace_probs, per_span=False)
+            labels = np.where(chosen, tokens, sp.pad).astype(np.int32)
+            loss_mask = chosen.astype(np.float32)
+            tokens = new.astype(np.int32)
+        segment_ids = ((p >= L1 + 2) & (p < n_real[:, None])).astype(np.int32)
+        return {
+            "tokens": tokens,
+            "labels": labels,
+            "loss_mask": loss_mask,
+            "position_ids": np.tile(np.arange(S, dtype=np.int32), (B, 1)),
+            "segment_ids": segment_ids,
+            "kv_start": np.zeros((B, S), np.int32),
+            "kv_end": np.repeat(n_real[:, None], S, axis=1),
+            self.label_field: label,
+        }
+
+    def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
+        out = self.batch([sample], rng)
+        return {k: np.asarray(v[0]) for k, v in out.items()}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+
+class SOP(_SentencePair):
+    """Sentence-order prediction: A, B from one document, swapped half the time."""
+
+    label_field = "sop_label"
+
+    def __init__(self, config: SOPConfig, **kw):
+        if not isinstance(config, SOPConfig):
+            raise TypeError(f"SOP needs an SOPConfig, got {type(config).__name__}")
+        super().__init__(config, **kw)
+
+    def _second(self, rng, samples, own, split, n, pairable):
+        tok, ws = own
+        return tok, ws, split, n - split, np.zeros(len(n), np.int32)
+
+    def _swap(self, rng, B):
+        return rng.random(B) < self.config.swap_rate
+
+
+class NSP(_SentencePair):
+    """Next-sentence prediction: B replaced by another document's text half the time."""
+
+    reads = ("tokens", "word_start", "sentence_start", "random_tokens", "random_word_start")
+    label_field = "nsp_label"
+
+    def __init__(self, config: NSPConfig, **kw):
+        if not isinstance(config, NSPConfig):
+            raise TypeError(f"NSP needs an NSPConfig, got {type(config).__name__}")
+        super().__init__(config, **kw)
+
+    def _second(self, rng, samples, own, split, n, pairable):
+        tok, ws = own
+        width = tok.shape[1]
+        rand = [{"tokens": s["random_tokens"], "word_start": s["random_word_start"]} if "random_tokens" in s
+                else {"tokens": np.zeros(0, np.int32), "word_start": np.zeros(0, bool)} for s in samples]
+        if not all("random_word_start" in s for s in samples if "random_tokens" in s):
+            raise KeyError("NSP: a sample with random_tokens lacks random_word_start")
+        r_width = max([len(np.asarray(r["tokens"])) for r in rand] + [1])
+        r_tok, r_ws, r_n = _stack_segments(rand, r_width, "NSP (random_tokens)")
+        is_random = (rng.random(len(n)) < self.config.random_rate) & (r_n > 0) & pairable
+        grid_tok = np.concatenate([tok, r_tok], axis=1)
+        grid_ws = np.concatenate([ws, r_ws], axis=1)
+        b_start = np.where(is_random, width, split)
+        lb = np.where(is_random, r_n, n - split)
+        return grid_tok, grid_ws, b_start, lb, is_random.astype(np.int32)
