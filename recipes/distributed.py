@@ -10,7 +10,6 @@ group is what losses are normalised over.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ class DistInfo:
     tp_rank: int = 0
     tp_size: int = 1
     dp_group: Any = None  # None: the default (world) group, or no group at all
+    pg_collection: Any = None  # megatron ProcessGroupCollection for build_model
 
     @property
     def is_main(self) -> bool:
@@ -55,12 +55,6 @@ class DistInfo:
         return tensor
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pick_device(requested: str) -> torch.device:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
@@ -73,7 +67,8 @@ def pick_device(requested: str) -> torch.device:
 
 def init_distributed(device: str = "auto", backend: str = "auto", tensor_parallel: int = 1,
                      pipeline_parallel: int = 1, seed: int = 0) -> DistInfo:
-    """Initialise torch.distributed and megatron-core's parallel state.
+    """Initialise torch.distributed and megatron-core's parallel state (through
+    ``models.parallel.init_parallel``), seeding every RNG with ``seed``.
 
     Always initialises a process group (a world of one when not launched by
     torchrun) because megatron-core layers ask ``parallel_state`` for their
@@ -88,28 +83,22 @@ def init_distributed(device: str = "auto", backend: str = "auto", tensor_paralle
     if world % (tensor_parallel * pipeline_parallel):
         raise ValueError(f"parallel: world size {world} is not divisible by tensor_parallel*pipeline_parallel "
                          f"= {tensor_parallel}*{pipeline_parallel}")
-    if not dist.is_initialized():
-        if world == 1:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        dist.init_process_group(backend=backend, rank=rank, world_size=world,
-                                device_id=dev if dev.type == "cuda" else None)
+    if dev.type == "cpu" and backend == "nccl":
+        raise ValueError("parallel.backend=nccl needs a GPU; use gloo on CPU")
+    from models.parallel import init_parallel  # the one place megatron parallel state is set up
+
+    pg = init_parallel(tp=tensor_parallel, pp=pipeline_parallel, backend=backend, seed=seed)
     from megatron.core import parallel_state
 
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel,
-                                                 pipeline_model_parallel_size=pipeline_parallel)
-    if dev.type == "cuda":
-        from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-
-        model_parallel_cuda_manual_seed(seed)
-    return DistInfo(
+    info = DistInfo(
         rank=rank, world_size=world, local_rank=local_rank, device=dev, backend=backend,
         dp_rank=parallel_state.get_data_parallel_rank(), dp_size=parallel_state.get_data_parallel_world_size(),
         tp_rank=parallel_state.get_tensor_model_parallel_rank(),
         tp_size=parallel_state.get_tensor_model_parallel_world_size(),
         dp_group=parallel_state.get_data_parallel_group(),
     )
+    info.pg_collection = pg
+    return info
 
 
 def shutdown() -> None:

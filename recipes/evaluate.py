@@ -1,0 +1,81 @@
+"""Held-out evaluation: per suite and objective, mean loss and accuracy.
+
+Sums (loss, targets, correct) are accumulated over a fixed number of held-out
+micro-batches per data-parallel rank and all-reduced over the DP group, so
+the numbers are exact means over every evaluated target. Metric names are
+``<suite>/<loss>_loss`` and ``<suite>/<loss>_acc``, e.g. ``ltr/lm_loss``
+(left-to-right), ``fim/lm_loss`` (100% FIM data), ``heldout/lm_acc`` (cloze
+accuracy), ``heldout/sop_acc``.
+
+Also a command line: ``python -m recipes.evaluate RUN_DIR [--batches N]``
+re-evaluates the newest checkpoint of a run with its saved config.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+
+from recipes.batches import micro_batch_indices
+from recipes.distributed import DistInfo
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, evals: Mapping[str, object], *, info: DistInfo, batches: int,
+             micro_batch_size: int, collate, to_device, autocast=None) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    metrics: dict[str, float] = {}
+    try:
+        for suite, dataset in evals.items():
+            sums: dict[str, torch.Tensor] = {}
+            for b in range(batches):
+                idx = micro_batch_indices(b, 0, grad_accum=1, dp_rank=info.dp_rank, dp_size=info.dp_size,
+                                          micro_batch_size=micro_batch_size)
+                batch = to_device(collate([dataset[int(i)] for i in idx]))
+                ctx = autocast() if autocast is not None else _null()
+                with ctx:
+                    out = model(batch)
+                for name, parts in out.items():
+                    vec = torch.stack([parts["loss_sum"].float(), parts["count"].float(),
+                                       parts["correct"].float()]).double().cpu()
+                    sums[name] = sums.get(name, torch.zeros(3, dtype=torch.float64)) + vec
+            for name in sorted(sums):
+                vec = sums[name].to(info.device)
+                info.all_reduce_dp(vec)
+                loss_sum, count, correct = vec.tolist()
+                metrics[f"{suite}/{name}_loss"] = loss_sum / count if count else math.nan
+                metrics[f"{suite}/{name}_acc"] = correct / count if count else math.nan
+    finally:
+        model.train(was_training)
+    return metrics
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m recipes.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a run directory holding config.yaml and checkpoints/")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides (e.g. eval.batches=16)")
+    a = p.parse_args(argv)
+    from recipes.train import evaluate_run
+
+    metrics = evaluate_run(a.run_dir, a.overrides)
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""Optimizers: plain torch AdamW (CPU, or GPU without sharding) or megatron-core's
+distributed optimizer (GPU), behind one small interface the loop uses.
+
+Both sum gradients over the data-parallel group (losses are already divided
+by the global target count), compute the gradient norm over the model-parallel
+group counting tensor-parallel duplicates once, clip, and step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from recipes.distributed import DistInfo
+from recipes.train_config import OptimConfig
+
+
+def _no_decay(name: str, param: torch.Tensor) -> bool:
+    return param.dim() < 2 or name.endswith(".bias") or "norm" in name.lower()
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if _no_decay(name, p) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class TorchAdamW:
+    """torch.optim.AdamW + explicit DP gradient all-reduce + megatron-aware grad norm."""
+
+    kind = "torch_adamw"
+
+    def __init__(self, model: torch.nn.Module, cfg: OptimConfig, info: DistInfo):
+        self.model, self.cfg, self.info = model, cfg, info
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                           betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        self.loss_scale = 1.0  # gradients are summed, not averaged, over DP
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _sync_grads(self) -> None:
+        if not (self.info.initialized and self.info.dp_size > 1):
+            return
+        grads = [p.grad for p in self.params if p.grad is not None]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat, group=self.info.dp_group)
+        for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
+
+    def grad_norm(self) -> float:
+        from megatron.core import parallel_state
+        from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+
+        sq = torch.zeros((), dtype=torch.float64, device=self.params[0].device)
+        for p in self.params:
+            if p.grad is not None and param_is_not_tensor_parallel_duplicate(p):
+                sq += p.grad.detach().double().pow(2).sum()
+        if self.info.initialized and self.info.tp_size > 1:
+            dist.all_reduce(sq, group=parallel_state.get_model_parallel_group())
+        return math.sqrt(float(sq))
+
+    def prepare_step(self) -> float:
+        """All-reduce, measure (and return) the grad norm; clipping happens in ``step``."""
+        self._sync_grads()
+        self._norm = self.grad_norm()
+        return self._norm
+
+    def step(self) -> None:
+        clip = self.cfg.clip_grad
+        if clip > 0 and self._norm > clip:
+            scale = clip / (self._norm + 1e-6)
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        self.optimizer.step()
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+class MegatronDistributedAdam:
+    """megatron-core DDP (grad buckets, reduce-scatter) + DistributedOptimizer (sharded
+    fp32 main weights and Adam state) for bf16 models on GPU."""
+
+    kind = "megatron_distributed"
+
+    def __init__(self, model: torch.nn.Module, cfg: OptimConfig, info: DistInfo):
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        self.cfg, self.info = cfg, info
+        tconfig = model.config
+        ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=True,
+                                                overlap_grad_reduce=False)
+        self.model = DistributedDataParallel(config=tconfig, ddp_config=ddp_cfg, module=model)
+        opt_cfg = OptimizerConfig(optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
+                                  adam_beta1=cfg.beta1, adam_beta2=cfg.beta2, adam_eps=cfg.eps,
+                                  bf16=tconfig.bf16, params_dtype=tconfig.params_dtype,
+                                  use_distributed_optimizer=True, clip_grad=cfg.clip_grad)
+        self.optimizer = get_megatron_optimizer(opt_cfg, [self.model])
+        # megatron's DDP averages over DP; our losses are already global means
+        self.loss_scale = float(info.dp_size)
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+
+    def prepare_step(self) -> float:
+        from megatron.core.distributed import finalize_model_grads
+
+        finalize_model_grads([self.model])
+        self._norm = None
+        return float("nan")  # known only after optimizer.step (megatron computes it there)
+
+    def step(self) -> None:
+        ok, norm, _ = self.optimizer.step()
+        self._norm = norm
+        if not ok:
+            raise FloatingPointError("megatron optimizer skipped the step (non-finite gradients)")
+
+    def last_norm(self) -> float:
+        return float(self._norm) if self._norm is not None else float("nan")
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(),
+                "param_state": self.optimizer.get_parameter_state_dp_zero()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_parameter_state_from_dp_zero(state["param_state"])
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, info: DistInfo):
+    use_dist = cfg.distributed_optimizer == "on" or (cfg.distributed_optimizer == "auto" and info.device.type == "cuda")
+    if use_dist:
+        if info.device.type != "cuda":
+            raise ValueError("optim.distributed_optimizer=on needs a GPU (megatron's optimizer is CUDA-only)")
+        return MegatronDistributedAdam(model, cfg, info)
+    return TorchAdamW(model, cfg, info)

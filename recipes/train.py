@@ -1,0 +1,432 @@
+"""The training recipe: ``python -m recipes.train CONFIG.yaml [dotted.key=value ...]``.
+
+Also launched by ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK are read from the
+environment; gloo on CPU, nccl on GPU). One step:
+
+1. the step's micro-batches are read by global sample position (a pure
+   function of the step, see :mod:`recipes.batches`);
+2. each objective's valid targets are counted over the step and all-reduced
+   over the data-parallel group;
+3. per micro-batch, loss = sum_k weight_k * loss_sum_k / count_k; a
+   non-finite loss stops the run here, before any optimizer step;
+4. gradients are summed over DP, clipped by the global norm, and AdamW steps
+   with the warmup + cosine learning rate.
+
+Every ``logging.every_steps`` a line is logged (loss per objective, tokens/s,
+MFU on GPU, learning rate, grad norm); held-out evaluation and atomic
+checkpoints run on their own periods and at the end. The resolved config is
+written to ``<run_dir>/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from recipes import checkpoint as ckpt
+from recipes.batches import micro_batch_indices, samples_per_step
+from recipes.config import ConfigError, save_config, to_dict
+from recipes.distributed import DistInfo, init_distributed, shutdown
+from recipes.losses import check_counts, step_counts, weighted_loss
+from recipes.schedule import WarmupCosine, set_lr
+from recipes.train_config import TrainConfig, load_train_config
+
+EXIT_NON_FINITE = 3
+
+
+class NonFiniteLoss(RuntimeError):
+    """Raised before the optimizer step whose loss (or gradient norm) is not finite."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    start_step: int
+    final_step: int
+    losses: dict[int, float] = field(default_factory=dict)  # step (1-based) -> total loss, this process
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    infill: object | None = None
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
+    p = cfg.parallel.precision
+    if p == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if p == "bf16" and device.type != "cuda":
+        raise ConfigError("parallel.precision: bf16 is for GPUs; use fp32 (or auto) on CPU")
+    return p
+
+
+def uses_distributed_optimizer(cfg: TrainConfig, device: torch.device) -> bool:
+    d = cfg.optim.distributed_optimizer
+    return d == "on" or (d == "auto" and device.type == "cuda")
+
+
+def resolve_model_config(cfg: TrainConfig, tokenizer, device: torch.device):
+    """The model config as built: vocabulary from the tokenizer, seq_length from data,
+    params dtype from the precision policy (bf16 weights only under megatron's
+    distributed optimizer, which keeps fp32 main weights; otherwise fp32 weights
+    and bf16 autocast)."""
+    precision = resolve_precision(cfg, device)
+    bf16_params = precision == "bf16" and uses_distributed_optimizer(cfg, device)
+    try:
+        return dataclasses.replace(
+            cfg.model, vocab_size=tokenizer.padded_vocab_size(cfg.data.vocab_multiple * cfg.parallel.tensor_parallel),
+            seq_length=cfg.data.seq_length, params_dtype="bfloat16" if bf16_params else "float32")
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from exc
+
+
+def check_heads(cfg: TrainConfig, model_cfg) -> None:
+    from recipes.data import leaves
+
+    names = {leaf.get("name") for leaf in leaves(cfg.objective.spec)}
+    needs = {"spanbert": "sbo_head", "sop": "sop_head", "nsp": "nsp_head"}
+    for objective, head in needs.items():
+        if objective in names and not getattr(model_cfg, head):
+            raise ConfigError(f"model.{head}: objective {objective!r} needs it set to true")
+    decoder_only = names & {"causal_lm", "fim"}
+    if decoder_only and model_cfg.kind != "decoder":
+        raise ConfigError(f"model.kind: objective(s) {sorted(decoder_only)} need kind=decoder")
+    if not decoder_only and model_cfg.kind == "decoder":
+        raise ConfigError(f"model.kind: objective(s) {sorted(names)} are encoder objectives; set kind=encoder")
+
+
+class Session:
+    """Everything a run holds: process groups, data, model, optimizer, schedule."""
+
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True):
+        from models.model import build_model
+
+        self.cfg = cfg
+        p = cfg.parallel
+        self.info: DistInfo = init_distributed(p.device, p.backend, p.tensor_parallel, p.pipeline_parallel,
+                                               seed=cfg.schedule.seed)
+        from recipes.data import build_run_data
+
+        self.data = build_run_data(cfg, self.info, progress=progress and self.info.is_main)
+        self.tokenizer = self.data.tokenizer
+        self.model_cfg = resolve_model_config(cfg, self.tokenizer, self.info.device)
+        check_heads(cfg, self.model_cfg)
+        self.precision = resolve_precision(cfg, self.info.device)
+        self.model = build_model(self.model_cfg, self.info.pg_collection, device=self.info.device)
+        from recipes.optim import build_optimizer
+
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.info)
+        self.wrapped = self.optimizer.model  # megatron's DDP wrapper, or the model itself
+        self.schedule = WarmupCosine(cfg.optim.lr, cfg.schedule.warmup_steps, cfg.schedule.train_steps,
+                                     cfg.optim.min_lr)
+        from data_pipeline.collate import collate
+
+        self.collate = functools.partial(collate, special=self.tokenizer.special)
+        self.per_step = samples_per_step(grad_accum=cfg.schedule.grad_accum_steps, dp_size=self.info.dp_size,
+                                         micro_batch_size=cfg.schedule.micro_batch_size)
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        if self.info.initialized and self.info.tp_size > 1:
+            t = torch.tensor([float(self.num_params)], dtype=torch.float64, device=self.info.device)
+            from megatron.core import parallel_state
+
+            torch.distributed.all_reduce(t, group=parallel_state.get_tensor_model_parallel_group())
+            self.num_params = int(t.item())  # approximate: replicated norms counted tp times
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def autocast(self):
+        if self.precision == "bf16" and not uses_distributed_optimizer(self.cfg, self.info.device):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return None
+
+    def to_device(self, batch: dict) -> dict:
+        out = {}
+        for k, v in batch.items():
+            if k == "loss_mask":
+                v = v.float()
+            out[k] = v.to(self.info.device, non_blocking=True)
+        return out
+
+    def micro_batches(self, step: int) -> list[dict]:
+        s = self.cfg.schedule
+        out = []
+        for m in range(s.grad_accum_steps):
+            idx = micro_batch_indices(step, m, grad_accum=s.grad_accum_steps, dp_rank=self.info.dp_rank,
+                                      dp_size=self.info.dp_size, micro_batch_size=s.micro_batch_size)
+            out.append(self.to_device(self.collate([self.data.train[int(i)] for i in idx])))
+        return out
+
+    def evaluate(self) -> dict[str, float]:
+        from recipes.evaluate import evaluate
+
+        ac = self.autocast()
+        return evaluate(self.model, self.data.evals, info=self.info, batches=self.cfg.eval.batches,
+                        micro_batch_size=self.cfg.eval.micro_batch_size, collate=self.collate,
+                        to_device=self.to_device, autocast=(lambda: ac) if ac is not None else None)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def state(self, step: int) -> dict:
+        return {"step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": {"step": step}, "rng": ckpt.capture_rng_state(),
+                "data": self.data.train.state_dict(), "config": to_dict(self.cfg)}
+
+    def save(self, step: int, **hooks) -> Path:
+        return ckpt.save_checkpoint(self.cfg.checkpoint_dir, step, self.state(step), rank=self.info.rank,
+                                    world_size=self.info.world_size, barrier=self.info.barrier,
+                                    keep=self.cfg.checkpoint.keep or None, **hooks)
+
+    def restore(self, step_dir: Path) -> int:
+        state = ckpt.load_checkpoint(step_dir, rank=self.info.rank, map_location=self.info.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.data.train.load_state_dict(state["data"])
+        step = int(state["step"])
+        if self.data.train.position != step * self.per_step:
+            raise RuntimeError(
+                f"{step_dir}: data position {self.data.train.position} != step {step} x {self.per_step} samples "
+                "per step; the batch geometry (micro_batch_size, grad_accum_steps, data-parallel size) changed")
+        ckpt.restore_rng_state(state["rng"])
+        return step
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def run(cfg: TrainConfig, *, progress: bool | None = None,
+        loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+        save_hooks: dict | None = None) -> RunResult:
+    """Train per ``cfg``. ``loss_hook(step, loss) -> loss`` and ``save_hooks`` (passed
+    to :func:`recipes.checkpoint.save_checkpoint`) exist for fault-injection tests."""
+    from recipes.logger import RunLogger, flops_per_token, format_line, peak_flops
+
+    sess = Session(cfg, progress=cfg.logging.progress_bar if progress is None else progress)
+    info = sess.info
+    run_dir = cfg.run_dir
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "model_config.json").write_text(json.dumps(dataclasses.asdict(sess.model_cfg), indent=1))
+        ckpt.remove_partial_saves(cfg.checkpoint_dir)
+    info.barrier()
+
+    start = 0
+    last_good = None
+    if cfg.checkpoint.resume:
+        found = ckpt.latest_checkpoint(cfg.checkpoint_dir)
+        if found is not None:
+            start = sess.restore(found)
+            last_good = found
+    total = cfg.schedule.train_steps
+    log = RunLogger(run_dir, enabled=info.is_main, total_steps=total, start_step=start,
+                    every=cfg.logging.every_steps, tensorboard=cfg.logging.tensorboard,
+                    progress_bar=(cfg.logging.progress_bar if progress is None else progress))
+    if start:
+        log.info(f"[recipes] resumed from {last_good} at step {start}")
+    log.info(f"[recipes] {cfg.name}: {sess.model_cfg.kind} {sess.num_params / 1e6:.2f}M params, "
+             f"vocab {sess.model_cfg.vocab_size}, seq {cfg.data.seq_length}, world {info.world_size} "
+             f"(dp {info.dp_size}, tp {info.tp_size}), {info.device.type}/{sess.precision}, "
+             f"optimizer {sess.optimizer.kind}, {sess.per_step} samples/step")
+
+    weights = {k: cfg.objective.weight(k) for k in ("lm", "sbo", "sop", "nsp")}
+    causal = sess.model_cfg.kind == "decoder"
+    fpt = flops_per_token(sess.num_params, sess.model_cfg.num_layers, sess.model_cfg.hidden_size,
+                          cfg.data.seq_length, causal)
+    peak = peak_flops(info.device, cfg.logging.peak_flops)
+    result = RunResult(run_dir=run_dir, start_step=start, final_step=start, checkpoint=last_good)
+    window = {"tokens": 0.0, "time": 0.0, "n": 0, "sums": {}}
+    checked_counts = False
+    stop_after = cfg.schedule.stop_after_steps
+    try:
+        for step in range(start, total):
+            if stop_after and step >= stop_after:
+                break
+            t0 = time.perf_counter()
+            lr = sess.schedule(step)
+            set_lr(sess.optimizer, lr)
+            mbs = sess.micro_batches(step)
+            counts = step_counts(mbs, lambda t: info.all_reduce_dp(t.to(info.device)).cpu())
+            sess.optimizer.zero_grad()
+            parts_sum: dict[str, float] = {}
+            loss_sum = 0.0
+            for mb in mbs:
+                ac = sess.autocast()
+                if ac is not None:
+                    with ac:
+                        out = sess.wrapped(mb)
+                else:
+                    out = sess.wrapped(mb)
+                if not checked_counts:
+                    check_counts(out, mb)
+                loss, parts = weighted_loss(out, counts, weights)
+                if loss_hook is not None:
+                    loss = loss_hook(step + 1, loss)
+                bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0], device=info.device)
+                info.all_reduce_world(bad, op=torch.distributed.ReduceOp.MAX)
+                if bad.item() > 0:
+                    raise NonFiniteLoss(
+                        f"non-finite loss at step {step + 1} (objective losses {_fmt(parts)}); stopped before "
+                        f"its optimizer step. Last good checkpoint: {last_good or 'none'}", step + 1)
+                (loss * sess.optimizer.loss_scale).backward()
+                loss_sum += float(loss.detach())
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
+            checked_counts = True
+            grad_norm = sess.optimizer.prepare_step()
+            if not math.isnan(grad_norm) and not math.isfinite(grad_norm):
+                raise NonFiniteLoss(f"non-finite gradient norm at step {step + 1}; stopped before its optimizer "
+                                    f"step. Last good checkpoint: {last_good or 'none'}", step + 1)
+            sess.optimizer.step()
+            if hasattr(sess.optimizer, "last_norm"):
+                grad_norm = sess.optimizer.last_norm()
+            sess.data.train.advance(sess.per_step)
+            done = step + 1
+            # the loss each rank holds is its share of the global mean: sum over DP
+            names = sorted(parts_sum)
+            vec = torch.tensor([loss_sum] + [parts_sum[n] for n in names], dtype=torch.float64, device=info.device)
+            info.all_reduce_dp(vec)
+            vals = vec.tolist()
+            result.losses[done] = vals[0]
+            if info.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            tokens = float(sum(mb["tokens"].numel() for mb in mbs)) * info.dp_size
+            window["tokens"] += tokens
+            window["time"] += dt
+            window["n"] += 1
+            for n, v in zip(["loss"] + [f"{n}_loss" for n in names], vals):
+                window["sums"][n] = window["sums"].get(n, 0.0) + v
+            log.step(done, vals[0])
+            if done % log.every == 0 or done == total:
+                tps = window["tokens"] / max(window["time"], 1e-9)
+                line = {k: v / window["n"] for k, v in window["sums"].items()}
+                line.update({"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps})
+                if peak > 0:
+                    line["mfu"] = tps * fpt / (peak * info.world_size)
+                log.info(format_line(done, total, line))
+                log.record(done, line)
+                window = {"tokens": 0.0, "time": 0.0, "n": 0, "sums": {}}
+            ev = cfg.eval.every_steps
+            if ev and done % ev == 0 and done != total and sess.data.evals:
+                metrics = sess.evaluate()
+                log.info(format_line(done, total, metrics))
+                log.record(done, metrics, kind="eval")
+            every = cfg.checkpoint.every_steps
+            if every and done % every == 0 and done != total:
+                last_good = sess.save(done, **(save_hooks or {}))
+                result.checkpoint = last_good
+            result.final_step = done
+        finished = result.final_step >= total
+        if finished and cfg.checkpoint.save_final and result.final_step > start:
+            last_good = sess.save(result.final_step, **(save_hooks or {}))
+            result.checkpoint = last_good
+            log.info(f"[recipes] checkpoint saved: {last_good}")
+        if finished and cfg.eval.at_end and sess.data.evals:
+            metrics = sess.evaluate()
+            result.eval_metrics = metrics
+            log.info(format_line(result.final_step, total, {f"eval/{k}": v for k, v in metrics.items()}))
+            log.record(result.final_step, metrics, kind="eval")
+            if info.is_main:
+                (run_dir / "final_metrics.json").write_text(json.dumps(
+                    {"step": result.final_step, "train_loss": result.losses.get(result.final_step), **metrics},
+                    indent=1))
+        if finished and cfg.eval.infill_sample:
+            result.infill = _infill(sess)
+            if result.infill is not None:
+                log.info(result.infill.render())
+    finally:
+        log.close()
+    return result
+
+
+def _fmt(parts: dict) -> str:
+    return ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items()) or "-"
+
+
+def _infill(sess: Session):
+    from recipes.data import leaves
+    from recipes.infill import Infill, greedy_infill, pick_snippet
+
+    if sess.model_cfg.kind != "decoder" or "fim" not in {l.get("name") for l in leaves(sess.data.spec)}:
+        return None
+    valid = sess.data.prepared.valid or sess.data.prepared.train
+    picked = pick_snippet(valid, sess.tokenizer)
+    if picked is None:
+        return None
+    prefix, middle, suffix = picked
+    ac = sess.autocast()
+    text = greedy_infill(sess.model, sess.tokenizer, prefix, suffix, seq_length=sess.cfg.data.seq_length,
+                         max_new_tokens=sess.cfg.eval.infill_max_new_tokens, device=sess.info.device,
+                         autocast=(lambda: ac) if ac is not None else None)
+    return Infill(prefix=prefix, suffix=suffix, reference=middle, generated=text)
+
+
+def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Evaluate the newest checkpoint of ``run_dir`` with its saved config."""
+    run_dir = Path(run_dir)
+    cfg = load_train_config(run_dir / "config.yaml", overrides)
+    sess = Session(cfg, progress=False)
+    found = ckpt.latest_checkpoint(cfg.checkpoint_dir)
+    if found is None:
+        raise FileNotFoundError(f"{cfg.checkpoint_dir}: no complete checkpoint")
+    sess.restore(found)
+    return {"step": float(ckpt.load_checkpoint(found, rank=sess.info.rank)["step"]), **sess.evaluate()}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[str, list[str]]:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m recipes.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML config (see recipes/configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optim.lr=3e-4 schedule.train_steps=100")
+    a = p.parse_args(argv)
+    return a.config, a.overrides
+
+
+def quiet_backend_warnings() -> None:
+    """megatron-core warns at import that Apex / Transformer Engine are absent; we use neither."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine|apex).*")
+    warnings.filterwarnings("ignore", message=r".*cuda_graph_scope.*")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    quiet_backend_warnings()
+    path, overrides = parse_args(argv)
+    try:
+        cfg = load_train_config(path, overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(cfg)
+    except NonFiniteLoss as exc:
+        print(f"[recipes] {exc}", file=sys.stderr)
+        return EXIT_NON_FINITE
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

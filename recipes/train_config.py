@@ -1,0 +1,174 @@
+"""The training config tree: one frozen dataclass per YAML section.
+
+Sections that configure another package reuse that package's own dataclass
+(``model`` is :class:`models.config.ModelConfig`; ``data.corpus`` /
+``data.tokenizer`` are data_pipeline's); the rest live here because only the
+recipe builds them. ``model.vocab_size`` and ``model.seq_length`` are filled in
+from the tokenizer and ``data.seq_length`` at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+from data_pipeline.config import CorpusConfig, TokenizerConfig
+from models.config import ModelConfig
+from recipes.config import ConfigError, load_config
+
+LOSS_NAMES = ("lm", "sbo", "sop", "nsp")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    # prepared corpora are cached here, keyed by corpus + tokenizer settings (git-ignored)
+    cache_dir: str = ".cache"
+    prepare_workers: int = 1
+    # packed: GPT contexts of seq_length+1 tokens; segment: one document span; segment_pair: SOP/NSP
+    sampler: Literal["packed", "segment", "segment_pair"] = "packed"
+    seq_length: int = 128
+    # the model's vocabulary is the tokenizer's, padded up to a multiple of this
+    vocab_multiple: int = 64
+
+    def __post_init__(self):
+        if self.seq_length < 8:
+            raise ValueError(f"seq_length must be >= 8, got {self.seq_length}")
+        if self.vocab_multiple < 1:
+            raise ValueError(f"vocab_multiple must be >= 1, got {self.vocab_multiple}")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    # an objectives.registry spec: {name, config} | {compose: [...]} | {mix: [{weight, name, config}]};
+    # leaf configs with a seq_length field get data.seq_length unless they set it
+    spec: dict[str, Any] = field(default_factory=lambda: {"name": "causal_lm"})
+    # weight of each model loss (lm, sbo, sop, nsp) in the total; missing ones weigh 1.0
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.loss_weights) - set(LOSS_NAMES))
+        if unknown:
+            raise ValueError(f"loss_weights: unknown loss(es) {unknown}; known: {list(LOSS_NAMES)}")
+        if any(w < 0 for w in self.loss_weights.values()):
+            raise ValueError(f"loss_weights must be >= 0, got {self.loss_weights}")
+
+    def weight(self, loss: str) -> float:
+        return float(self.loss_weights.get(loss, 1.0))
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip_grad: float = 1.0  # 0 disables clipping (the norm is still logged)
+    # megatron-core's distributed optimizer (sharded state, GPU only); "auto": on GPU
+    distributed_optimizer: Literal["auto", "on", "off"] = "auto"
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr must lie in [0, lr={self.lr}], got {self.min_lr}")
+        if self.clip_grad < 0:
+            raise ValueError(f"clip_grad must be >= 0, got {self.clip_grad}")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    train_steps: int = 40
+    warmup_steps: int = 4
+    micro_batch_size: int = 8  # per data-parallel rank
+    grad_accum_steps: int = 1
+    seed: int = 1234  # model init, data order and transform randomness
+    # stop (without the final checkpoint / eval) once this many steps are done, as if
+    # the job were killed there; 0 = run to train_steps. For time-limited jobs and tests.
+    stop_after_steps: int = 0
+
+    def __post_init__(self):
+        for name in ("train_steps", "micro_batch_size", "grad_accum_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_steps <= self.train_steps:
+            raise ValueError(f"warmup_steps must lie in [0, train_steps={self.train_steps}], got {self.warmup_steps}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    dir: str = ""  # "" -> <run_dir>/checkpoints
+    every_steps: int = 0  # 0: only at the end
+    keep: int = 2  # newest complete checkpoints kept (0 keeps all)
+    resume: bool = True  # continue from <dir>/latest when it exists
+    save_final: bool = True
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    run_dir: str = "runs/default"
+    every_steps: int = 5
+    tensorboard: bool = True
+    progress_bar: bool = True
+    # GPU peak FLOP/s for MFU (dense bf16); 0 -> looked up from the device name
+    peak_flops: float = 0.0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every_steps: int = 0  # 0: only at the end
+    batches: int = 4
+    micro_batch_size: int = 8
+    at_end: bool = True
+    # decoders with a FIM objective: greedy-decode one infill of a held-out snippet at the end
+    infill_sample: bool = True
+    infill_max_new_tokens: int = 48
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    # auto: bf16 on GPU, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def __post_init__(self):
+        if self.tensor_parallel < 1 or self.pipeline_parallel < 1:
+            raise ValueError("tensor_parallel and pipeline_parallel must be >= 1")
+        if self.pipeline_parallel != 1:
+            raise ValueError("pipeline_parallel > 1 is not supported by this recipe yet (use tensor_parallel)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.logging.run_dir)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else self.run_dir / "checkpoints"
+
+
+def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    try:
+        return load_config(TrainConfig, path, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
