@@ -1,0 +1,155 @@
+"""Compose, MixByWeight and the registry."""
+
+import subprocess
+import sys
+import importlib.util
+
+import numpy as np
+import pytest
+
+from objectives import registry
+from objectives.compose import Compose, MixByWeight
+from objectives.macbert import MacBERT, MacBERTConfig
+from objectives.sample import SpecialTokens
+from objectives.sentence_pairs import SOP, SOPConfig
+
+SP = SpecialTokens()
+V = 500
+
+
+class AddDraw:
+    """Toy transform: appends one uniform draw to field ``name``."""
+
+    reads = ("tokens",)
+
+    def __init__(self, name):
+        self.name = name
+        self.writes = (name,)
+
+    def __call__(self, sample, rng):
+        out = dict(sample)
+        out[self.name] = np.array(rng.random())
+        return out
+
+
+def segment(rng, n=40):
+    ss = rng.random(n) < 0.1
+    ss[0] = True
+    return {"tokens": rng.integers(16, V, n).astype(np.int32), "word_start": rng.random(n) < 0.7,
+            "sentence_start": ss}
+
+
+def test_compose_threads_one_rng_in_order():
+    c = Compose([AddDraw("a"), AddDraw("b")])
+    out = c({"tokens": np.zeros(1)}, np.random.default_rng(5))
+    r = np.random.default_rng(5)
+    assert out["a"] == r.random() and out["b"] == r.random()
+    assert c.writes == ("a", "b") and c.reads == ("tokens",)
+    with pytest.raises(ValueError, match="empty"):
+        Compose([])
+
+
+def test_mix_choice_shares_and_determinism():
+    m = MixByWeight([(3, AddDraw("x")), (1, AddDraw("y"))], fill={"x": ("scalar", -1.0, np.float64),
+                                                                   "y": ("scalar", -1.0, np.float64)},
+                    tag_field="objective_id")
+    picks = np.array([int(m({"tokens": np.zeros(1)}, np.random.default_rng(i))["objective_id"]) for i in range(4000)])
+    assert abs((picks == 0).mean() - 0.75) < 5 * np.sqrt(0.75 * 0.25 / 4000)
+    a = m({"tokens": np.zeros(1)}, np.random.default_rng(9))
+    b = m({"tokens": np.zeros(1)}, np.random.default_rng(9))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert set(a) == {"tokens", "x", "y", "objective_id"}
+
+
+def test_mix_of_macbert_and_sop_has_one_field_set():
+    mac = MacBERT(MacBERTConfig(seq_length=32), special=SP, vocab_size=V)
+    sop = SOP(SOPConfig(seq_length=32), special=SP, vocab_size=V)
+    m = MixByWeight([(0.5, mac), (0.5, sop)])
+    rng = np.random.default_rng(0)
+    outs = [m(segment(rng), np.random.default_rng(i)) for i in range(40)]
+    keys = {frozenset(o) for o in outs}
+    assert len(keys) == 1 and "sop_label" in next(iter(keys))
+    labels = [int(o["sop_label"]) for o in outs]
+    assert -1 in labels and (0 in labels or 1 in labels)       # MacBERT samples carry the neutral -1
+    for o in outs:
+        assert o["sop_label"].shape == () and o["sop_label"].dtype == np.int32
+
+
+def test_mix_rejects_bad_weights_and_unfillable_fields():
+    with pytest.raises(ValueError, match="weights"):
+        MixByWeight([(0, AddDraw("a")), (0, AddDraw("a"))])
+    with pytest.raises(ValueError, match="weights"):
+        MixByWeight([(-1, AddDraw("a")), (2, AddDraw("a"))])
+    with pytest.raises(ValueError, match="'zz'"):
+        MixByWeight([(1, AddDraw("a")), (1, AddDraw("zz"))], fill={"a": ("scalar", 0, np.int32)})
+
+
+# ------------------------------------------------------------------ registry
+ALL = {"causal_lm", "fim", "mlm", "spanbert", "unilm", "macbert", "sop", "nsp"}
+
+
+def test_registry_names_and_build():
+    assert ALL <= set(registry.names())
+    t = registry.build("macbert", {"seq_length": 16, "ngram_probs": [0.5, 0.5]}, special=SP, vocab_size=V)
+    assert isinstance(t, MacBERT) and t.config.ngram_probs == (0.5, 0.5)
+    out = t({"tokens": np.arange(20, 30, dtype=np.int32), "word_start": np.ones(10, bool)}, np.random.default_rng(0))
+    assert out["tokens"].shape == (16,)
+    s = registry.build("sop", {"seq_length": 16}, vocab_size=V)
+    assert isinstance(s, SOP)
+
+
+def test_registry_rejects_unknown_key_and_name():
+    with pytest.raises(ValueError, match="mask_ratee"):
+        registry.build("macbert", {"mask_ratee": 0.2}, vocab_size=V)
+    with pytest.raises(ValueError, match="mask_rate"):
+        registry.build("sop", {"mask_rate": 7}, vocab_size=V)
+    with pytest.raises(KeyError, match="t5"):
+        registry.build("t5", {}, vocab_size=V)
+    with pytest.raises(ValueError, match="module:Class"):
+        registry.register("mine", "nocolon", "x:y")
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_every_registered_config_class_resolves(name):
+    module = registry._REGISTRY[name][0].partition(":")[0]
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} not written yet")
+    import dataclasses
+
+    base = {"seq_length": 32} if "seq_length" in {f.name for f in dataclasses.fields(registry.config_class(name))} else {}
+    cfg = registry.make_config(name, base)
+    assert type(cfg).__name__ == registry._REGISTRY[name][1].partition(":")[2]
+    with pytest.raises(ValueError, match="surely_not_a_key"):
+        registry.make_config(name, {**base, "surely_not_a_key": 1})
+
+
+def test_build_spec_compose_and_mix():
+    spec = {"mix": [{"weight": 2, "name": "macbert", "config": {"seq_length": 24}},
+                    {"weight": 1, "name": "sop", "config": {"seq_length": 24}}], "tag_field": "objective_id"}
+    m = registry.build_spec(spec, vocab_size=V)
+    assert isinstance(m, MixByWeight) and np.allclose(m.weights, [2 / 3, 1 / 3])
+    out = m(segment(np.random.default_rng(1)), np.random.default_rng(2))
+    assert {"sop_label", "objective_id", "tokens"} <= set(out)
+    c = registry.build_spec({"compose": [{"name": "sop", "config": {"seq_length": 24}}]}, vocab_size=V)
+    assert isinstance(c, Compose)
+    with pytest.raises(ValueError, match="weight"):
+        registry.build_spec({"mix": [{"name": "sop"}]}, vocab_size=V)
+    with pytest.raises(ValueError, match="nme"):
+        registry.build_spec({"nme": "sop"}, vocab_size=V)
+
+
+def test_registry_imports_lazily():
+    code = ("import sys, objectives.registry as r; "
+            "assert 'objectives.macbert' not in sys.modules and 'objectives.sentence_pairs' not in sys.modules; "
+            "r.config_class('sop'); assert 'objectives.sentence_pairs' in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_package_exports_lazily():
+    import objectives
+
+    assert objectives.MacBERT is MacBERT and objectives.SOP is SOP and objectives.MixByWeight is MixByWeight
+    assert objectives.build is registry.build
+    with pytest.raises(AttributeError, match="nothing_here"):
+        objectives.nothing_here
