@@ -111,31 +111,32 @@ class PackedContextSampler:
 
 
 class _SegmentTable:
-    """Segments of whole sentences, up to ``max_tokens``, tiling each document.
+    """Segments of whole consecutive sentences, up to ``max_tokens``, tiling each document.
 
-    A segment starts at the first sentence whose in-document token offset
-    reaches the next multiple of ``max_tokens`` and ends at the next segment's
-    start (capped at ``max_tokens``), so the table is built without Python loops.
+    Greedy packing: a segment starting at sentence ``s`` takes sentences while they
+    fit in ``max_tokens`` (at least one, truncated if longer); the next segment
+    starts at the next sentence. The chain of starts is followed for all documents
+    at once (one numpy step per segment of the longest document).
     """
 
     def __init__(self, data: TokenData, max_tokens: int):
         so, ds = data.sentence_offsets, data.document_sentences
         n_sent = data.num_sentences
         sent_doc = np.repeat(np.arange(data.num_documents), np.diff(ds))
-        in_doc = so[:-1] - data.document_offsets[sent_doc]
-        group = in_doc // max_tokens
-        new = np.ones(n_sent, dtype=bool)
-        new[1:] = (sent_doc[1:] != sent_doc[:-1]) | (group[1:] != group[:-1])
-        self.first_sentence = np.flatnonzero(new)
+        doc_end = ds[1:][sent_doc]  # first sentence after each sentence's document
+        fits = np.searchsorted(so, so[:-1] + max_tokens, side="right") - 1
+        nxt = np.minimum(np.maximum(fits, np.arange(1, n_sent + 1)), doc_end)
+        frontier = ds[:-1][np.diff(ds) > 0]
+        starts = []
+        while frontier.size:
+            starts.append(frontier)
+            step = nxt[frontier]
+            frontier = step[step < doc_end[frontier]]
+        self.first_sentence = np.sort(np.concatenate(starts)) if starts else np.zeros(0, np.int64)
         self.start = so[self.first_sentence]
-        next_start = np.append(self.start[1:], so[-1])
-        self.stop = np.minimum(next_start, self.start + max_tokens)
+        self.stop = np.minimum(so[nxt[self.first_sentence]], self.start + max_tokens)
         self.document = sent_doc[self.first_sentence]
-        # sentences starting inside [start, stop)
-        self.num_sentences = np.searchsorted(so, self.stop, side="left") - self.first_sentence
-
-    def select(self, keep: np.ndarray) -> np.ndarray:
-        return np.flatnonzero(keep)
+        self.num_sentences = nxt[self.first_sentence] - self.first_sentence
 
 
 class SegmentSampler:
