@@ -129,7 +129,111 @@ def _sample_lengths(rng: np.random.Generator, cdf: np.ndarray, shape) -> np.ndar
     return np.searchsorted(cdf, u, side="right").astype(np.int64) + 1
 
 
-def choose_spans(
+def _take_prefix(rng, cum: np.ndarray, step: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    """How many leading items (costs ``step`` >= 1, 0 = no item; running totals ``cum``;
+    [B, M]) to take so that the expected total cost equals ``budget``, without skewing the
+    cost distribution of the items taken.
+
+    Any rule that decides "stop before item n" without looking at item n keeps the taken
+    items' law intact (Wald's identity: E[total] = E[cost] * E[count]). So stop at the
+    first item reaching ``budget - E[overshoot]``, where the overshoot of an integer
+    renewal process averages E[C(C-1)] / (2 E[C]) (estimated from the row's items), the
+    threshold rounded at random to keep its mean. Where the budget is small next to the
+    overshoot (short rows) that asymptotic fails; those rows instead take every item that
+    fits plus the crossing one with probability (budget - before) / its cost, which also
+    meets the budget in expectation (at a slight bias toward short items)."""
+    B, M = cum.shape
+    rows = np.arange(B)
+    has = step > 0
+    n_items = np.count_nonzero(has, axis=1)
+    excess = (step * (step - 1)).sum(axis=1) / np.maximum(2 * cum[:, -1], 1)
+    thresh = budget - excess
+    u = rng.random((2, B))
+    t_int = np.floor(thresh) + (u[0] < thresh - np.floor(thresh))
+    n_wald = np.minimum(np.count_nonzero(cum < t_int[:, None], axis=1) + 1, n_items)
+    wald = (thresh >= 1) & (budget >= 4 * excess)
+    # crossing rule
+    n_full = np.minimum(np.count_nonzero(cum <= budget[:, None], axis=1), n_items)
+    before = np.where(n_full > 0, cum[rows, np.maximum(n_full - 1, 0)], 0)
+    cross = step[rows, np.minimum(n_full, M - 1)]
+    take = (n_full < n_items) & (u[1] * np.maximum(cross, 1) < budget - before)
+    return np.where(wald, n_wald, n_full + take)
+
+
+def _place(rng, lengths: np.ndarray, cum: np.ndarray, k: np.ndarray, n_words: np.ndarray) -> np.ndarray:
+    """Local word index of the first word of each of the first ``k`` spans of every row,
+    non-overlapping, in draw order = left-to-right order. The free words are cut into
+    k + 1 gaps by uniform order statistics (normalised cumulative exponentials)."""
+    B, M = lengths.shape
+    rows = np.arange(B)
+    used = np.where(k > 0, cum[rows, np.maximum(k - 1, 0)], 0)
+    free = (n_words - used).astype(np.float64)
+    gam = np.cumsum(rng.standard_exponential((B, M + 1)), axis=1)
+    scale = (free + 1) / gam[rows, k]
+    free_before = np.minimum(np.floor(gam[:, :M] * scale[:, None]), free[:, None])
+    return free_before.astype(np.int64) + (cum - lengths)
+
+
+class SpanSet:
+    """Chosen spans of a [B, S] grid in row-major order: span ``i`` covers the flat
+    positions ``[start[i], end[i])`` (flat = row * S + column), spans sorted by start."""
+
+    def __init__(self, shape: tuple[int, int], start: np.ndarray, end: np.ndarray):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.start = np.asarray(start, dtype=np.int64)
+        self.end = np.asarray(end, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.start.size)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.end - self.start
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.start // max(self.shape[1], 1)
+
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(pos, span)``: flat position of every chosen token, ascending, and the
+        index of the span holding it."""
+        ln = self.lengths
+        total = int(ln.sum())
+        span = np.repeat(np.arange(len(self)), ln)
+        offs = np.cumsum(ln) - ln
+        pos = np.arange(total, dtype=np.int64) + np.repeat(self.start - offs, ln)
+        return pos, span
+
+    def span_id(self) -> np.ndarray:
+        """Dense int32 [B, S]: -1 where unchosen, else the span's index within its row
+        (left to right)."""
+        B, S = self.shape
+        out = np.full(B * S, -1, np.int32)
+        if len(self):
+            first_of_row = np.searchsorted(self.start, self.rows * S)
+            local = (np.arange(len(self)) - first_of_row).astype(np.int32)
+            pos, span = self.positions()
+            out[pos] = local[span]
+        return out.reshape(B, S)
+
+
+def choose_spans(rng: np.random.Generator, word_start: np.ndarray, **kwargs) -> np.ndarray:
+    """Pick non-overlapping whole-word spans; return ``span_id`` int32 with the shape of
+    ``word_start`` ([S] or [B, S]): -1 where unmasked, else the span's index within its
+    row, numbered left to right. Keywords as for :func:`choose_span_set`."""
+    span_id = choose_span_set(rng, word_start, **kwargs).span_id()
+    return span_id[0] if np.ndim(word_start) == 1 else span_id
+
+
+CHUNK_TOKENS = 1 << 16   # rows are processed in blocks of about this many tokens (cache-sized)
+
+
+def rows_per_chunk(row_width: int) -> int:
+    """Rows per block so a block's temporaries stay in cache (much faster than one pass)."""
+    return max(1, CHUNK_TOKENS // max(int(row_width), 1))
+
+
+def choose_span_set(
     rng: np.random.Generator,
     word_start: np.ndarray,
     *,
@@ -137,23 +241,49 @@ def choose_spans(
     budget_tokens=None,
     budget_words=None,
     eligible: np.ndarray | None = None,
+    lengths: np.ndarray | None = None,
     overfill: float = 1.5,
-) -> np.ndarray:
-    """Pick non-overlapping whole-word spans; return ``span_id`` int32 with the shape of
-    ``word_start`` ([S] or [B, S]): -1 where unmasked, else the span's index within its
-    row, numbered left to right.
+) -> SpanSet:
+    """Pick non-overlapping whole-word spans of ``word_start`` ([S] or [B, S]; a 1-D
+    input is one row) and return them as a :class:`SpanSet` over [B, S].
 
     ``length_probs[k-1]`` = P(span of k words). Exactly one budget: ``budget_tokens``
     (masked tokens wanted per row) or ``budget_words`` (masked words wanted), a scalar
-    or one float per row; fractional budgets are met in expectation. ``eligible``
-    (bool, same shape) marks tokens that may be masked (default: all).
+    or one float per row; budgets are met in expectation (fractional ones too), capped
+    by what the row holds. ``eligible`` (bool, same shape) marks tokens that may be
+    masked (default: all); ``lengths`` (int per row) is the fast way to say "only the
+    first ``lengths[b]`` tokens of row b" (a padded batch). Give at most one of the two.
+    ``word_start`` all True means token-level masking (each token is a word).
     """
     ws = _as_rows(word_start, "word_start", bool)
-    squeeze = np.asarray(word_start).ndim == 1
     B, S = ws.shape
-    el = np.ones_like(ws) if eligible is None else _as_rows(eligible, "eligible", bool)
-    if el.shape != ws.shape:
-        raise ValueError(f"eligible shape {el.shape} differs from word_start shape {ws.shape}")
+    step = rows_per_chunk(S)
+    if B > step:   # blocks of rows, same draws for any caller-side split at block bounds
+        budget_key = "budget_tokens" if budget_words is None else "budget_words"
+        budget_all = np.broadcast_to(np.asarray(budget_tokens if budget_words is None else budget_words,
+                                                dtype=np.float64), (B,))
+        el_all = None if eligible is None else _as_rows(eligible, "eligible", bool)
+        len_all = None if lengths is None else np.broadcast_to(np.asarray(lengths), (B,))
+        parts = []
+        for r0 in range(0, B, step):
+            r1 = min(B, r0 + step)
+            part = choose_span_set(
+                rng, ws[r0:r1], length_probs=length_probs, overfill=overfill,
+                eligible=None if el_all is None else el_all[r0:r1],
+                lengths=None if len_all is None else len_all[r0:r1], **{budget_key: budget_all[r0:r1]})
+            parts.append((part.start + r0 * S, part.end + r0 * S))
+        return SpanSet((B, S), np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    if eligible is not None:
+        el = _as_rows(eligible, "eligible", bool)
+        if el.shape != ws.shape:
+            raise ValueError(f"eligible shape {el.shape} differs from word_start shape {ws.shape}")
+        if lengths is not None:
+            raise ValueError("give at most one of eligible or lengths")
+    row_len = None
+    if lengths is not None:
+        row_len = np.broadcast_to(np.asarray(lengths, dtype=np.int64), (B,))
+        if np.any(row_len < 0) or np.any(row_len > S):
+            raise ValueError(f"lengths must lie in [0, {S}], got {lengths!r}")
     if (budget_tokens is None) == (budget_words is None):
         raise ValueError("give exactly one of budget_tokens or budget_words")
     by_tokens = budget_tokens is not None
@@ -164,86 +294,113 @@ def choose_spans(
     if not overfill >= 1.0:
         raise ValueError(f"overfill must be >= 1, got {overfill!r}")
 
-    out = np.full(B * S, -1, np.int32)
+    none = SpanSet((B, S), np.zeros(0, np.int64), np.zeros(0, np.int64))
     if B * S == 0:
-        return out.reshape(B, S)[0] if squeeze else out.reshape(B, S)
+        return none
+    rows = np.arange(B)
 
-    # --- eligible words, flattened over the batch ---------------------------------------
-    prev_el = np.zeros_like(el)
-    prev_el[:, 1:] = el[:, :-1]
-    start = el & (ws | ~prev_el)
-    flat_start = start.ravel()
-    w_tok = np.flatnonzero(flat_start)                       # token position of each word
-    boundary = np.flatnonzero(np.concatenate((flat_start | ~el.ravel(), [True])))
-    w_end = boundary[np.searchsorted(boundary, w_tok, side="right")]
-    w_row = w_tok // S
-    n_words = np.bincount(w_row, minlength=B)
-    if w_tok.size == 0:
-        return out.reshape(B, S)[0] if squeeze else out.reshape(B, S)
-    w_off = np.concatenate(([0], np.cumsum(n_words)[:-1]))
-    # runs of adjacent eligible words in one row; a span never leaves its run
-    brk = np.ones(w_tok.size, bool)
-    brk[:-1] = (w_end[:-1] != w_tok[1:]) | (w_row[:-1] != w_row[1:])
-    last_of_run = np.flatnonzero(brk)
-    run_last = last_of_run[np.cumsum(np.concatenate(([False], brk[:-1])))]
-
-    # --- 1. lengths: enough spans to overfill the budget ----------------------------------
-    if by_tokens:
-        n_tok = el.sum(axis=1)
-        words_wanted = budget * n_words / np.maximum(n_tok, 1)
+    # --- words -----------------------------------------------------------------------------
+    token_mode = eligible is None and bool(ws[:, 1:].all())
+    w_tok = w_end = None
+    if token_mode:                                            # word = token: no lookups needed
+        n_words = row_len if row_len is not None else np.full(B, S, np.int64)
     else:
-        words_wanted = budget
-    target = np.minimum(np.ceil(words_wanted * overfill).astype(np.int64) + K, n_words)
-    M = int(target.max())
-    if M == 0:
-        return out.reshape(B, S)[0] if squeeze else out.reshape(B, S)
-    lengths = np.minimum(_sample_lengths(rng, np.cumsum(probs), (B, M)), n_words[:, None])
-    cum = np.cumsum(lengths, axis=1)
-    k = (cum <= target[:, None]).sum(axis=1)                  # spans placed per row
+        if eligible is None:
+            start = ws.copy()
+            start[:, 0] = True
+            if row_len is not None and np.any(row_len < S):
+                start &= np.arange(S)[None, :] < row_len[:, None]
+        else:
+            start = el & ws
+            start[:, 0] = el[:, 0]
+            start[:, 1:] |= el[:, 1:] & ~el[:, :-1]           # first eligible token after a gap
+        n_words = np.count_nonzero(start, axis=1)
+        if eligible is None:
+            w_tok = np.flatnonzero(start.ravel())              # token position of each word
+        else:                                                  # a word also ends at an ineligible token
+            b_pos = np.append(np.flatnonzero((start | ~el).ravel()), B * S)
+            is_start = start.ravel()[b_pos[:-1]]
+            w_tok = b_pos[:-1][is_start]
+            w_end = b_pos[1:][is_start]
+    n_words = np.asarray(n_words, dtype=np.int64)
+    w_off = np.cumsum(n_words) - n_words
+    if not n_words.any():
+        return none
+    if by_tokens:
+        if token_mode or row_len is not None:
+            n_tok = n_words if token_mode else row_len
+        else:
+            n_tok = np.count_nonzero(el, axis=1) if eligible is not None else np.full(B, S)
+    cdf = np.cumsum(probs)
+    mean_w = expected_length(probs)
+
+    # --- 1. lengths and how many spans to place -------------------------------------------
+    # cost known before placement (token mode, or words without cuts): place just enough
+    direct = token_mode or (not by_tokens and eligible is None)
+    if direct:
+        bmax = float(budget.max())
+        M = int(min(np.ceil(bmax) + 1, np.ceil(1.5 * bmax / mean_w) + K + 2, n_words.max()))
+        if M == 0:
+            return none
+        span_w = np.minimum(_sample_lengths(rng, cdf, (B, M)), n_words[:, None])
+        cum = np.cumsum(span_w, axis=1)
+        fits = np.count_nonzero(cum <= n_words[:, None], axis=1)
+        k = np.minimum(_take_prefix(rng, cum, span_w, budget), fits)
+    else:
+        words_wanted = budget * n_words / np.maximum(n_tok, 1) if by_tokens else budget
+        target = np.minimum(np.ceil(words_wanted * overfill).astype(np.int64) + K, n_words)
+        # a span count fixed before the lengths are seen keeps the placed lengths' law intact
+        n_spans = np.ceil(target / mean_w).astype(np.int64)
+        M = int(n_spans.max())
+        if M == 0:
+            return none
+        span_w = np.minimum(_sample_lengths(rng, cdf, (B, M)), n_words[:, None])
+        cum = np.cumsum(span_w, axis=1)
+        fits = np.count_nonzero(cum <= n_words[:, None], axis=1)
+        k = np.minimum(n_spans, fits)
     valid = np.arange(M)[None, :] < k[:, None]
-    used = np.where(k > 0, np.take_along_axis(cum, np.maximum(k - 1, 0)[:, None], 1)[:, 0], 0)
-    free = n_words - used
 
-    # --- 2. placement: gaps from uniform order statistics ---------------------------------
-    gam = np.cumsum(rng.standard_exponential((B, M + 1)), axis=1)
-    norm = np.take_along_axis(gam, k[:, None], 1)
-    free_before = np.minimum(np.floor(gam[:, :M] / norm * (free[:, None] + 1)), free[:, None])
-    first = free_before.astype(np.int64) + cum - lengths      # local word index of span start
-    first = np.where(valid, first, 0)
-    g_first = w_off[:, None] + first
-    g_first = np.minimum(g_first, w_tok.size - 1)
-    g_last = np.minimum(g_first + lengths - 1, run_last[g_first])
-    tok_lo = w_tok[g_first]
-    tok_hi = w_end[g_last]
-    cost = (tok_hi - tok_lo) if by_tokens else (g_last - g_first + 1)
+    # --- 2. placement ----------------------------------------------------------------------
+    first = np.where(valid, _place(rng, span_w, cum, k, n_words), 0)
+    if token_mode:
+        tok_lo = rows[:, None] * S + first
+        tok_hi = tok_lo + span_w
+        cost = span_w
+    else:
+        g_first = np.minimum(w_off[:, None] + first, w_tok.size - 1)
+        g_last = g_first + span_w - 1                          # placement keeps spans in their row
+        tok_lo = w_tok[g_first]
+        if eligible is not None:
+            # cut a span at the first ineligible token (or row end) after its start
+            inel = np.append(np.flatnonzero(~el.ravel()), B * S)
+            run_end = np.minimum(inel[np.searchsorted(inel, tok_lo)], (tok_lo // S + 1) * S)
+            g_last = np.minimum(g_last, np.searchsorted(w_tok, run_end) - 1)
+        if eligible is None:
+            # a word ends where the next one starts, or at its row's end
+            nxt = g_last + 1
+            tok_hi = np.where(nxt < w_tok.size, w_tok[np.minimum(nxt, w_tok.size - 1)], B * S)
+            row_end = rows * S + (row_len if row_len is not None else S)
+            tok_hi = np.minimum(tok_hi, row_end[:, None])
+        else:
+            tok_hi = w_end[g_last]
+        cost = (tok_hi - tok_lo) if by_tokens else (g_last - g_first + 1)
 
-    # --- 3. random visiting order, prefix meeting the budget ------------------------------
-    keys = np.where(valid, rng.random((B, M)), np.inf)
-    order = np.argsort(keys, axis=1)
-    c_sorted = np.where(np.take_along_axis(valid, order, 1), np.take_along_axis(cost, order, 1), 0)
-    c_cum = np.cumsum(c_sorted, axis=1)
-    n_full = ((c_cum <= budget[:, None]) & (c_sorted > 0)).sum(axis=1)
-    has_cross = n_full < k
-    j = np.minimum(n_full, M - 1)
-    before = np.where(n_full > 0, np.take_along_axis(c_cum, np.maximum(n_full - 1, 0)[:, None], 1)[:, 0], 0)
-    cross_cost = np.maximum(np.take_along_axis(c_sorted, j[:, None], 1)[:, 0], 1)
-    take_cross = has_cross & (rng.random(B) * cross_cost < budget - before)
-    n_take = n_full + take_cross
-    sel = np.zeros((B, M), bool)
-    np.put_along_axis(sel, order, np.arange(M)[None, :] < n_take[:, None], axis=1)
-    sel &= valid
+    # --- 3. overfilled: visit in random order, keep a prefix meeting the budget -----------
+    if direct:
+        sel = valid
+    else:
+        keys = rng.random((B, M))
+        keys[~valid] = 2.0                                     # unplaced spans sort last
+        flat_order = (np.argsort(keys, axis=1) + (rows * M)[:, None]).ravel()
+        cost = np.where(valid, cost, 0)
+        c_sorted = cost.ravel()[flat_order].reshape(B, M)
+        n_take = _take_prefix(rng, np.cumsum(c_sorted, axis=1), c_sorted, budget)
+        sel = np.empty(B * M, bool)
+        sel[flat_order] = (np.arange(M)[None, :] < n_take[:, None]).ravel()
+        sel = sel.reshape(B, M)
 
-    # --- paint span ids (left-to-right per row) -------------------------------------------
-    local_id = (np.cumsum(sel, axis=1) - 1)[sel].astype(np.int32)
-    lo = tok_lo[sel]
-    span_len = (tok_hi - tok_lo)[sel]
-    total = int(span_len.sum())
-    if total:
-        offs = np.cumsum(span_len) - span_len
-        pos = np.arange(total) - np.repeat(offs - lo, span_len)
-        out[pos] = np.repeat(local_id, span_len)
-    out = out.reshape(B, S)
-    return out[0] if squeeze else out
+    # left-to-right within a row and rows in order: row-major boolean indexing keeps it
+    return SpanSet((B, S), tok_lo[sel], tok_hi[sel])
 
 
 # ------------------------------------------------------------------------------------------
@@ -261,6 +418,46 @@ def check_action_probs(probs: Sequence[float], name: str = "probs") -> np.ndarra
     return p
 
 
+def draw_actions(
+    rng: np.random.Generator,
+    span: np.ndarray,
+    n_spans: int,
+    *,
+    probs: Sequence[float] = (0.8, 0.1, 0.1),
+    per_span: bool = True,
+) -> np.ndarray:
+    """``ACTION_MASK`` / ``ACTION_RANDOM`` / ``ACTION_KEEP`` (int8) for chosen tokens
+    given the index of their span (``span`` int [T], spans 0..n_spans-1), drawn with
+    ``probs`` once per span (``per_span``) or once per token."""
+    p = check_action_probs(probs)
+    span = np.asarray(span)
+    u = rng.random(int(n_spans))[span] if per_span else rng.random(span.shape)
+    act = np.full(span.shape, ACTION_KEEP, np.int8)
+    act[u < p[0] + p[1]] = ACTION_RANDOM
+    act[u < p[0]] = ACTION_MASK
+    return act
+
+
+def corrupt_positions(
+    rng: np.random.Generator,
+    flat_tokens: np.ndarray,
+    pos: np.ndarray,
+    action: np.ndarray,
+    *,
+    mask_id: int,
+    low: int,
+    high: int,
+) -> None:
+    """In place: ``flat_tokens[pos]`` becomes [MASK] where ACTION_MASK and a uniform
+    id in ``[low, high)`` (per token) where ACTION_RANDOM."""
+    if not int(low) < int(high):
+        raise ValueError(f"random replacement range [low={low}, high={high}) is empty")
+    flat_tokens[pos[action == ACTION_MASK]] = mask_id
+    rnd = pos[action == ACTION_RANDOM]
+    if rnd.size:
+        flat_tokens[rnd] = rng.integers(low, high, size=rnd.size, dtype=np.int64)
+
+
 def bert_actions(
     rng: np.random.Generator,
     span_id: np.ndarray,
@@ -268,21 +465,18 @@ def bert_actions(
     probs: Sequence[float] = (0.8, 0.1, 0.1),
     per_span: bool = True,
 ) -> np.ndarray:
-    """Per position an ``ACTION_*`` code (int8). Positions with ``span_id < 0`` get
-    ACTION_NONE; chosen positions get MASK / RANDOM / KEEP with ``probs``, drawn once
-    per span (SpanBERT, whole-word) or per token (``per_span=False``)."""
-    p = check_action_probs(probs)
+    """Per position an ``ACTION_*`` code (int8), dense form of :func:`draw_actions`.
+    Positions with ``span_id < 0`` get ACTION_NONE; chosen ones MASK / RANDOM / KEEP
+    with ``probs``, drawn once per span (SpanBERT, whole-word) or per token."""
     sid = np.asarray(span_id)
     rows = sid[None] if sid.ndim == 1 else sid
-    chosen = rows >= 0
-    if per_span:
-        n_span = int(rows.max()) + 1 if rows.size else 0
-        u_span = rng.random((rows.shape[0], max(n_span, 1)))
-        u = np.take_along_axis(u_span, np.maximum(rows, 0).astype(np.intp), axis=1)
-    else:
-        u = rng.random(rows.shape)
-    act = np.where(u < p[0], ACTION_MASK, np.where(u < p[0] + p[1], ACTION_RANDOM, ACTION_KEEP))
-    act = np.where(chosen, act, ACTION_NONE).astype(np.int8)
+    B, S = rows.shape
+    pos = np.flatnonzero(rows.ravel() >= 0)
+    width = int(rows.max()) + 1 if pos.size else 1
+    span = (pos // max(S, 1)) * width + rows.ravel()[pos]
+    act = np.zeros(B * S, np.int8)
+    act[pos] = draw_actions(rng, span, B * width, probs=probs, per_span=per_span)
+    act = act.reshape(B, S)
     return act[0] if sid.ndim == 1 else act
 
 
@@ -297,14 +491,10 @@ def apply_actions(
 ) -> np.ndarray:
     """New tokens: [MASK] where ACTION_MASK, a uniform id in ``[low, high)`` per token
     where ACTION_RANDOM, the original elsewhere."""
-    if not int(low) < int(high):
-        raise ValueError(f"random replacement range [low={low}, high={high}) is empty")
     new = np.array(tokens, copy=True)
-    new[action == ACTION_MASK] = mask_id
-    rnd = action == ACTION_RANDOM
-    n = int(np.count_nonzero(rnd))
-    if n:
-        new[rnd] = rng.integers(low, high, size=n, dtype=np.int64).astype(new.dtype)
+    act = np.asarray(action).ravel()
+    pos = np.flatnonzero(act)
+    corrupt_positions(rng, new.reshape(-1), pos, act[pos], mask_id=mask_id, low=low, high=high)
     return new
 
 
