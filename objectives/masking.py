@@ -4,22 +4,26 @@ Every masked-LM objective here (BERT MLM, whole-word, n-gram, SpanBERT, UniLM
 cloze, MacBERT) is "choose spans of whole words, then corrupt them". The two
 steps live here, vectorised over a batch ``[B, S]`` (a 1-D input is one row).
 
-Span choice (:func:`choose_spans`) works in three vectorised steps:
+Span choice (:func:`choose_span_set`, dense form :func:`choose_spans`):
 
-1. draw i.i.d. span lengths (in words) from ``length_probs`` until a little
-   more than the budget is covered ("overfill");
-2. place those spans without overlap, uniformly at random: the free words
-   are cut into ``k + 1`` gaps by scaled uniform order statistics (the
-   stars-and-bars construction), so no candidate is ever rejected and the
-   span-length distribution is not skewed against long spans;
-3. visit the placed spans in a random order and keep a prefix whose cost
-   (tokens or words) meets the budget. The span that crosses the budget is
-   kept with probability ``(budget - cost_before) / its_cost``: the expected
-   masked amount equals the budget exactly, and, because that span is
-   size-biased but kept with probability proportional to ``1 / cost``, the
-   kept lengths keep the requested distribution.
+1. draw i.i.d. span lengths (in words) from ``length_probs``; when a span's
+   token cost is only known after placement (whole words, token budget), draw a
+   fixed number of spans covering about ``overfill`` x the budget;
+2. place them without overlap, uniformly at random: the free words are cut into
+   ``k + 1`` gaps by scaled uniform order statistics (stars and bars), so no
+   candidate is ever rejected and long spans are not discriminated against;
+3. visit the spans (in a random order when overfilled) and stop at the first one
+   that reaches ``budget - E[overshoot]``, that span included (whether to go on
+   depends only on the spans already taken, so by Wald's identity the kept
+   spans keep the length law and the expected masked amount is the budget). Short rows,
+   where that asymptotic is poor, take every span that fits plus the crossing
+   one with probability ``(budget - before) / its cost`` instead.
 
-Spans start at word starts and cover whole words. Tokens outside ``eligible``
+Budgets are therefore met in expectation (fractional budgets too), with a
+per-row spread of a couple of tokens. Rows are processed in cache-sized blocks.
+
+Spans start at word starts and cover whole words (position 0 of a row always
+starts a word); two spans may touch. Tokens outside ``eligible``
 (e.g. [CLS], [SEP], PAD) are never chosen; a span that would run over an
 ineligible token is cut there, and an ineligible token inside a word splits
 that word. A span longer than the row's number of eligible words is cut to it.
