@@ -37,6 +37,9 @@ def load_full_state_dict(model: torch.nn.Module, full: dict[str, torch.Tensor], 
     params = dict(model.named_parameters())
     local = {}
     for name, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):  # megatron's `_extra_state` placeholders
+            local[name] = full.get(name, value)
+            continue
         if name not in full:
             raise KeyError(f"full state dict lacks {name!r}")
         spec = _split_spec(params[name]) if name in params else None
