@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -134,8 +135,11 @@ def _get_tokenizer(corpus: Corpus, corpus_cfg: CorpusConfig, tok_cfg: TokenizerC
         return tok
     train_docs = (d for d in _limited(corpus.documents(), corpus_cfg)
                   if d.strip() and not is_valid_document(d, corpus_cfg.valid_fraction))
+    first = next(train_docs, None)
+    if first is None:
+        raise CorpusError(f"corpus {corpus.name} is empty: no non-blank training document to train a tokenizer on")
     return SentencePieceTokenizer.train(
-        train_docs, tok_cfg.vocab_size, model_path=save_to, model_type=tok_cfg.model_type,
+        itertools.chain([first], train_docs), tok_cfg.vocab_size, model_path=save_to, model_type=tok_cfg.model_type,
         character_coverage=tok_cfg.character_coverage, add_dummy_prefix=tok_cfg.add_dummy_prefix,
         max_sentences=tok_cfg.max_training_sentences)
 
@@ -153,8 +157,8 @@ def prepare_corpus(corpus_cfg: CorpusConfig, tokenizer_cfg: TokenizerConfig, out
     skipped and counted in the manifest (``skipped_documents``); a corpus with no
     usable document is an error naming the corpus.
     """
-    corpus = open_corpus(corpus_cfg)
     out_dir = Path(out_dir)
+    corpus = open_corpus(corpus_cfg, cache_dir=out_dir / ".hf-cache")
     key = cache_key(corpus, corpus_cfg, tokenizer_cfg)
     final = out_dir / key
     if final.is_dir() and not force:

@@ -35,7 +35,7 @@ def collate(samples: Sequence[Mapping[str, np.ndarray]], special: SpecialTokens 
     for key in keys:
         arrays = [np.asarray(s[key]) for s in samples]
         shapes = {a.shape for a in arrays}
-        if len(shapes) == 1 and pad_to_multiple == 1:
+        if len(shapes) == 1 and (pad_to_multiple == 1 or arrays[0].ndim != 1):
             out[key] = torch.from_numpy(np.stack(arrays))
             continue
         if any(a.ndim != 1 for a in arrays):

@@ -39,11 +39,12 @@ class Corpus:
 def stdlib_files(max_bytes: int) -> list[Path]:
     """Sorted stdlib ``*.py`` files (tests and vendored code left out), capped at ``max_bytes`` total."""
     root = Path(sysconfig.get_paths()["stdlib"])
+    candidates = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _STDLIB_SKIP and not d.startswith(".")]  # prune, never descend
+        candidates += [Path(folder) / f for f in files if f.endswith(".py") and not f.startswith("test_")]
     chosen, total = [], 0
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).parts
-        if any(part in _STDLIB_SKIP for part in rel[:-1]) or rel[-1].startswith("test_"):
-            continue
+    for path in sorted(candidates, key=lambda p: p.relative_to(root).parts):
         size = path.stat().st_size
         if max_bytes and total + size > max_bytes:
             continue  # keep looking for smaller files so the cap is filled deterministically
@@ -89,12 +90,13 @@ def _stdlib_corpus(cfg: CorpusConfig) -> Corpus:
     return Corpus(cfg.source, identity, lambda: (docstring_document(_read_source(p)) for p in files))
 
 
-def _hf_documents(builder: str, kwargs: dict, text_field: str, label: str) -> Iterator[str]:
+def _hf_documents(builder: str, kwargs: dict, text_field: str, label: str,
+                  cache_dir: str | None) -> Iterator[str]:
     import datasets
 
     datasets.disable_progress_bars()
     try:
-        ds = datasets.load_dataset(builder, **kwargs)
+        ds = datasets.load_dataset(builder, cache_dir=cache_dir, **kwargs)
     except Exception as exc:  # datasets raises many types; name the input either way
         raise CorpusError(f"cannot read corpus {label}: {type(exc).__name__}: {exc}") from exc
     columns = list(ds.column_names)
@@ -107,8 +109,12 @@ def _hf_documents(builder: str, kwargs: dict, text_field: str, label: str) -> It
         yield value or ""
 
 
-def open_corpus(cfg: CorpusConfig) -> Corpus:
-    """Resolve ``cfg.source`` to a :class:`Corpus`; fails fast on missing/unreadable files."""
+def open_corpus(cfg: CorpusConfig, cache_dir: str | os.PathLike | None = None) -> Corpus:
+    """Resolve ``cfg.source`` to a :class:`Corpus`; fails fast on missing/unreadable files.
+
+    ``cache_dir``: where ``datasets`` keeps its arrow cache (default: its own, under ~/.cache).
+    """
+    cache_dir = None if cache_dir is None else str(cache_dir)
     if cfg.source in ("stdlib-code", "stdlib-prose"):
         return _stdlib_corpus(cfg)
     path = Path(cfg.source).expanduser()
@@ -130,11 +136,11 @@ def open_corpus(cfg: CorpusConfig) -> Corpus:
             kwargs["sample_by"] = "document"
         field = cfg.text_field
         identity = f"file|{_file_identity([path.resolve()])}|{field}"
-        return Corpus(str(path), identity, lambda: _hf_documents(builder, kwargs, field, str(path)))
+        return Corpus(str(path), identity, lambda: _hf_documents(builder, kwargs, field, str(path), cache_dir))
     # a hub dataset name
     kwargs = {"split": cfg.split}
     identity = f"hub|{cfg.source}|{cfg.split}|{cfg.text_field}"
-    return Corpus(cfg.source, identity, lambda: _hf_documents(cfg.source, kwargs, cfg.text_field, cfg.source))
+    return Corpus(cfg.source, identity, lambda: _hf_documents(cfg.source, kwargs, cfg.text_field, cfg.source, cache_dir))
 
 
 def document_hash(text: str) -> int:
