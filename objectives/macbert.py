@@ -164,59 +164,89 @@ class MacBERT:
         self.replace_probs = masking.check_action_probs(config.replace_probs, "replace_probs")
 
     # ------------------------------------------------------------------ core
-    def corrupt_grid(self, rng: np.random.Generator, tokens: np.ndarray, word_start: np.ndarray,
-                     eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-        """MacBERT corruption of a [B, L] grid; ``eligible`` marks maskable tokens
-        (not [CLS]/[SEP]/PAD). A word starts where ``word_start`` or where an
-        eligible run begins. Returns ``(new_tokens, chosen, info)``."""
-        el = eligible
-        wstart = el & word_start
-        wstart[:, 0] = el[:, 0]
-        wstart[:, 1:] |= el[:, 1:] & ~el[:, :-1]
-        n_words = wstart.sum(axis=1)
-        span = masking.choose_spans(rng, wstart, length_probs=self.ngram_probs,
-                                    budget_words=self.config.mask_rate * n_words, eligible=el)
-        chosen = span >= 0
-        flat_chosen = np.flatnonzero(chosen.ravel())
+    def substitute(self, rng: np.random.Generator, ctok: np.ndarray, cws: np.ndarray):
+        """Corrupt chosen tokens ``ctok`` (chosen words laid end to end; ``cws`` True at
+        each word's first token). Returns ``(new_tokens, action, source, word_len)``."""
+        word_first = np.flatnonzero(cws)
+        word_len = np.diff(np.append(word_first, len(ctok)))
+        new, action, source = replace_words(rng, ctok.astype(np.int64), word_first, word_len, self.similar,
+                                            replace_probs=self.replace_probs,
+                                            low=self.special.first_regular, high=self.vocab_size)
+        return new, action, source, word_len
+
+    def choose(self, rng: np.random.Generator, word_start: np.ndarray, *, lengths=None, eligible=None):
+        """Whole-word n-grams over a [B, L] grid (``word_start`` True at row starts and
+        eligible-run starts); returns the :class:`objectives.masking.SpanSet`."""
+        if eligible is not None:
+            n_words = np.count_nonzero(word_start & eligible, axis=1)
+        else:
+            n_words = np.count_nonzero(word_start, axis=1)   # grids are False past each length
+        return masking.choose_span_set(rng, word_start, length_probs=self.ngram_probs,
+                                       budget_words=self.config.mask_rate * n_words,
+                                       lengths=lengths, eligible=eligible)
+
+    def corrupt_grid(self, rng: np.random.Generator, tokens: np.ndarray, word_start: np.ndarray, *,
+                     lengths=None, eligible=None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """MacBERT on a [B, L] grid: the first ``lengths[b]`` tokens of each row, or the
+        ``eligible`` ones (a word also starts where an eligible run begins). Returns
+        ``(new_tokens, pos, info)``: ``pos`` = flat positions of the targets."""
+        ws = word_start.copy()
+        ws[:, 0] = True
+        if eligible is not None:
+            ws &= eligible
+            ws[:, 1:] |= eligible[:, 1:] & ~eligible[:, :-1]
+            ws[:, 0] = eligible[:, 0]
+        elif lengths is not None:
+            ws &= np.arange(ws.shape[1])[None, :] < np.asarray(lengths)[:, None]
+        spans = self.choose(rng, ws, lengths=lengths, eligible=eligible)
+        pos, _ = spans.positions()
         new = tokens.copy()
-        info = {"n_words": n_words, "span": span}
-        if flat_chosen.size == 0:
-            info.update(action=np.zeros(0, np.int8), source=np.zeros(0, np.int8), word_len=np.zeros(0, np.int64))
-            return new, chosen, info
-        ctok = tokens.ravel()[flat_chosen].astype(np.int64)
-        word_first = np.flatnonzero(wstart.ravel()[flat_chosen])
-        word_len = np.diff(np.append(word_first, len(flat_chosen)))
-        new_c, action, source = replace_words(rng, ctok, word_first, word_len, self.similar,
-                                              replace_probs=self.replace_probs,
-                                              low=self.special.first_regular, high=self.vocab_size)
-        new.ravel()[flat_chosen] = new_c
-        info.update(action=action, source=source, word_len=word_len)
-        return new, chosen, info
+        flat = new.reshape(-1)
+        new_c, action, source, word_len = self.substitute(rng, flat[pos], ws.reshape(-1)[pos])
+        flat[pos] = new_c
+        return new, pos, {"spans": spans, "word_start": ws, "action": action, "source": source,
+                          "word_len": word_len}
 
     # ------------------------------------------------------------------ API
     def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> Sample:
         """[B, S] fields for a list of segments, vectorised over the batch."""
         S = int(self.config.seq_length)
-        body, ws, n = _stack_segments(samples, S - 2, "MacBERT")
-        B = len(samples)
-        valid = np.arange(S - 2)[None, :] < n[:, None]
-        new, chosen, _ = self.corrupt_grid(rng, body, ws, valid)
+        L = S - 2
         sp = self.special
-        tokens = np.full((B, S), sp.pad, np.int32)
-        tokens[:, 1:S - 1] = np.where(valid, new, sp.pad)
+        body, ws, n = _stack_segments(samples, L, "MacBERT", pad=sp.pad)
+        B = len(samples)
+        # reserved ids already in the input (other than unk) are copied, never targets
+        eligible = None
+        low = body < sp.first_regular
+        if low.any():
+            reserved = low & (body != sp.unk) & (np.arange(L)[None, :] < n[:, None])
+            if reserved.any():
+                eligible = (np.arange(L)[None, :] < n[:, None]) & ~reserved
+        spans = self.choose(rng, ws, lengths=None if eligible is not None else n, eligible=eligible)
+        pos, _ = spans.positions()
+        flat_body = body.reshape(-1)
+        orig = flat_body[pos]
+        new_c, _, _, _ = self.substitute(rng, orig, ws.reshape(-1)[pos])
+        opos = pos + (pos // max(L, 1)) * 2 + 1                 # body grid -> output grid
+        tokens = np.empty((B, S), np.int32)
+        tokens[:, 1:S - 1] = body
         tokens[:, 0] = sp.cls
-        rows = np.arange(B)
-        tokens[rows, n + 1] = sp.sep
+        tokens[:, S - 1] = sp.pad
+        tokens[np.arange(B), n + 1] = sp.sep
+        tokens.reshape(-1)[opos] = new_c
         labels = np.full((B, S), sp.pad, np.int32)
-        labels[:, 1:S - 1] = np.where(chosen, body, sp.pad)
+        labels.reshape(-1)[opos] = orig
         loss_mask = np.zeros((B, S), np.float32)
-        loss_mask[:, 1:S - 1] = chosen
-        kv_end = np.repeat((n + 2).astype(np.int32)[:, None], S, axis=1)
+        loss_mask.reshape(-1)[opos] = 1.0
+        kv_end = np.empty((B, S), np.int32)
+        kv_end[:] = (n + 2)[:, None]
+        position_ids = np.empty((B, S), np.int32)
+        position_ids[:] = np.arange(S, dtype=np.int32)
         return {
             "tokens": tokens,
             "labels": labels,
             "loss_mask": loss_mask,
-            "position_ids": np.tile(np.arange(S, dtype=np.int32), (B, 1)),
+            "position_ids": position_ids,
             "segment_ids": np.zeros((B, S), np.int32),
             "kv_start": np.zeros((B, S), np.int32),
             "kv_end": kv_end,
@@ -231,29 +261,34 @@ class MacBERT:
 
 
 def _stack_segments(samples: Sequence[Mapping[str, np.ndarray]], width: int, who: str,
-                    extra: tuple[str, ...] = ()) -> tuple:
+                    extra: tuple[str, ...] = (), pad: int = 0) -> tuple:
     """Pad segments' ``tokens``/``word_start`` (and ``extra`` bool fields) into
-    [B, width] grids (truncating); returns ``(tokens, word_start, n, *extras)``."""
+    [B, width] grids (truncating; flags False past each length, ``word_start``
+    True at column 0); returns ``(tokens, word_start, n, *extras)``."""
     B = len(samples)
-    tokens = np.zeros((B, width), np.int32)
-    ws = np.zeros((B, width), bool)
-    extras = [np.zeros((B, width), bool) for _ in extra]
-    n = np.zeros(B, np.int64)
-    for i, s in enumerate(samples):
-        require_fields(s, ("tokens", "word_start") + extra, who)
-        t = np.asarray(s["tokens"])
-        w = np.asarray(s["word_start"])
-        if t.ndim != 1 or w.shape != t.shape:
-            raise ValueError(f"{who}: tokens and word_start must be 1-D of one length, got {t.shape} and {w.shape}")
-        k = min(len(t), width)
-        tokens[i, :k] = t[:k]
-        ws[i, :k] = w[:k]
-        for j, f in enumerate(extra):
-            e = np.asarray(s[f])
-            if e.shape != t.shape:
-                raise ValueError(f"{who}: {f} must have the shape of tokens {t.shape}, got {e.shape}")
-            extras[j][i, :k] = e[:k]
-        n[i] = k
+    fields = ("tokens", "word_start") + tuple(extra)
+    for s in samples:
+        require_fields(s, fields, who)
+    cols = [[np.asarray(s[f]) for s in samples] for f in fields]
+    lens = np.fromiter((t.shape[0] if t.ndim == 1 else -1 for t in cols[0]), np.int64, B)
+    if np.any(lens < 0):
+        raise ValueError(f"{who}: tokens must be 1-D")
+    for f, col in zip(fields[1:], cols[1:]):
+        other = np.fromiter((a.shape[0] if a.ndim == 1 else -1 for a in col), np.int64, B)
+        if not np.array_equal(other, lens):
+            i = int(np.flatnonzero(other != lens)[0])
+            raise ValueError(f"{who}: {f} must be 1-D with the length of tokens ({lens[i]}), "
+                             f"got shape {col[i].shape}")
+    n = np.minimum(lens, width)
+    if np.any(lens > width):
+        cols = [[a[:width] for a in col] for col in cols]
+    grids = [np.full((B, width), pad, np.int32)] + [np.zeros((B, width), bool) for _ in fields[1:]]
+    total = int(n.sum())
+    if total:
+        offs = np.cumsum(n) - n
+        where = np.arange(total, dtype=np.int64) + np.repeat(np.arange(B, dtype=np.int64) * width - offs, n)
+        for g, col in zip(grids, cols):
+            g.reshape(-1)[where] = np.concatenate(col)
     if width:
-        ws[:, 0] = True
-    return (tokens, ws, n, *extras)
+        grids[1][:, 0] = True
+    return (grids[0], grids[1], n, *grids[2:])

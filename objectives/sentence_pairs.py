@@ -96,22 +96,30 @@ class NSPConfig(_PairConfig):
 def choose_split(rng: np.random.Generator, n: np.ndarray, sentence_start: np.ndarray,
                  word_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row a cut in ``[1, n)``: a uniform sentence boundary, else a uniform word
-    start, else a uniform token. Returns ``(split, kind)`` with kind 0 sentence,
-    1 word, 2 token, -1 none possible (n < 2; split = n)."""
+    start, else a uniform token. Grids are False past each row's ``n``. Returns
+    ``(split, kind)`` with kind 0 sentence, 1 word, 2 token, -1 none possible
+    (n < 2; split = n)."""
     B, N = sentence_start.shape
-    j = np.arange(N)[None, :]
-    inner = (j >= 1) & (j < n[:, None])
-    s_flag = sentence_start & inner
-    w_flag = word_start & inner
-    cs = s_flag.sum(axis=1)
-    cw = w_flag.sum(axis=1)
-    ct = inner.sum(axis=1)
-    flag = np.where((cs > 0)[:, None], s_flag, np.where((cw > 0)[:, None], w_flag, inner))
-    count = np.where(cs > 0, cs, np.where(cw > 0, cw, ct))
+    flag = sentence_start.copy()
+    flag[:, 0] = False
+    count = np.count_nonzero(flag, axis=1)
+    kind = np.zeros(B, np.int64)
+    if not count.all():                      # rare: rows with a single sentence
+        j = np.arange(N)[None, :]
+        inner = (j >= 1) & (j < n[:, None])
+        w_flag = word_start & inner
+        cw = np.count_nonzero(w_flag, axis=1)
+        ct = np.maximum(n - 1, 0)
+        no_s = count == 0
+        flag = np.where(no_s[:, None], np.where((cw > 0)[:, None], w_flag, inner), flag)
+        kind = np.where(no_s, np.where(cw > 0, 1, 2), 0)
+        count = np.where(no_s, np.where(cw > 0, cw, ct), count)
     k = np.minimum((rng.random(B) * count).astype(np.int64), np.maximum(count - 1, 0))
-    split = np.argmax(np.cumsum(flag, axis=1) > k[:, None], axis=1)
-    kind = np.where(cs > 0, 0, np.where(cw > 0, 1, 2))
+    # the k-th True of each row: rows' True positions are consecutive in flatnonzero
+    hits = np.flatnonzero(flag)
+    first = np.cumsum(count) - count
     none = count == 0
+    split = hits[np.minimum(first + k, max(len(hits) - 1, 0))] % N if len(hits) else np.zeros(B, np.int64)
     return np.where(none, n, split), np.where(none, -1, kind)
 
 
@@ -155,6 +163,48 @@ class _SentencePair:
     def _swap(self, rng, B):
         return np.zeros(B, bool)
 
+    def _choose(self, rng, grid_ws, s1, l1, s2, l2, idx, n_real):
+        """Targets as flat output positions, with word-start flags and span indices.
+        Unigrams are chosen on the contiguous pair (first + second, no [SEP]), the
+        fast path; longer n-grams on the output grid, where a [SEP] stops them."""
+        cfg = self.config
+        B, S = idx.shape
+        flat_ws = grid_ws.reshape(-1)
+        base = np.arange(B, dtype=np.int64) * grid_ws.shape[1]
+        if self.ngram_probs.size == 1:
+            W = S - 3
+            q = np.arange(W, dtype=np.int64)[None, :]
+            n12 = l1 + l2
+            src = np.where(q < l1[:, None], (base + s1)[:, None], (base + s2 - l1)[:, None]) + q
+            ws = np.take(flat_ws, src, mode="clip")
+            ws[:, 0] = True
+            rows = np.flatnonzero(l1 < W)
+            ws[rows, l1[rows]] = True                          # each segment starts a word
+            ws &= q < n12[:, None]
+            if self.macbert is not None:
+                spans = self.macbert.choose(rng, ws, lengths=n12)
+            else:
+                spans = masking.choose_span_set(rng, ws, length_probs=self.ngram_probs,
+                                                budget_tokens=cfg.mask_rate * n12, lengths=n12)
+            pos_p, span = spans.positions()
+            row, col = np.divmod(pos_p, W)
+            pos = row * S + col + 1 + (col >= l1[row])
+            return pos, ws.reshape(-1)[pos_p], span, len(spans)
+        p = np.arange(S, dtype=np.int64)[None, :]
+        L1 = l1[:, None]
+        eligible = (p >= 1) & (p < n_real[:, None]) & (p != L1 + 1) & (p != (l1 + l2 + 2)[:, None])
+        wbody = np.take(flat_ws, idx, mode="clip")
+        wbody |= (p == 1) | (p == L1 + 2)                      # each segment starts a word
+        wbody &= eligible
+        if self.macbert is not None:
+            spans = self.macbert.choose(rng, wbody, eligible=eligible)
+        else:
+            spans = masking.choose_span_set(rng, wbody, length_probs=self.ngram_probs,
+                                            budget_tokens=cfg.mask_rate * np.count_nonzero(eligible, axis=1),
+                                            eligible=eligible)
+        pos, span = spans.positions()
+        return pos, wbody.reshape(-1)[pos], span, len(spans)
+
     def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> Sample:
         cfg, sp = self.config, self.special
         S = int(cfg.seq_length)
@@ -179,48 +229,45 @@ class _SentencePair:
         s2 = np.where(swap, a_start, b_start)
         l2 = np.where(swap, la, lb)
 
-        p = np.arange(S)[None, :]
-        L1, L2 = l1[:, None], l2[:, None]
-        in1 = (p >= 1) & (p <= L1)
-        in2 = (p >= L1 + 2) & (p < L1 + 2 + L2)
-        src = np.where(in1, s1[:, None] + p - 1, np.where(in2, s2[:, None] + p - L1 - 2, 0))
-        src = np.minimum(src, grid_tok.shape[1] - 1)
-        body = np.take_along_axis(grid_tok, src, axis=1)
-        wbody = np.take_along_axis(grid_ws, src, axis=1)
-        eligible = in1 | in2
-        wbody |= (p == 1) | (p == L1 + 2)                      # each segment starts a word
-        wbody &= eligible
-        sep1 = p == L1 + 1
-        sep2 = (p == L1 + L2 + 2) & (L2 > 0)
-        n_real = np.where(l2 > 0, l1 + l2 + 3, l1 + 2).astype(np.int32)
-
-        tokens = np.where(eligible, body, sp.pad).astype(np.int32)
+        # output position p reads grid column s1 + p - 1 (first part) or s2 + p - l1 - 2 (second)
+        p = np.arange(S, dtype=np.int64)[None, :]
+        base = np.arange(B, dtype=np.int64) * grid_tok.shape[1]
+        idx = np.where(p <= l1[:, None], (base + s1 - 1)[:, None], (base + s2 - l1 - 2)[:, None]) + p
+        n_real = np.where(l2 > 0, l1 + l2 + 3, l1 + 2)
+        tokens = np.take(grid_tok.reshape(-1), idx, mode="clip")
+        np.copyto(tokens, sp.pad, where=p >= n_real[:, None])
+        rows = np.arange(B)
         tokens[:, 0] = sp.cls
-        tokens[sep1 | sep2] = sp.sep
+        tokens[rows, l1 + 1] = sp.sep
+        two = l2 > 0
+        tokens[rows[two], (l1 + l2 + 2)[two]] = sp.sep
         labels = np.full((B, S), sp.pad, np.int32)
         loss_mask = np.zeros((B, S), np.float32)
         if cfg.masking != "none":
+            pos, cws, span, n_spans = self._choose(rng, grid_ws, s1, l1, s2, l2, idx, n_real)
+            flat = tokens.reshape(-1)
+            orig = flat[pos]
             if self.macbert is not None:
-                new, chosen, _ = self.macbert.corrupt_grid(rng, tokens, wbody, eligible)
+                flat[pos] = self.macbert.substitute(rng, orig, cws)[0]
             else:
-                budget = cfg.mask_rate * eligible.sum(axis=1)
-                span = masking.choose_spans(rng, wbody, length_probs=self.ngram_probs, budget_tokens=budget,
-                                            eligible=eligible)
-                chosen = span >= 0
-                new, _ = masking.bert_corrupt(rng, tokens, span, mask_id=sp.mask, low=sp.first_regular,
-                                              high=self.vocab_size, probs=cfg.replace_probs, per_span=False)
-            labels = np.where(chosen, tokens, sp.pad).astype(np.int32)
-            loss_mask = chosen.astype(np.float32)
-            tokens = new.astype(np.int32)
-        segment_ids = ((p >= L1 + 2) & (p < n_real[:, None])).astype(np.int32)
+                action = masking.draw_actions(rng, span, n_spans, probs=cfg.replace_probs, per_span=False)
+                masking.corrupt_positions(rng, flat, pos, action, mask_id=sp.mask, low=sp.first_regular,
+                                          high=self.vocab_size)
+            labels.reshape(-1)[pos] = orig
+            loss_mask.reshape(-1)[pos] = 1.0
+        segment_ids = ((p >= (l1 + 2)[:, None]) & (p < n_real[:, None])).astype(np.int32)
+        position_ids = np.empty((B, S), np.int32)
+        position_ids[:] = np.arange(S, dtype=np.int32)
+        kv_end = np.empty((B, S), np.int32)
+        kv_end[:] = n_real[:, None]
         return {
             "tokens": tokens,
             "labels": labels,
             "loss_mask": loss_mask,
-            "position_ids": np.tile(np.arange(S, dtype=np.int32), (B, 1)),
+            "position_ids": position_ids,
             "segment_ids": segment_ids,
             "kv_start": np.zeros((B, S), np.int32),
-            "kv_end": np.repeat(n_real[:, None], S, axis=1),
+            "kv_end": kv_end,
             self.label_field: label,
         }
 
