@@ -138,6 +138,7 @@ class Session:
         self.collate = functools.partial(collate, special=self.tokenizer.special)
         self.per_step = samples_per_step(grad_accum=cfg.schedule.grad_accum_steps, dp_size=self.info.dp_size,
                                          micro_batch_size=cfg.schedule.micro_batch_size)
+        self._checked_counts = False
         self.num_params = sum(p.numel() for p in self.model.parameters())
         if self.info.initialized and self.info.tp_size > 1:
             t = torch.tensor([float(self.num_params)], dtype=torch.float64, device=self.info.device)
@@ -176,6 +177,47 @@ class Session:
         return evaluate(self.model, self.data.evals, info=self.info, batches=self.cfg.eval.batches,
                         micro_batch_size=self.cfg.eval.micro_batch_size, collate=self.collate,
                         to_device=self.to_device, autocast=(lambda: ac) if ac is not None else None)
+
+    def train_step(self, step: int, mbs: list[dict], *, loss_hook=None) -> tuple[float, dict, float]:
+        """Forward/backward every micro-batch, then one optimizer step. Returns this
+        rank's (loss, per-objective losses, grad norm); raises :class:`NonFiniteLoss`
+        before the optimizer step when a loss or the gradient norm is not finite."""
+        info = self.info
+        weights = {k: self.cfg.objective.weight(k) for k in ("lm", "sbo", "sop", "nsp")}
+        counts = step_counts(mbs, lambda t: info.all_reduce_dp(t.to(info.device)).cpu())
+        self.optimizer.zero_grad()
+        parts_sum: dict[str, float] = {}
+        loss_sum = 0.0
+        for mb in mbs:
+            ac = self.autocast()
+            if ac is not None:
+                with ac:
+                    out = self.wrapped(mb)
+            else:
+                out = self.wrapped(mb)
+            if not self._checked_counts:
+                check_counts(out, mb)
+            loss, parts = weighted_loss(out, counts, weights)
+            if loss_hook is not None:
+                loss = loss_hook(step + 1, loss)
+            bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0], device=info.device)
+            info.all_reduce_world(bad, op=torch.distributed.ReduceOp.MAX)
+            if bad.item() > 0:
+                raise NonFiniteLoss(f"non-finite loss at step {step + 1} (objective losses {_fmt(parts)}); "
+                                    "stopped before its optimizer step", step + 1)
+            (loss * self.optimizer.loss_scale).backward()
+            loss_sum += float(loss.detach())
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
+        self._checked_counts = True
+        grad_norm = self.optimizer.prepare_step()
+        if not math.isnan(grad_norm) and not math.isfinite(grad_norm):
+            raise NonFiniteLoss(f"non-finite gradient norm at step {step + 1}; stopped before its optimizer step",
+                                step + 1)
+        self.optimizer.step()
+        if hasattr(self.optimizer, "last_norm"):
+            grad_norm = self.optimizer.last_norm()
+        return loss_sum, parts_sum, grad_norm
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state(self, step: int) -> dict:
@@ -240,14 +282,12 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
              f"(dp {info.dp_size}, tp {info.tp_size}), {info.device.type}/{sess.precision}, "
              f"optimizer {sess.optimizer.kind}, {sess.per_step} samples/step")
 
-    weights = {k: cfg.objective.weight(k) for k in ("lm", "sbo", "sop", "nsp")}
     causal = sess.model_cfg.kind == "decoder"
     fpt = flops_per_token(sess.num_params, sess.model_cfg.num_layers, sess.model_cfg.hidden_size,
                           cfg.data.seq_length, causal)
     peak = peak_flops(info.device, cfg.logging.peak_flops)
     result = RunResult(run_dir=run_dir, start_step=start, final_step=start, checkpoint=last_good)
     window = {"tokens": 0.0, "time": 0.0, "n": 0, "sums": {}}
-    checked_counts = False
     stop_after = cfg.schedule.stop_after_steps
     try:
         for step in range(start, total):
@@ -257,40 +297,10 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
             lr = sess.schedule(step)
             set_lr(sess.optimizer, lr)
             mbs = sess.micro_batches(step)
-            counts = step_counts(mbs, lambda t: info.all_reduce_dp(t.to(info.device)).cpu())
-            sess.optimizer.zero_grad()
-            parts_sum: dict[str, float] = {}
-            loss_sum = 0.0
-            for mb in mbs:
-                ac = sess.autocast()
-                if ac is not None:
-                    with ac:
-                        out = sess.wrapped(mb)
-                else:
-                    out = sess.wrapped(mb)
-                if not checked_counts:
-                    check_counts(out, mb)
-                loss, parts = weighted_loss(out, counts, weights)
-                if loss_hook is not None:
-                    loss = loss_hook(step + 1, loss)
-                bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0], device=info.device)
-                info.all_reduce_world(bad, op=torch.distributed.ReduceOp.MAX)
-                if bad.item() > 0:
-                    raise NonFiniteLoss(
-                        f"non-finite loss at step {step + 1} (objective losses {_fmt(parts)}); stopped before "
-                        f"its optimizer step. Last good checkpoint: {last_good or 'none'}", step + 1)
-                (loss * sess.optimizer.loss_scale).backward()
-                loss_sum += float(loss.detach())
-                for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
-            checked_counts = True
-            grad_norm = sess.optimizer.prepare_step()
-            if not math.isnan(grad_norm) and not math.isfinite(grad_norm):
-                raise NonFiniteLoss(f"non-finite gradient norm at step {step + 1}; stopped before its optimizer "
-                                    f"step. Last good checkpoint: {last_good or 'none'}", step + 1)
-            sess.optimizer.step()
-            if hasattr(sess.optimizer, "last_norm"):
-                grad_norm = sess.optimizer.last_norm()
+            try:
+                loss_sum, parts_sum, grad_norm = sess.train_step(step, mbs, loss_hook=loss_hook)
+            except NonFiniteLoss as exc:
+                raise NonFiniteLoss(f"{exc}. Last good checkpoint: {last_good or 'none'}", exc.step) from None
             sess.data.train.advance(sess.per_step)
             done = step + 1
             # the loss each rank holds is its share of the global mean: sum over DP

@@ -1,0 +1,27 @@
+"""Shared fixtures. ``tiny_corpus``: one small prepared corpus (a capped slice of the
+standard library's code, a 512-piece tokenizer) reused by every recipe test."""
+
+from __future__ import annotations
+
+import pytest
+
+TINY_CORPUS = {"source": "stdlib-code", "max_bytes": 120_000, "valid_fraction": 0.2}
+TINY_TOKENIZER = {"vocab_size": 512, "max_training_sentences": 3000}
+
+
+def pytest_configure(config):
+    # megatron-core announces at import that Apex / Transformer Engine are absent; we use neither
+    config.addinivalue_line("filterwarnings", r"ignore:.*(Apex|Transformer Engine).*:UserWarning")
+    config.addinivalue_line("filterwarnings", r"ignore:full scope is deprecated:UserWarning")
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """(CorpusConfig, TokenizerConfig, cache_dir) of a prepared tiny corpus."""
+    from data_pipeline.build import prepare_corpus
+    from data_pipeline.config import CorpusConfig, TokenizerConfig
+
+    corpus, tokenizer = CorpusConfig(**TINY_CORPUS), TokenizerConfig(**TINY_TOKENIZER)
+    cache = tmp_path_factory.mktemp("corpus_cache")
+    prepare_corpus(corpus, tokenizer, cache, progress=False)
+    return corpus, tokenizer, str(cache)

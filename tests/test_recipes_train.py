@@ -1,0 +1,180 @@
+"""The training recipe end to end on CPU, at tiny sizes (seconds per run)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from recipes import checkpoint as ckpt
+from recipes.config import ConfigError
+from recipes.train import NonFiniteLoss, Session, main, run
+from recipes.train_config import load_train_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+TINY = sorted(p.name for p in CONFIGS.glob("*_tiny.yaml"))
+
+
+def shrink(cfg, tiny_corpus, run_dir, *, steps=6, every=0, seq=64, mb=4, accum=1, **schedule):
+    """The config at test size, reading the session's prepared tiny corpus."""
+    corpus, tokenizer, cache = tiny_corpus
+    R = dataclasses.replace
+    return R(cfg,
+             data=R(cfg.data, corpus=corpus, tokenizer=tokenizer, cache_dir=cache, seq_length=seq),
+             schedule=R(cfg.schedule, train_steps=steps, warmup_steps=min(2, steps), micro_batch_size=mb,
+                        grad_accum_steps=accum, **schedule),
+             checkpoint=R(cfg.checkpoint, every_steps=every, dir=""),
+             logging=R(cfg.logging, run_dir=str(run_dir), progress_bar=False, every_steps=2),
+             eval=R(cfg.eval, batches=1, micro_batch_size=4, every_steps=0, infill_max_new_tokens=4))
+
+
+def needs_objective(cfg):
+    from objectives import registry
+    from recipes.data import leaves
+
+    for leaf in leaves(cfg.objective.spec):
+        try:
+            registry.config_class(leaf["name"])
+        except ImportError as exc:
+            pytest.skip(f"objective {leaf['name']!r} not available: {exc}")
+
+
+def test_every_tiny_config_is_listed():
+    names = {n.removesuffix("_tiny.yaml") for n in TINY}
+    assert {"causal_lm", "gpt_fim", "spanbert", "albert_sop", "macbert", "unilm", "bert_mlm", "bert_nsp"} <= names
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_config_learns_a_fixed_batch(name, tiny_corpus, tmp_path):
+    """Every tiny recipe builds, gives a finite loss, and fits one fixed batch."""
+    cfg = load_train_config(CONFIGS / name, ["optim.lr=1e-2", "optim.min_lr=1e-2"])
+    needs_objective(cfg)
+    cfg = shrink(cfg, tiny_corpus, tmp_path / "run", steps=8, mb=8)
+    sess = Session(cfg, progress=False)
+    from recipes.losses import target_counts
+
+    for first in range(10):  # a batch with targets for every objective (short segments may have none)
+        mbs = sess.micro_batches(first)
+        if min(target_counts(mbs[0]).values()) > 0:
+            break
+    losses = []
+    for step in range(8):
+        sess.optimizer.param_groups[0]["lr"] = sess.optimizer.param_groups[1]["lr"] = 1e-2
+        loss, parts, norm = sess.train_step(step, mbs)
+        assert math.isfinite(loss) and math.isfinite(norm), (step, loss, norm)
+        losses.append(loss)
+    assert losses[-1] < 0.8 * losses[0], losses
+    expected_parts = {"causal_lm": {"lm"}, "gpt_fim": {"lm"}, "spanbert": {"lm", "sbo"}, "albert_sop": {"lm", "sop"},
+                      "macbert": {"lm", "sop"}, "unilm": {"lm"}, "bert_mlm": {"lm"}, "bert_nsp": {"lm", "nsp"}}
+    assert set(parts) == expected_parts[name.removesuffix("_tiny.yaml")]
+
+
+def _fim_cfg(tiny_corpus, run_dir, **kw):
+    return shrink(load_train_config(CONFIGS / "gpt_fim_tiny.yaml"), tiny_corpus, run_dir, **kw)
+
+
+def test_resume_reproduces_uninterrupted_run_bitwise(tiny_corpus, tmp_path):
+    full = run(_fim_cfg(tiny_corpus, tmp_path / "full", steps=6, every=3), progress=False)
+    assert sorted(full.losses) == [1, 2, 3, 4, 5, 6]
+    assert full.losses[6] < full.losses[1]
+
+    first = run(_fim_cfg(tiny_corpus, tmp_path / "split", steps=6, every=3, stop_after_steps=3), progress=False)
+    assert sorted(first.losses) == [1, 2, 3] and first.checkpoint.name == "step_00000003"
+    second = run(_fim_cfg(tiny_corpus, tmp_path / "split", steps=6, every=3), progress=False)
+    assert second.start_step == 3 and sorted(second.losses) == [4, 5, 6]
+
+    for step in range(1, 7):
+        got = (first.losses if step <= 3 else second.losses)[step]
+        assert got == full.losses[step], (step, got, full.losses[step])  # exact, not approximate
+    a = ckpt.load_checkpoint(full.checkpoint)
+    b = ckpt.load_checkpoint(second.checkpoint)
+    assert a["step"] == b["step"] == 6 and a["data"] == b["data"]
+    for k, v in a["model"].items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, b["model"][k]), k
+    # the resolved config is saved beside the run and reloads to the same tree
+    assert load_train_config(tmp_path / "full" / "config.yaml") == _fim_cfg(tiny_corpus, tmp_path / "full", steps=6,
+                                                                              every=3)
+
+
+class Killed(BaseException):
+    pass
+
+
+def test_checkpoint_killed_mid_save_is_ignored_on_resume(tiny_corpus, tmp_path):
+    def die_at_step_4(tmp_dir):
+        if tmp_dir.name.endswith("step_00000004"):
+            raise Killed()
+
+    with pytest.raises(Killed):
+        run(_fim_cfg(tiny_corpus, tmp_path / "r", steps=6, every=2), progress=False,
+            save_hooks={"_before_publish": die_at_step_4})
+    cdir = tmp_path / "r" / "checkpoints"
+    assert (cdir / "latest").read_text().strip() == "step_00000002"
+    assert (cdir / ".tmp-step_00000004").is_dir()  # the partial save is there ...
+    resumed = run(_fim_cfg(tiny_corpus, tmp_path / "r", steps=6, every=2), progress=False)
+    assert resumed.start_step == 2  # ... and ignored
+    assert not (cdir / ".tmp-step_00000004").exists()
+    assert resumed.checkpoint.name == "step_00000006"
+
+
+def test_non_finite_loss_stops_before_the_step(tiny_corpus, tmp_path):
+    def poison(step, loss):
+        return loss * float("nan") if step == 3 else loss
+
+    cfg = _fim_cfg(tiny_corpus, tmp_path / "nan", steps=6, every=2)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 3 .*before its optimizer step.*step_00000002"):
+        run(cfg, progress=False, loss_hook=poison)
+    cdir = tmp_path / "nan" / "checkpoints"
+    assert ckpt.latest_checkpoint(cdir).name == "step_00000002"
+    assert not list(cdir.glob("step_00000003")) and not list(cdir.glob(".tmp-*"))
+
+    # the optimizer step is skipped: weights and Adam state are untouched
+    sess = Session(cfg, progress=False)
+    before = {k: v.clone() for k, v in sess.model.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(NonFiniteLoss, match="step 1"):
+        sess.train_step(0, sess.micro_batches(0), loss_hook=lambda s, l: l * float("inf"))
+    after = sess.model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert not sess.optimizer.state_dict()["state"]
+
+
+def test_loss_is_normalised_over_the_whole_step(tiny_corpus, tmp_path):
+    """One micro-batch of 4 and two accumulated micro-batches of 2 give the same loss and gradient."""
+    results = []
+    for mb, accum in ((4, 1), (2, 2)):
+        sess = Session(_fim_cfg(tiny_corpus, tmp_path / f"n{mb}", mb=mb, accum=accum), progress=False)
+        loss, parts, norm = sess.train_step(0, sess.micro_batches(0))
+        results.append((loss, norm, {n: p.grad.clone() for n, p in sess.model.named_parameters()}))
+    (l1, n1, g1), (l2, n2, g2) = results
+    assert l1 == pytest.approx(l2, rel=1e-5) and n1 == pytest.approx(n2, rel=1e-4)
+    for k in g1:
+        torch.testing.assert_close(g1[k], g2[k], rtol=1e-4, atol=1e-7)
+
+
+def test_bad_configs_fail_naming_the_field(tmp_path, capsys):
+    path = CONFIGS / "gpt_fim_tiny.yaml"
+    with pytest.raises(ConfigError, match=r"optim\.lrr: unknown key"):
+        load_train_config(path, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"schedule\.train_steps: expected an int"):
+        load_train_config(path, ["schedule.train_steps=lots"])
+    with pytest.raises(ConfigError, match=r"model: ModelConfig\.hidden_size"):
+        load_train_config(path, ["model.hidden_size=66"])
+    with pytest.raises(ConfigError, match=r"objective: loss_weights: unknown loss"):
+        load_train_config(path, ["objective.loss_weights.mlm=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path.read_text().replace("schedule:", "schedul:"))
+    assert main([str(bad)]) == 2
+    assert "schedul: unknown key" in capsys.readouterr().err
+
+
+def test_overrides_are_typed(tmp_path):
+    cfg = load_train_config(CONFIGS / "gpt_fim_tiny.yaml",
+                            ["optim.lr=1e-3", "schedule.train_steps=7", "logging.tensorboard=false",
+                             "objective.spec.config.fim_rate=1", "model.num_query_groups=2", "name=123"])
+    assert cfg.optim.lr == 1e-3 and cfg.schedule.train_steps == 7 and cfg.logging.tensorboard is False
+    assert cfg.objective.spec["config"]["fim_rate"] == 1 and cfg.model.num_query_groups == 2
+    assert cfg.name == "123"
