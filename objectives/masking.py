@@ -161,7 +161,8 @@ def _take_prefix(rng, cum: np.ndarray, step: np.ndarray, budget: np.ndarray) -> 
     before = np.where(n_full > 0, cum[rows, np.maximum(n_full - 1, 0)], 0)
     cross = step[rows, np.minimum(n_full, M - 1)]
     take = (n_full < n_items) & (u[1] * np.maximum(cross, 1) < budget - before)
-    return np.where(wald, n_wald, n_full + take)
+    everything = budget >= cum[:, -1]              # the budget covers every item: take them all
+    return np.where(everything, n_items, np.where(wald, n_wald, n_full + take))
 
 
 def _place(rng, lengths: np.ndarray, cum: np.ndarray, k: np.ndarray, n_words: np.ndarray) -> np.ndarray:
