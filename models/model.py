@@ -65,10 +65,12 @@ def transformer_config(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, cpu_init: 
     )
 
 
-def layer_spec(cfg: ModelConfig):
-    """megatron's local (no Transformer Engine) GPT layer spec with our core attention."""
+def layer_spec(cfg: ModelConfig, core_attention=None):
+    """megatron's local (no Transformer Engine) GPT layer spec with our core attention
+    (or ``core_attention``: any module with megatron's core-attention signature that
+    reads ``attention_mask`` as packed intervals, e.g. a benchmark baseline)."""
     spec = get_gpt_layer_local_spec(normalization="RMSNorm" if cfg.kind == "decoder" else "LayerNorm")
-    spec.submodules.self_attention.submodules.core_attention = IntervalAttention
+    spec.submodules.self_attention.submodules.core_attention = core_attention or IntervalAttention
     mask_type = AttnMaskType.causal if cfg.kind == "decoder" else AttnMaskType.padding
     spec.submodules.self_attention.params = {**spec.submodules.self_attention.params, "attn_mask_type": mask_type}
     return spec
@@ -78,14 +80,14 @@ class PretrainModel(MegatronModule):
     """GPTModel (``self.lm``) + heads; ``forward(batch)`` returns per-objective sums."""
 
     def __init__(self, cfg: ModelConfig, tconfig: TransformerConfig, pg_collection, *,
-                 pre_process: bool = True, post_process: bool = True):
+                 pre_process: bool = True, post_process: bool = True, core_attention=None):
         super().__init__(config=tconfig)
         self.cfg = cfg
         self.pg_collection = pg_collection
         self.tp_group = pg_collection.tp
         decoder = cfg.kind == "decoder"
         self.lm = GPTModel(
-            config=tconfig, transformer_layer_spec=layer_spec(cfg), vocab_size=cfg.vocab_size,
+            config=tconfig, transformer_layer_spec=layer_spec(cfg, core_attention), vocab_size=cfg.vocab_size,
             max_sequence_length=cfg.max_position_embeddings, pre_process=pre_process, post_process=post_process,
             share_embeddings_and_output_weights=True,
             position_embedding_type="rope" if decoder else "learned_absolute", rotary_base=cfg.rotary_base,
@@ -207,10 +209,12 @@ class PretrainModel(MegatronModule):
 
 def build_model(cfg: ModelConfig, pg_collection=None, *, device: str | torch.device | None = None,
                 cpu_init: bool = True, pre_process: bool | None = None,
-                post_process: bool | None = None) -> PretrainModel:
+                post_process: bool | None = None, core_attention=None) -> PretrainModel:
     """Build the model for this rank. ``pg_collection``: from ``init_parallel`` (default:
     the groups of megatron's already-initialised ``parallel_state``). Pipeline stages
-    default to this rank's place in the pipeline group."""
+    default to this rank's place in the pipeline group. ``cpu_init``: draw full weights
+    on the CPU and split them (same initial model for any TP; slower for big models);
+    False initialises on the current CUDA device with megatron's TP-aware RNG."""
     from megatron.core.process_groups_config import ProcessGroupCollection
 
     if pg_collection is None:
@@ -225,7 +229,7 @@ def build_model(cfg: ModelConfig, pg_collection=None, *, device: str | torch.dev
     pre_process = pp_rank == 0 if pre_process is None else pre_process
     post_process = pp_rank == pp - 1 if post_process is None else post_process
     model = PretrainModel(cfg, transformer_config(cfg, tp=tp, pp=pp, cpu_init=cpu_init), pg_collection,
-                          pre_process=pre_process, post_process=post_process)
+                          pre_process=pre_process, post_process=post_process, core_attention=core_attention)
     if device is not None:
         model = model.to(device)
     return model
