@@ -58,3 +58,29 @@ def test_export_loads_in_transformers_with_matching_logits(pg, tmp_path):
         theirs = hf(input_ids=tokens).logits
     assert ours.abs().max() > 0.1  # not a degenerate comparison
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+
+
+TEXTS = ["The quick brown fox jumps over the lazy dog 12345.", "  indented\tcode = f(x)  # comment",
+         "中文分词 测试 文本 😀", "def f(a, b):\n    return a + b\n"]
+
+
+def test_exported_tokenizer_gives_our_ids(pg, tmp_path):
+    from transformers import AutoTokenizer
+
+    from data_pipeline.tokenizer import SentencePieceTokenizer
+    from models.hf_export import export_llama
+    from models.model import build_model
+
+    ours = SentencePieceTokenizer.train(TEXTS * 20, 340, model_path=tmp_path / "sp.model")
+    cfg = preset("tiny", vocab_size=ours.padded_vocab_size(64))
+    export_llama(build_model(cfg, pg), cfg, tmp_path / "hf", tokenizer_model=tmp_path / "sp.model")
+    assert (tmp_path / "hf" / "sentencepiece.model").read_bytes() == (tmp_path / "sp.model").read_bytes()
+    hf = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    samples = ["Hello  world 2024!\n\n  x", "The lazy dog 😀 ñ Ω", "中文 test", " leading", "tab\tx", "zzqqxx ~~"]
+    for text in samples:
+        ids = hf(text, add_special_tokens=False)["input_ids"]
+        assert ids == ours.encode(text), text
+        assert hf.decode(ids) == ours.decode(ids) == text
+    special = ours.special
+    assert (hf.eos_token_id, hf.pad_token_id, hf.mask_token_id) == (special.eot, special.pad, special.mask)
+    assert hf.convert_tokens_to_ids("<fim_middle>") == special.fim_middle

@@ -1,0 +1,79 @@
+"""Our tokenizer as a Hugging Face ``tokenizer.json`` (+ ``tokenizer_config.json``).
+
+Our ids are sentencepiece ids + 16, behind 16 reserved specials (pad=0, eot=1,
+mask=2, cls=3, sep=4, FIM sentinels 5..8, unk=9, 10..15 spare). A ``tokenizers``
+Unigram model over [16 reserved tokens] + [the sentencepiece pieces with their
+scores] reproduces that numbering; sentencepiece's own unknown piece is renamed
+and never chosen (our unk is id 9), and byte fallback covers every string.
+
+One HF convention differs from our pipeline: ``AutoTokenizer`` (transformers
+5.x) turns special-token strings such as ``<fim_prefix>`` found in raw text
+into the special id; our pipeline never does. Everything else (byte fallback,
+digits, whitespace runs, newlines, CJK) encodes to the same ids as
+``data_pipeline.tokenizer.SentencePieceTokenizer``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from objectives.sample import SpecialTokens
+
+NAMES = {"pad": "<pad>", "eot": "<|endoftext|>", "mask": "<mask>", "cls": "<cls>", "sep": "<sep>",
+         "fim_prefix": "<fim_prefix>", "fim_middle": "<fim_middle>", "fim_suffix": "<fim_suffix>",
+         "fim_pad": "<fim_pad>", "unk": "<unk>"}
+WORD_BOUNDARY = "\u2581"
+NEVER = -1e9  # score of pieces the Viterbi search must not pick
+
+
+def reserved_names(special: SpecialTokens) -> list[str]:
+    names = [f"<reserved_{i}>" for i in range(special.first_regular)]
+    for field, text in NAMES.items():
+        names[getattr(special, field)] = text
+    return names
+
+
+def build_tokenizer(sp_model_path: str | Path, special: SpecialTokens | None = None):
+    """A ``tokenizers.Tokenizer`` with our id numbering."""
+    import sentencepiece as spm
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+
+    special = special or SpecialTokens()
+    sp = spm.SentencePieceProcessor(model_file=str(sp_model_path))
+    reserved = reserved_names(special)
+    vocab = [(name, NEVER) for name in reserved]
+    for i in range(sp.get_piece_size()):
+        piece, score = sp.id_to_piece(i), sp.get_score(i)
+        if sp.is_unknown(i) or sp.is_control(i):
+            piece, score = f"<sp_unused_{i}>", NEVER
+        vocab.append((piece, float(score)))
+    tok = Tokenizer(models.Unigram(vocab, unk_id=special.unk, byte_fallback=True))
+    # sentencepiece with the identity rule still escapes spaces as '▁' (no dummy prefix)
+    tok.normalizer = normalizers.Replace(Regex(" "), WORD_BOUNDARY)
+    tok.decoder = decoders.Sequence([decoders.Replace(WORD_BOUNDARY, " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in reserved])
+    return tok
+
+
+def write_hf_tokenizer(sp_model_path: str | Path, out_dir: str | Path, special: SpecialTokens | None = None,
+                       model_max_length: int | None = None) -> None:
+    special = special or SpecialTokens()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(sp_model_path, special).save(str(out_dir / "tokenizer.json"))
+    names = reserved_names(special)
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": None, "add_bos_token": False, "add_eos_token": False,
+        "eos_token": names[special.eot], "pad_token": names[special.pad], "unk_token": names[special.unk],
+        "mask_token": names[special.mask], "cls_token": names[special.cls], "sep_token": names[special.sep],
+        "additional_special_tokens": [names[getattr(special, f)] for f in
+                                      ("fim_prefix", "fim_middle", "fim_suffix", "fim_pad")],
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": model_max_length or 10**9,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    special_map = {k: config[k] for k in ("eos_token", "pad_token", "unk_token", "mask_token", "cls_token",
+                                          "sep_token", "additional_special_tokens")}
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
