@@ -1,0 +1,378 @@
+import io
+import random
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from objectives import intervals
+from objectives.fim import FIM, FIMConfig, original_order
+from objectives.sample import CONTRACT_FIELDS, SpecialTokens
+
+SP = SpecialTokens()
+EOT, PRE, MID, SUF, FPAD = SP.eot, SP.fim_prefix, SP.fim_middle, SP.fim_suffix, SP.fim_pad
+
+
+class CharTokenizer:
+    """One id per character (id = 16 + index in the alphabet); reserved ids dropped on decode."""
+
+    def __init__(self, alphabet="abcdefghij \n", pieces=()):
+        self.pieces = list(alphabet) + list(pieces)
+        self.index = {p: i + SP.first_regular for i, p in enumerate(self.pieces)}
+        self.longest = max(len(p) for p in self.pieces)
+        self.vocab_size = SP.first_regular + len(self.pieces)
+
+    def encode(self, text):
+        """Greedy longest match (multi-character pieces only when given)."""
+        out, i = [], 0
+        while i < len(text):
+            for L in range(min(self.longest, len(text) - i), 0, -1):
+                if text[i : i + L] in self.index:
+                    out.append(self.index[text[i : i + L]])
+                    i += L
+                    break
+            else:
+                raise KeyError(f"character {text[i]!r} not in the toy vocabulary")
+        return out
+
+    def decode(self, ids):
+        return "".join(self.pieces[i - SP.first_regular] for i in ids if i >= SP.first_regular)
+
+
+TOK = CharTokenizer()
+V = TOK.vocab_size
+
+
+def ids(text):
+    return TOK.encode(text)
+
+
+def make(tokenizer=TOK, vocab_size=V, **cfg):
+    return FIM(FIMConfig(**cfg), special=SP, vocab_size=vocab_size, tokenizer=tokenizer)
+
+
+class Draws:
+    """A stand-in Generator with fixed uniforms, to show exact outputs."""
+
+    def __init__(self, rows):
+        self.rows = np.asarray(rows, dtype=np.float64)
+
+    def random(self, shape):
+        return self.rows.reshape(shape)
+
+
+def cut_u(c, n):
+    """The uniform that puts a cut at character c of an n-character text."""
+    return (c + 0.5) / (n + 1)
+
+
+# ---------------------------------------------------------------- literal examples
+@pytest.mark.parametrize(
+    "spm_rate, variant, expect",
+    [
+        (0.0, 2, [PRE, *ids("ab"), SUF, *ids("ef"), MID, *ids("cd")]),  # PSM
+        (1.0, 2, [PRE, SUF, *ids("ef"), MID, *ids("ab"), *ids("cd")]),  # SPM variant 2
+        (1.0, 1, [SUF, *ids("ef"), PRE, *ids("ab"), MID, *ids("cd")]),  # SPM variant 1
+    ],
+)
+def test_literal_document(spm_rate, variant, expect):
+    t = make(scope="document", fim_rate=1.0, spm_rate=spm_rate, spm_variant=variant)
+    doc = np.array(ids("abcdef"), np.int32)
+    # cuts at characters 2 and 4: prefix "ab", middle "cd", suffix "ef"
+    out = t({"tokens": doc}, Draws([0.0, 0.5, cut_u(4, 6), cut_u(2, 6)]))
+    assert out["tokens"].tolist() == expect
+    assert TOK.decode(original_order(out["tokens"], SP)) == "abcdef"
+
+
+def test_literal_context_truncates_the_tail():
+    # "abcd<EOT>efgh<EOT>ij": 12 ids, seq_length 11; the two full documents get FIM, the tail does not
+    ctx = np.array(ids("abcd") + [EOT] + ids("efgh") + [EOT] + ids("ij"), np.int32)
+    t = make(seq_length=11, fim_rate=0.5, spm_rate=0.5)
+    rows = [[0.0, 0.9, cut_u(1, 4), cut_u(3, 4)],  # PSM: a | bc | d
+            [0.0, 0.1, cut_u(0, 4), cut_u(2, 4)],  # SPM: "" | ef | gh
+            [0.7, 0.0, 0.0, 0.0]]                  # tail "ij": no FIM
+    out = t({"tokens": ctx}, Draws(rows))
+    full = [PRE, *ids("a"), SUF, *ids("d"), MID, *ids("bc"), EOT,
+            PRE, SUF, *ids("gh"), MID, *ids("ef"), EOT, *ids("ij")]
+    # 18 ids after FIM: cut back to 12, so the second document loses its middle and EOT
+    assert out["tokens"].tolist() == full[:11]
+    assert out["labels"].tolist() == full[1:12]
+    assert out["segment_ids"].tolist() == [0] * 8 + [1] * 3
+    assert out["position_ids"].tolist() == list(range(8)) + [0, 1, 2]
+    assert out["loss_mask"].tolist() == [1.0] * 11  # sentinels and EOT stay in the loss
+
+
+def test_literal_pads_when_retokenised_pieces_are_shorter():
+    # the input spells "abcdefgh" as 8 single-character ids; the tokenizer knows the piece "cdefgh"
+    tok = CharTokenizer("abcdefgh \n", pieces=["cdefgh"])
+    t = make(tokenizer=tok, vocab_size=tok.vocab_size, seq_length=8, fim_rate=1.0, spm_rate=0.0)
+    ctx = np.array([tok.index[c] for c in "abcdefgh"] + [EOT], np.int32)
+    out = t({"tokens": ctx}, Draws([[0.0, 0.5, cut_u(1, 8), cut_u(2, 8)], [0.9, 0, 0, 0]]))
+    a, b, cdefgh = tok.index["a"], tok.index["b"], tok.index["cdefgh"]
+    full = [PRE, a, SUF, cdefgh, MID, b, EOT, FPAD, FPAD]
+    assert out["tokens"].tolist() == full[:8]
+    assert out["labels"].tolist() == full[1:]
+    assert out["loss_mask"].tolist() == [1.0] * 6 + [0.0] * 2  # nothing predicts or is a pad
+    assert out["segment_ids"].tolist() == [0] * 7 + [1]
+
+
+def test_token_level_needs_no_tokenizer():
+    t = FIM(FIMConfig(scope="document", fim_rate=1.0, spm_rate=0.0, split_level="token"), special=SP, vocab_size=V)
+    doc = np.array([20, 21, 22, 23, 24], np.int32)
+    out = t({"tokens": doc}, Draws([0.0, 0.9, cut_u(1, 5), cut_u(3, 5)]))
+    assert out["tokens"].tolist() == [PRE, 20, SUF, 23, 24, MID, 21, 22]
+
+
+def test_line_level_cuts_on_line_starts():
+    t = make(scope="document", fim_rate=1.0, spm_rate=0.0, split_level="line")
+    text = "ab\ncd\nef"
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        out = t({"tokens": np.array(ids(text), np.int32)}, rng)["tokens"]
+        s, m = out.tolist().index(SUF), out.tolist().index(MID)
+        prefix, middle = TOK.decode(out[1:s]), TOK.decode(out[m + 1 :])
+        assert prefix in ("", "ab\n", "ab\ncd\n", text)
+        assert middle == "" or middle.endswith("\n") or (prefix + middle) == text
+        assert TOK.decode(original_order(out, SP)) == text
+
+
+# ---------------------------------------------------------------- bad input / pass-through
+@pytest.mark.parametrize(
+    "cfg, field",
+    [(dict(seq_length=8, fim_rate=1.5), "fim_rate"), (dict(seq_length=8, fim_rate=-0.1), "fim_rate"),
+     (dict(seq_length=8, spm_rate=2), "spm_rate"), (dict(seq_length=8, fim_rate=float("nan")), "fim_rate"),
+     (dict(seq_length=8, fim_rate=True), "fim_rate"), (dict(seq_length=None), "seq_length"),
+     (dict(seq_length=8, scope="repo"), "scope"), (dict(seq_length=8, split_level="word"), "split_level"),
+     (dict(seq_length=8, spm_variant=3), "spm_variant"), (dict(seq_length=8, max_reencode_tokens=0), "max_reencode_tokens")],
+)
+def test_bad_config_names_the_field(cfg, field):
+    with pytest.raises(ValueError, match=field):
+        FIMConfig(**cfg)
+
+
+def test_bad_tokenizer_and_input():
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        FIM(FIMConfig(seq_length=8), special=SP, vocab_size=V)
+
+    class DummyPrefix(CharTokenizer):
+        def decode(self, ids):
+            return super().decode(ids).lstrip(" ")
+
+    with pytest.raises(ValueError, match="not lossless"):
+        make(tokenizer=DummyPrefix(), seq_length=8)
+    make(tokenizer=DummyPrefix(), seq_length=8, require_lossless_tokenizer=False)  # accepted on request
+    t = make(seq_length=4)
+    with pytest.raises(ValueError, match="seq_length \\+ 1 = 5"):
+        t({"tokens": np.array(ids("abcd"), np.int32)}, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="outside"):
+        t({"tokens": np.array([16, 17, 18, 19, V], np.int32)}, np.random.default_rng(0))
+    d = make(scope="document")
+    with pytest.raises(ValueError, match="without EOT"):
+        d({"tokens": np.array([16, EOT, 17], np.int32)}, np.random.default_rng(0))
+
+
+def test_degenerate_documents_pass_or_transform_cleanly():
+    t = make(scope="document", fim_rate=1.0, spm_rate=0.0)
+    rng = np.random.default_rng(0)
+    assert t({"tokens": np.zeros(0, np.int32)}, rng)["tokens"].tolist() == []
+    # a one-token document: still a valid FIM sample, pieces add up
+    out = t({"tokens": np.array([16], np.int32)}, rng)["tokens"]
+    assert sorted(out[np.isin(out, [PRE, MID, SUF])].tolist()) == sorted([PRE, MID, SUF])
+    assert original_order(out, SP).tolist() == [16]
+    # documents holding reserved ids (pads, sentinels, unk) pass through unchanged
+    for doc in ([SP.pad, SP.pad], [SP.unk], [16, MID, 17]):
+        assert t({"tokens": np.array(doc, np.int32)}, rng)["tokens"].tolist() == doc
+    # a context of only EOTs: every (empty) document keeps its EOT
+    c = make(seq_length=4, fim_rate=1.0)
+    out = c({"tokens": np.full(5, EOT, np.int32)}, rng)
+    assert out["tokens"].tolist() == [EOT] * 4 and out["segment_ids"].tolist() == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------- properties
+def reassemble(out):
+    return np.concatenate([out["tokens"], out["labels"][-1:]])
+
+
+def split_eot(arr):
+    docs, start = [], 0
+    for k in np.flatnonzero(arr == EOT):
+        docs.append(arr[start:k])
+        start = k + 1
+    return docs, arr[start:]
+
+
+def check_context_properties(t, tok, texts, seed, seq_length):
+    ctx_list = []
+    for text in texts:
+        ctx_list += tok.encode(text) + [EOT]
+    ctx = np.array(ctx_list[: seq_length + 1], np.int32)
+    if len(ctx) < seq_length + 1:
+        ctx = np.concatenate([ctx, np.full(seq_length + 1 - len(ctx), EOT, np.int32)])
+    out = t({"tokens": ctx}, np.random.default_rng(seed))
+    again = t({"tokens": ctx}, np.random.default_rng(seed))
+    assert all(np.array_equal(out[k], again[k]) for k in CONTRACT_FIELDS)  # pure in (sample, seed)
+    assert all(out[k].shape == (seq_length,) for k in CONTRACT_FIELDS)
+    full = reassemble(out)
+    assert len(full) == seq_length + 1
+    # pads only as a trailing run, and out of the loss
+    pads = np.flatnonzero(full == FPAD)
+    if pads.size:
+        assert np.array_equal(pads, np.arange(pads[0], len(full)))
+        assert not out["loss_mask"][pads[0] - 1 :].any()
+    body = full[: pads[0]] if pads.size else full
+    # reserved ids other than EOT and the three sentinels never appear
+    special = body[body < SP.first_regular]
+    assert set(special.tolist()) <= {EOT, PRE, MID, SUF}
+    in_docs, _ = split_eot(ctx)
+    out_docs, _ = split_eot(body)
+    assert len(out_docs) <= len(in_docs)
+    for src, dst in zip(in_docs, out_docs):  # documents whose EOT survived are complete
+        n_sent = np.isin(dst, [PRE, MID, SUF]).sum()
+        assert n_sent in (0, 3)
+        if n_sent == 0:
+            assert np.array_equal(src, dst)
+        assert tok.decode(original_order(dst, SP)) == tok.decode(src)
+    # one segment per document, positions restart, causal within documents
+    seg = out["segment_ids"]
+    n = seq_length
+    expect_seg = np.cumsum(np.concatenate([[0], (full[: n - 1] == EOT) | ((full[1:n] == FPAD) & (full[: n - 1] != FPAD))]))
+    assert np.array_equal(seg, expect_seg)
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    assert np.array_equal(intervals.dense(out["kv_start"], out["kv_end"]), (j <= i) & (seg[:, None] == seg[None, :]))
+    first = np.array([np.flatnonzero(seg == s)[0] for s in seg])
+    assert np.array_equal(out["position_ids"], np.arange(n) - first)
+    return out
+
+
+texts_st = st.lists(st.text(alphabet="abcdefghij \n", max_size=30), min_size=1, max_size=6)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts_st, st.integers(0, 2**32 - 1), st.sampled_from(["character", "line", "token"]),
+       st.sampled_from([1, 2]), st.floats(0, 1), st.integers(4, 60))
+def test_context_properties_char_tokenizer(texts, seed, level, variant, rate, seq_length):
+    t = make(seq_length=seq_length, fim_rate=rate, spm_rate=0.5, split_level=level, spm_variant=variant)
+    check_context_properties(t, TOK, texts, seed, seq_length)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(alphabet="abcdefghij \n", max_size=40), st.integers(0, 2**32 - 1), st.sampled_from([1, 2]))
+def test_document_scope_round_trip(text, seed, variant):
+    t = make(scope="document", fim_rate=1.0, spm_rate=0.5, spm_variant=variant)
+    doc = np.array(ids(text), np.int32)
+    out = t({"tokens": doc}, np.random.default_rng(seed))["tokens"]
+    if doc.size:
+        assert np.isin(out, [PRE, MID, SUF]).sum() == 3 and len(out) == len(doc) + 3
+    assert TOK.decode(original_order(out, SP)) == text
+
+
+def test_rates_on_large_draws():
+    t = make(scope="document", fim_rate=0.3, spm_rate=0.7, split_level="token")
+    rng = np.random.default_rng(1)
+    doc = np.array(ids("abcdefgh"), np.int32)
+    firsts = [int(t({"tokens": doc}, rng)["tokens"][0]) for _ in range(20000)]
+    n_fim = sum(f in (PRE, SUF) for f in firsts)
+    assert abs(n_fim / 20000 - 0.3) < 0.015
+    # SPM variant 2 starts <PRE><SUF>; PSM with an empty prefix looks the same, so count via the second id
+    outs = [t({"tokens": doc}, np.random.default_rng(s))["tokens"] for s in range(4000)]
+    fims = [o for o in outs if o[0] == PRE]
+    spm = sum(o[1] == SUF and o[-len(doc):].tolist() != doc.tolist() or (o[1] == SUF and len(o) - o.tolist().index(MID) - 1 == len(doc)) for o in fims)
+    assert abs(spm / len(fims) - 0.7) < 0.06
+
+
+def test_cut_points_are_uniform_over_characters():
+    # words of very different token counts: cuts must follow characters, not tokens
+    tok = CharTokenizer("ab \n", pieces=["aaaaaaaa"])
+    t = make(tokenizer=tok, vocab_size=tok.vocab_size, scope="document", fim_rate=1.0, spm_rate=0.0)
+    text = "aaaaaaaa b"
+    doc = np.array(tok.encode(text), np.int32)  # 3 tokens, 10 characters
+    rng = np.random.default_rng(3)
+    lens = []
+    for _ in range(6000):
+        out = t({"tokens": doc}, rng)["tokens"].tolist()
+        lens.append(len(tok.decode(out[1 : out.index(SUF)])))
+    counts = np.bincount(lens, minlength=11)
+    # prefix length = min of two uniform cuts on 0..10: P(k) = (2*(10-k)+1)/121
+    expect = np.array([(2 * (10 - k) + 1) / 121 for k in range(11)]) * 6000
+    assert np.all(np.abs(counts - expect) < 5 * np.sqrt(expect) + 5)
+
+
+# ---------------------------------------------------------------- a real sentencepiece model
+WORDS = ["alpha", "beta", "gamma", "delta", "the", "quick", "brown", "fox", "jumps", "over", "lazy",
+         "dog", "café", "naïve", "print(x)", "def", "return", "foo_bar", "12345", "éclair"]
+
+
+class SentencePieceAdapter:
+    """sentencepiece ids shifted by 16 (reserved ids stay out), like the project's tokenizer."""
+
+    def __init__(self, proto):
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor(model_proto=proto)
+        self.vocab_size = SP.first_regular + self.sp.get_piece_size()
+
+    def encode(self, text):
+        return [i + SP.first_regular for i in self.sp.encode(text)]
+
+    def decode(self, ids):
+        return self.sp.decode([int(i) - SP.first_regular for i in ids if i >= SP.first_regular])
+
+
+@pytest.fixture(scope="module")
+def sp_tok():
+    spm = pytest.importorskip("sentencepiece")
+    rnd = random.Random(0)
+    lines = [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 15))) for _ in range(500)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, vocab_size=300, model_type="unigram",
+        add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        byte_fallback=True, user_defined_symbols=["\n"], hard_vocab_limit=False, minloglevel=2)
+    return SentencePieceAdapter(buf.getvalue())
+
+
+def sp_texts(seed, n):
+    rnd = random.Random(seed)
+    # words it knows, plus unseen characters that fall back to bytes, plus odd spacing
+    extra = ["☃", "  ", "\n", "x", "ü"]
+    return [" ".join(rnd.choice(WORDS + extra) for _ in range(rnd.randint(0, 12))) for _ in range(n)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10**6), st.integers(0, 2**32 - 1), st.sampled_from(["character", "line"]))
+def test_context_properties_sentencepiece(sp_tok, text_seed, seed, level):
+    t = FIM(FIMConfig(seq_length=96, fim_rate=0.8, split_level=level), special=SP,
+            vocab_size=sp_tok.vocab_size, tokenizer=sp_tok)
+    check_context_properties(t, sp_tok, sp_texts(text_seed, 6), seed, 96)
+
+
+def test_sentencepiece_pieces_are_tokenised_as_from_scratch(sp_tok):
+    # re-encoding only the words at the cuts gives the ids encode(piece) gives (sentencepiece
+    # never merges across a space), so training matches inference-time tokenisation
+    t = FIM(FIMConfig(scope="document", fim_rate=1.0, spm_rate=0.0), special=SP,
+            vocab_size=sp_tok.vocab_size, tokenizer=sp_tok)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for text in sp_texts(7, 300):
+        if "☃" in text or not text:
+            continue
+        doc = np.array(sp_tok.encode(text), np.int32)
+        out = t({"tokens": doc}, rng)["tokens"].tolist()
+        s, m = out.index(SUF), out.index(MID)
+        for piece in (out[1:s], out[s + 1 : m], out[m + 1 :]):
+            assert piece == sp_tok.encode(sp_tok.decode(piece))
+        assert sp_tok.decode(original_order(np.array(out), SP)) == text
+        checked += 1
+    assert checked > 100
+
+
+def test_literal_sentencepiece(sp_tok):
+    t = FIM(FIMConfig(scope="document", fim_rate=1.0, spm_rate=0.0), special=SP,
+            vocab_size=sp_tok.vocab_size, tokenizer=sp_tok)
+    text = "the quick brown fox"
+    doc = np.array(sp_tok.encode(text), np.int32)
+    # cuts at characters 6 ("the qu|ick") and 17 ("brown f|ox"); the words cut are re-encoded
+    out = t({"tokens": doc}, Draws([0.0, 0.9, cut_u(6, 19), cut_u(17, 19)]))["tokens"].tolist()
+    s, m = out.index(SUF), out.index(MID)
+    assert [sp_tok.decode(p) for p in (out[1:s], out[s + 1 : m], out[m + 1 :])] == ["the qu", "ox", "ick brown f"]
+    assert out[1:s] == sp_tok.encode("the qu") and out[m + 1 :] == sp_tok.encode("ick brown f")
