@@ -2,7 +2,8 @@
 
 A sampler has ``len(sampler)`` samples per epoch and ``sampler.sample(epoch,
 index) -> dict[str, np.ndarray]``. Randomness comes from
-``np.random.default_rng([seed, epoch, ...])`` only, so any read order, any
+``np.random.default_rng([seed, epoch, ...])`` (per-epoch orders) and
+``mix64(seed, epoch, index, ...)`` (per-sample picks) only, so any read order, any
 number of DataLoader workers and any resume point give the same samples.
 The index -> position mappings are numpy (cumsum / searchsorted / repeat), and
 token reads are slices or one fancy-index gather from the memory-mapped data.
@@ -21,8 +22,23 @@ from objectives.sample import SpecialTokens
 _STREAM_ORDER, _STREAM_PICK = 0, 1
 
 
+_M64 = (1 << 64) - 1
+
+
 def epoch_rng(seed: int, epoch: int, *extra: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(epoch), *map(int, extra)])
+
+
+def mix64(*values: int) -> int:
+    """A 64-bit hash (splitmix64 finaliser chained over the values): a cheap, deterministic
+    per-sample random draw where building a Generator would cost more than the read."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = ((h ^ (int(v) & _M64)) * 0xBF58476D1CE4E5B9) & _M64
+        h ^= h >> 31
+        h = (h * 0x94D049BB133111EB) & _M64
+        h ^= h >> 29
+    return h
 
 
 class _EpochCache:
@@ -210,14 +226,12 @@ class SegmentPairSampler(SegmentSampler):
     def sample(self, epoch: int, index: int) -> dict[str, np.ndarray]:
         seg = self.segment_id(epoch, index)
         out = self._segment(seg)
-        rng = epoch_rng(self.seed, epoch, _STREAM_PICK, index)
         doc = self.table.document[seg]
         n = len(self.table.start)
-        other = int(rng.integers(n))
-        for _ in range(16):
+        for attempt in range(16):
+            other = mix64(self.seed, epoch, index, _STREAM_PICK, attempt) % n
             if self.table.document[other] != doc:
                 break
-            other = int(rng.integers(n))
         else:  # a corpus dominated by one document: scan to the next other document
             other = int(np.flatnonzero(self.table.document != doc)[0])
         out.update(self._segment(other, prefix="random_"))
@@ -246,7 +260,7 @@ class SourceTargetSampler(SegmentSampler):
         seg = self.segment_id(epoch, index)
         s = self._segment(seg)
         cuts = np.flatnonzero(s["sentence_start"])[1:]
-        cut = int(cuts[epoch_rng(self.seed, epoch, _STREAM_PICK, index).integers(len(cuts))])
+        cut = int(cuts[mix64(self.seed, epoch, index, _STREAM_PICK) % len(cuts)])
         a = max(0, cut - self.max_source_tokens)
         b = min(len(s["tokens"]), cut + self.max_target_tokens)
         src_ws = s["word_start"][a:cut].copy()

@@ -260,3 +260,14 @@ def test_two_workers_write_identical_files(tmp_path):
     two = prepare_corpus(cfg, TOK, tmp_path / "w2", workers=2, chunk_documents=7)
     for name in ("train.bin", "train.idx", "train_word_start.bin", "valid.bin", "valid.idx"):
         assert (one.path / name).read_bytes() == (two.path / name).read_bytes(), name
+
+
+def test_shipped_example_configs_load():
+    import data_pipeline
+
+    root = Path(data_pipeline.__file__).parent / "configs"
+    names = sorted(p.name for p in root.glob("*.yaml"))
+    assert names == ["stdlib_code.yaml", "stdlib_prose.yaml"]
+    for name in names:
+        cfg = load_prepare_config(root / name)
+        assert cfg.corpus.source.startswith("stdlib-") and cfg.tokenizer.vocab_size >= 300
