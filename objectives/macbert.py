@@ -284,7 +284,10 @@ def _stack_segments(samples: Sequence[Mapping[str, np.ndarray]], width: int, who
         cols = [[a[:width] for a in col] for col in cols]
     grids = [np.full((B, width), pad, np.int32)] + [np.zeros((B, width), bool) for _ in fields[1:]]
     total = int(n.sum())
-    if total:
+    if B == 1:                                  # one sample: plain copies
+        for g, col in zip(grids, cols):
+            g[0, :total] = col[0][:total]
+    elif total:
         offs = np.cumsum(n) - n
         where = np.arange(total, dtype=np.int64) + np.repeat(np.arange(B, dtype=np.int64) * width - offs, n)
         for g, col in zip(grids, cols):

@@ -170,3 +170,36 @@ def test_dataloader_determinism_independent_of_worker_count():
     assert one[0]["tokens"].shape == (5, S) and one[0]["sop_label"].shape == (5,)
     other = _epoch(0, epoch=2)      # a new epoch draws anew
     assert any(not np.array_equal(a["tokens"], b["tokens"]) for a, b in zip(one, other))
+
+
+class BatchPretrainDataset(PretrainDataset):
+    """The vectorised form: the loader hands over a list of indices (one batch); the
+    batch's rng comes from its first index, so a fixed batch composition gives the
+    same arrays whatever the worker count."""
+
+    def __getitem__(self, indices):
+        samples = [self.docs[i] for i in indices]
+        return self.transform.batch(samples, np.random.default_rng([SEED, self.epoch, indices[0]]))
+
+
+@pytest.mark.slow
+def test_batch_form_dataloader_determinism_independent_of_worker_count():
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+
+    table = SimilarWords.from_neighbours({(w,): [(w + 1,)] for w in range(16, V - 1)})
+    sop = SOP(SOPConfig(seq_length=S, masking="macbert", ngram_probs=(0.4, 0.3, 0.2, 0.1)), special=SP,
+              vocab_size=V, similar=table)
+    ds = BatchPretrainDataset(raw_corpus(), sop)
+
+    def run(workers):
+        sampler = BatchSampler(SequentialSampler(range(len(ds))), batch_size=6, drop_last=False)
+        loader = DataLoader(ds, sampler=sampler, batch_size=None, num_workers=workers)
+        return [{k: torch.as_tensor(v).numpy() for k, v in b.items()} for b in loader]
+
+    a, b = run(0), run(2)
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        for k in x:
+            assert np.array_equal(x[k], y[k]), k
+    assert a[0]["tokens"].shape == (6, S) and a[0]["sop_label"].shape == (6,)
