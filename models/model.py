@@ -225,6 +225,9 @@ def build_model(cfg: ModelConfig, pg_collection=None, *, device: str | torch.dev
         raise ValueError(f"ModelConfig.vocab_size={cfg.vocab_size} must be divisible by tensor parallel size {tp}")
     if cfg.query_groups % tp:
         raise ValueError(f"ModelConfig.num_query_groups={cfg.query_groups} must be divisible by tensor parallel size {tp}")
+    if pp > 1 and not torch.cuda.is_available():
+        raise ValueError("pipeline parallel > 1 needs CUDA: megatron-core 0.16.1 moves the tied output weight "
+                         "to CUDA to synchronise the first and last stages")
     pp_rank = pg_collection.pp.rank()
     pre_process = pp_rank == 0 if pre_process is None else pre_process
     post_process = pp_rank == pp - 1 if post_process is None else post_process
