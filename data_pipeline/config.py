@@ -27,6 +27,7 @@ class CorpusConfig:
     source: str = "stdlib-code"
     text_field: str = "text"
     split: str = "train"  # hub datasets only
+    subset: str = ""  # hub datasets only: the configuration name, e.g. "wikitext-103-raw-v1"
     max_bytes: int = 2_000_000  # cap on the embedded stdlib corpora (CPU-sized runs)
     max_documents: int = 0  # 0 = all
     sentences: str = "auto"  # auto: code for stdlib-code, else prose

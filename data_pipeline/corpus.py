@@ -87,7 +87,14 @@ def _stdlib_corpus(cfg: CorpusConfig) -> Corpus:
     identity = f"{cfg.source}|{sys.version}|{_file_identity(files)}"
     if cfg.source == "stdlib-code":
         return Corpus(cfg.source, identity, lambda: (_read_source(p) for p in files))
-    return Corpus(cfg.source, identity, lambda: (docstring_document(_read_source(p)) for p in files))
+    cached: list[str] = []  # docstrings are parsed once (tokenizer training and encoding both read them)
+
+    def prose() -> Iterator[str]:
+        if not cached:
+            cached.extend(docstring_document(_read_source(p)) for p in files)
+        return iter(cached)
+
+    return Corpus(cfg.source, identity, prose)
 
 
 def _hf_documents(builder: str, kwargs: dict, text_field: str, label: str,
@@ -119,7 +126,8 @@ def open_corpus(cfg: CorpusConfig, cache_dir: str | os.PathLike | None = None) -
         return _stdlib_corpus(cfg)
     path = Path(cfg.source).expanduser()
     suffix = path.suffix.lower()
-    looks_local = path.exists() or suffix in _FILE_BUILDERS or os.sep in cfg.source
+    # "org/name" is a hub dataset; paths are recognised by existing, a file suffix, or a leading ./ / ~
+    looks_local = path.exists() or suffix in _FILE_BUILDERS or cfg.source.startswith(("/", ".", "~"))
     if looks_local:
         if not path.is_file():
             raise CorpusError(f"corpus file {path} does not exist (or is not a file)")
@@ -139,7 +147,9 @@ def open_corpus(cfg: CorpusConfig, cache_dir: str | os.PathLike | None = None) -
         return Corpus(str(path), identity, lambda: _hf_documents(builder, kwargs, field, str(path), cache_dir))
     # a hub dataset name
     kwargs = {"split": cfg.split}
-    identity = f"hub|{cfg.source}|{cfg.split}|{cfg.text_field}"
+    if cfg.subset:
+        kwargs["name"] = cfg.subset
+    identity = f"hub|{cfg.source}|{cfg.subset}|{cfg.split}|{cfg.text_field}"
     return Corpus(cfg.source, identity, lambda: _hf_documents(cfg.source, kwargs, cfg.text_field, cfg.source, cache_dir))
 
 

@@ -22,6 +22,8 @@ def parse_args(argv=None) -> PrepareConfig:
     p.add_argument("--config", help="YAML with corpus:, tokenizer:, out:, workers: (flags override it)")
     p.add_argument("--corpus", help="jsonl/json/parquet/txt file, 'stdlib-code', 'stdlib-prose' or a hub dataset")
     p.add_argument("--text-field", help="column holding the text (default: text)")
+    p.add_argument("--split", help="hub datasets: split to read (default: train)")
+    p.add_argument("--subset", help="hub datasets: configuration name")
     p.add_argument("--sentences", choices=["auto", "prose", "code"], help="sentence splitter")
     p.add_argument("--valid-fraction", type=float, help="held-out fraction, by document hash")
     p.add_argument("--max-bytes", type=int, help="cap on the embedded stdlib corpora")
@@ -32,7 +34,8 @@ def parse_args(argv=None) -> PrepareConfig:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     overrides = {k: v for k, v in {
-        "corpus.source": a.corpus, "corpus.text_field": a.text_field, "corpus.sentences": a.sentences,
+        "corpus.source": a.corpus, "corpus.text_field": a.text_field,
+        "corpus.split": a.split, "corpus.subset": a.subset, "corpus.sentences": a.sentences,
         "corpus.valid_fraction": a.valid_fraction, "corpus.max_bytes": a.max_bytes,
         "tokenizer.vocab_size": a.vocab_size, "tokenizer.model_path": a.tokenizer_model,
         "out": a.out, "workers": a.workers, "progress": False if a.no_progress else None,

@@ -304,3 +304,13 @@ def test_chinese_word_starts():
     p = Pieces()
     flags = chinese_word_starts(text, p.encode(text), p, cut=lambda s: ["我", "爱", "北京", "天安门"])
     assert flags.tolist() == [True, True, True, False]
+
+
+def test_reserved_ids_in_input_are_copied_never_targets_but_unk_can_be():
+    t = make(seq_length=12, mask_rate=1.0, ngram_probs=(1.0,), replace_probs=(1.0, 0.0, 0.0))
+    s = {"tokens": np.array([20, SP.eot, 21, SP.unk, 22, SP.mask], np.int32), "word_start": np.ones(6, bool)}
+    for seed in range(10):
+        out = t(s, np.random.default_rng(seed))
+        assert out["tokens"][2] == SP.eot and out["tokens"][6] == SP.mask
+        assert out["loss_mask"][[2, 6]].sum() == 0
+        assert out["loss_mask"][[1, 3, 4, 5]].all()          # unk is an ordinary word here
