@@ -115,28 +115,34 @@ def replace_words(rng: np.random.Generator, tokens: np.ndarray, word_first: np.n
     n_words = len(word_first)
     p = np.asarray(replace_probs, np.float64)
     u = rng.random((3, n_words))
-    action = np.where(u[0] < p[0], SIMILAR, np.where(u[0] < p[0] + p[1], RANDOM_WORD, KEEP)).astype(np.int8)
+    action = np.full(n_words, KEEP, np.int8)
+    action[u[0] < p[0] + p[1]] = RANDOM_WORD
+    action[u[0] < p[0]] = SIMILAR
+    tok_word = np.repeat(np.arange(n_words), word_len)
+    pos = np.arange(len(tokens)) - word_first[tok_word]
     sub = np.full(n_words, -1, np.int64)
-    want_sim = action == SIMILAR
-    if want_sim.any() and len(table):
-        idx = table.lookup(tokens, word_first, word_len)
-        sub = np.where(want_sim, table.pick_similar(idx, u[1]), -1)
-    need_random = ((action == SIMILAR) & (sub < 0)) | (action == RANDOM_WORD)
-    if need_random.any() and len(table):
-        sub = np.where(need_random, table.pick_random(word_len, u[2]), sub)
+    if len(table):
+        want_sim = action == SIMILAR
+        if want_sim.any():
+            idx = table.lookup(tokens, word_first, word_len, tok_word=tok_word, pos=pos)
+            sub = np.where(want_sim, table.pick_similar(idx, u[1]), -1)
+        need_random = (action == RANDOM_WORD) | (want_sim & (sub < 0))
+        if need_random.any():
+            sub = np.where(need_random, table.pick_random(word_len, u[2]), sub)
+    else:
+        need_random = action != KEEP
     source = np.where(action == KEEP, 0, np.where(sub >= 0, np.where(need_random, 2, 1), 3)).astype(np.int8)
 
-    tok_word = np.repeat(np.arange(n_words), word_len)
-    pos = np.arange(len(tokens)) - np.repeat(word_first, word_len)
     tok_sub = sub[tok_word]
-    new = tokens.copy()
-    has_sub = tok_sub >= 0
-    if has_sub.any():
-        new[has_sub] = table.words[tok_sub[has_sub], pos[has_sub]]
-    rnd = source[tok_word] == 3
-    n_rnd = int(np.count_nonzero(rnd))
-    if n_rnd:
-        new[rnd] = rng.integers(low, high, size=n_rnd)
+    words_flat = table.words.reshape(-1)
+    if len(words_flat):
+        gathered = words_flat[np.maximum(tok_sub, 0) * table.words.shape[1] + pos]
+        new = np.where(tok_sub >= 0, gathered, tokens)
+    else:
+        new = tokens.copy()
+    rnd = np.flatnonzero(source[tok_word] == 3)
+    if rnd.size:
+        new[rnd] = rng.integers(low, high, size=rnd.size)
     return new, action, source
 
 

@@ -75,6 +75,11 @@ class SimilarWords:
         object.__setattr__(self, "_by_len_ids", order.astype(np.int32))
         object.__setattr__(self, "_by_len_start", bounds[:-1].astype(np.int64))
         object.__setattr__(self, "_by_len_count", np.diff(bounds).astype(np.int64))
+        # one-token words: a direct token id -> table index map
+        one = np.flatnonzero(self.lengths == 1)
+        direct = np.full(int(self.words[one, 0].max()) + 1 if len(one) else 0, -1, np.int64)
+        direct[self.words[one, 0]] = one
+        object.__setattr__(self, "_single", direct)
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -156,27 +161,40 @@ class SimilarWords:
         ids = self.cand_ids[self.cand_offsets[idx]: self.cand_offsets[idx + 1]]
         return [tuple(int(t) for t in self.words[j, : self.lengths[j]]) for j in ids]
 
-    def lookup(self, flat_tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Table index per word (words laid end to end in ``flat_tokens``), -1 if absent."""
+    def lookup(self, flat_tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, *,
+               tok_word: np.ndarray | None = None, pos: np.ndarray | None = None) -> np.ndarray:
+        """Table index per word (words laid end to end in ``flat_tokens``), -1 if absent.
+        ``tok_word`` / ``pos`` (each token's word and place in it) may be passed if known.
+        One-token words go through a direct id -> word table; longer ones are hashed,
+        found by binary search and verified token by token."""
         n = len(starts)
+        out = np.full(n, -1, np.int64)
         if n == 0 or len(self.keys) == 0:
-            return np.full(n, -1, np.int64)
-        fits = lengths <= MAX_WORD_TOKENS
-        if not fits.all():  # long words are never in the table
-            out = np.full(n, -1, np.int64)
-            keep_tok = np.repeat(fits, lengths)
-            sub_len = lengths[fits]
-            sub_start = (np.cumsum(sub_len) - sub_len).astype(np.int64)
-            out[fits] = self.lookup(flat_tokens[keep_tok], sub_start, sub_len)
             return out
-        keys = hash_words(flat_tokens, starts, lengths)
+        flat_tokens = np.asarray(flat_tokens, np.int64)
+        single = lengths == 1
+        first = flat_tokens[starts]
+        direct = self._single
+        ok = single & (first >= 0) & (first < len(direct))
+        out[ok] = direct[first[ok]]
+        multi = ~single & (lengths <= MAX_WORD_TOKENS)
+        if not multi.any():
+            return out
+        if tok_word is None:
+            tok_word = np.repeat(np.arange(n), lengths)
+            pos = np.arange(len(flat_tokens)) - starts[tok_word]
+        sel = multi[tok_word]
+        m_len = lengths[multi]
+        m_start = np.cumsum(m_len) - m_len
+        m_tok = flat_tokens[sel]
+        keys = hash_words(m_tok, m_start, m_len)
         idx = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         hit = self.keys[idx] == keys
         # verify token by token (guards against hash collisions)
-        pos = np.arange(len(flat_tokens)) - np.repeat(starts, lengths)
-        same = self.words[np.repeat(idx, lengths), pos] == flat_tokens
-        hit &= np.logical_and.reduceat(same, starts) & (self.lengths[idx] == lengths)
-        return np.where(hit, idx, -1)
+        same = self.words.reshape(-1)[np.repeat(idx, m_len) * MAX_WORD_TOKENS + pos[sel]] == m_tok
+        hit &= np.logical_and.reduceat(same, m_start) & (self.lengths[idx] == m_len)
+        out[multi] = np.where(hit, idx, -1)
+        return out
 
     def pick_similar(self, idx: np.ndarray, u: np.ndarray) -> np.ndarray:
         """One candidate per word (``u`` uniform in [0,1)); -1 where there is none."""
