@@ -64,7 +64,8 @@ from objectives.sample import CONTRACT_FIELDS, Sample, SpecialTokens, check_rate
 
 SCOPES = ("context", "document")
 SPLIT_LEVELS = ("character", "token", "line")
-_IRREGULAR = -1
+# length given to ids without a clean text of their own: any document holding one sums above it
+_IRREGULAR = 1 << 40
 _PROBES = ("a b", " a", "a  b", "a\nb")
 
 
@@ -84,6 +85,8 @@ class FIMConfig:
     max_reencode_tokens: int = 32
     # refuse tokenizers whose decode(encode(text)) != text (FIM pieces would not add up)
     require_lossless_tokenizer: bool = True
+    # memoised fragment encodings kept per transform (0 disables the memo)
+    encode_cache_size: int = 65536
 
     def __post_init__(self):
         if self.scope not in SCOPES:
@@ -106,6 +109,8 @@ class FIMConfig:
             raise ValueError(f"FIMConfig.spm_variant must be 1 or 2, got {self.spm_variant!r}")
         if not isinstance(self.max_reencode_tokens, int) or self.max_reencode_tokens < 1:
             raise ValueError(f"FIMConfig.max_reencode_tokens must be an int >= 1, got {self.max_reencode_tokens!r}")
+        if not isinstance(self.encode_cache_size, int) or self.encode_cache_size < 0:
+            raise ValueError(f"FIMConfig.encode_cache_size must be an int >= 0, got {self.encode_cache_size!r}")
         for name in ("document_masking", "eod_mask_loss", "require_lossless_tokenizer"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FIMConfig.{name} must be a bool, got {getattr(self, name)!r}")
@@ -116,7 +121,8 @@ class _PieceTable:
 
     Built once from ``decode([id])``; ids whose text is not a clean string on
     its own (reserved ids, byte-fallback pieces decoding to U+FFFD or nothing)
-    get length ``_IRREGULAR``.
+    get length ``_IRREGULAR``, so one cumulative sum both measures a document
+    and flags it.
     """
 
     def __init__(self, tokenizer, vocab_size: int, first_regular: int):
@@ -187,6 +193,8 @@ class FIM:
         if len(set(sentinels)) != len(sentinels) or max(sentinels) >= special.first_regular:
             raise ValueError(f"FIM: special tokens prefix/middle/suffix/pad/eot must be distinct reserved ids, got {sentinels}")
         self.writes = CONTRACT_FIELDS if config.scope == "context" else ("tokens",)
+        self._pre, self._mid, self._suf, self._eot = (
+            np.array([x], np.int32) for x in (special.fim_prefix, special.fim_middle, special.fim_suffix, special.eot))
         self.tokenizer = tokenizer
         self._table = None
         if config.split_level != "token":
@@ -198,6 +206,10 @@ class FIM:
             if config.require_lossless_tokenizer:
                 check_lossless(tokenizer)
             self._table = _PieceTable(tokenizer, self.vocab_size, special.first_regular)
+            # the project tokenizer's encode_array skips a list round trip
+            self._encode_raw = getattr(tokenizer, "encode_array", tokenizer.encode)
+        self._cache: dict[str, np.ndarray] = {}
+        self._cache_size = config.encode_cache_size
 
     # -- the transform ---------------------------------------------------------------------
     def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
@@ -233,76 +245,106 @@ class FIM:
     def transform_context(self, ctx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Packed context int[L] -> FIM'd context int[L] (truncated / fim_pad-padded)."""
         n = ctx.shape[0]
-        eot = self.special.eot
-        breaks = np.flatnonzero(ctx == eot)
-        starts = np.concatenate(([0], breaks + 1))
-        ends = np.concatenate((breaks, [n]))
-        draws = rng.random((starts.shape[0], 4))
-        parts = []
-        for i in range(starts.shape[0]):
-            a, b = int(starts[i]), int(ends[i])
-            if b > a:
-                parts.append(self.transform_document(ctx[a:b], draws[i]))
+        breaks = np.flatnonzero(ctx == self.special.eot).tolist()
+        draws = rng.random((len(breaks) + 1, 4)).tolist()
+        out = _Assembly()
+        start = 0
+        for i, b in enumerate(breaks + [n]):
+            if b > start:
+                self._emit(ctx[start:b], draws[i], out)
             if b < n:
-                parts.append(ctx[b : b + 1])
-        out = np.concatenate(parts) if parts else ctx[:0]
-        if out.shape[0] >= n:
-            return out[:n]
-        return np.concatenate([out, np.full(n - out.shape[0], self.special.fim_pad, dtype=np.int32)])
+                out.add(self._eot)
+            start = b + 1
+        full = out.finish(self._encode_many)
+        if full.shape[0] >= n:
+            return full[:n]
+        return np.concatenate([full, np.full(n - full.shape[0], self.special.fim_pad, dtype=np.int32)])
 
-    def transform_document(self, doc: np.ndarray, u: np.ndarray) -> np.ndarray:
+    def transform_document(self, doc: np.ndarray, u) -> np.ndarray:
         """One document's ids (no EOT) and 4 uniforms -> FIM'd ids or the document as is.
 
         u[0] decides FIM, u[1] SPM vs PSM, u[2] and u[3] place the cuts.
         """
-        c = self.config
-        if doc.shape[0] == 0 or u[0] >= c.fim_rate:
-            return doc
-        if int(doc.min()) < self.special.first_regular:
-            return doc  # reserved ids inside: pass through (documented)
-        if c.split_level == "token":
-            prefix, middle, suffix = _token_split(doc, u)
-        else:
-            prefix, middle, suffix = self._text_split(doc, u)
-        return self._arrange(prefix, middle, suffix, u[1] < c.spm_rate)
+        out = _Assembly()
+        if doc.shape[0]:
+            self._emit(np.asarray(doc, dtype=np.int32), [float(x) for x in u], out)
+        return out.finish(self._encode_many)
 
-    def _arrange(self, prefix, middle, suffix, spm: bool) -> np.ndarray:
-        s = self.special
-        pre = np.array([s.fim_prefix], np.int32)
-        mid = np.array([s.fim_middle], np.int32)
-        suf = np.array([s.fim_suffix], np.int32)
-        if not spm:
-            parts = (pre, prefix, suf, suffix, mid, middle)
-        elif self.config.spm_variant == 2:
-            parts = (pre, suf, suffix, mid, prefix, middle)
+    # -- one document ------------------------------------------------------------------------
+    def _emit(self, doc: np.ndarray, u: list, out: "_Assembly") -> None:
+        c = self.config
+        if u[0] >= c.fim_rate:
+            out.add(doc)
+            return
+        if c.split_level == "token":
+            if int(doc.min()) < self.special.first_regular:
+                out.add(doc)  # reserved ids inside: pass through (documented)
+                return
+            parts = _token_split(doc, u)
         else:
-            parts = (suf, suffix, pre, prefix, mid, middle)
-        return np.concatenate(parts).astype(np.int32, copy=False)
+            parts = self._text_split(doc, u)
+            if parts is None:
+                out.add(doc)
+                return
+        prefix, middle, suffix = parts
+        if u[1] >= c.spm_rate:  # PSM
+            seq = (self._pre, prefix, self._suf, suffix, self._mid, middle)
+        elif c.spm_variant == 2:
+            seq = (self._pre, self._suf, suffix, self._mid, prefix, middle)
+        else:
+            seq = (self._suf, suffix, self._pre, prefix, self._mid, middle)
+        for part in seq:
+            if isinstance(part, list):
+                out.extend(part)
+            else:
+                out.add(part)
 
     # -- text-level splitting ----------------------------------------------------------------
-    def _encode(self, text: str) -> np.ndarray:
-        if not text:
-            return np.zeros(0, np.int32)
-        return np.asarray(self.tokenizer.encode(text), dtype=np.int32)
+    def _encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        # one encode per fragment: fragments are a few characters, and batch encoders
+        # (sentencepiece's among them) pay thread start-up per call that dwarfs that.
+        # Word fragments repeat (Zipf), so encodings are memoised; the cache is a pure
+        # function of the text and never changes an output.
+        cache = self._cache
+        out = []
+        for t in texts:
+            ids = cache.get(t)
+            if ids is None:
+                ids = np.asarray(self._encode_raw(t), dtype=np.int32)
+                if self._cache_size:
+                    if len(cache) >= self._cache_size:
+                        cache.clear()
+                    cache[t] = ids
+            out.append(ids)
+        return out
 
-    def _cut_chars(self, text_len: int, u: np.ndarray, text_fn) -> tuple[int, int]:
+    def clear_cache(self) -> None:
+        """Forget memoised fragment encodings (benchmarks call this between passes)."""
+        self._cache.clear()
+
+    def _cut_chars(self, text_len: int, u: list, text_fn) -> tuple[int, int]:
         if self.config.split_level == "character":
-            cuts = np.minimum((u[2:4] * (text_len + 1)).astype(np.int64), text_len)
+            c1 = min(int(u[2] * (text_len + 1)), text_len)
+            c2 = min(int(u[3] * (text_len + 1)), text_len)
         else:  # line: uniform over line starts
             text = text_fn()
             nl = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32) == 10
-            cand = np.unique(np.concatenate(([0], np.flatnonzero(nl) + 1, [text_len])))
-            cuts = cand[np.minimum((u[2:4] * cand.shape[0]).astype(np.int64), cand.shape[0] - 1)]
-        lo, hi = int(cuts.min()), int(cuts.max())
-        return lo, hi
+            cand = np.unique(np.concatenate(([0], np.flatnonzero(nl) + 1, [text_len]))).tolist()
+            c1 = cand[min(int(u[2] * len(cand)), len(cand) - 1)]
+            c2 = cand[min(int(u[3] * len(cand)), len(cand) - 1)]
+        return (c1, c2) if c1 <= c2 else (c2, c1)
 
-    def _text_split(self, doc: np.ndarray, u: np.ndarray):
+    def _text_split(self, doc: np.ndarray, u: list):
+        """-> (prefix, middle, suffix), each a list of id arrays and strings still to encode;
+        None for a document that must pass through."""
         table = self._table
         lengths = table.length[doc]
-        if np.any(lengths == _IRREGULAR):
-            return self._text_split_whole(doc, u)
         ends = np.cumsum(lengths)
         total = int(ends[-1])
+        if total >= _IRREGULAR:
+            if int(doc.min()) < self.special.first_regular:
+                return None  # reserved ids inside: pass through (documented)
+            return self._text_split_whole(doc, u)
         texts = table.texts
         c1, c2 = self._cut_chars(total, u, lambda: "".join([texts[t] for t in doc.tolist()]))
         starts = ends - lengths
@@ -311,17 +353,18 @@ class FIM:
         if r2[0] < r1[1]:  # both cuts fall in one re-encoded region
             r1 = r2 = (min(r1[0], r2[0]), max(r1[1], r2[1]))
         (a1, b1), (a2, b2) = r1, r2
+        n = doc.shape[0]
         t1 = self._region_text(doc, a1, b1)
-        s1 = int(starts[a1]) if a1 < doc.shape[0] else total
-        prefix = np.concatenate([doc[:a1], self._encode(t1[: c1 - s1])])
+        s1 = int(starts[a1]) if a1 < n else total
+        prefix = [doc[:a1], t1[: c1 - s1]]
         if r1 == r2:
-            middle = self._encode(t1[c1 - s1 : c2 - s1])
-            suffix = np.concatenate([self._encode(t1[c2 - s1 :]), doc[b2:]])
+            middle = [t1[c1 - s1 : c2 - s1]]
+            suffix = [t1[c2 - s1 :], doc[b2:]]
         else:
             t2 = self._region_text(doc, a2, b2)
-            s2 = int(starts[a2]) if a2 < doc.shape[0] else total
-            middle = np.concatenate([self._encode(t1[c1 - s1 :]), doc[b1:a2], self._encode(t2[: c2 - s2])])
-            suffix = np.concatenate([self._encode(t2[c2 - s2 :]), doc[b2:]])
+            s2 = int(starts[a2]) if a2 < n else total
+            middle = [t1[c1 - s1 :], doc[b1:a2], t2[: c2 - s2]]
+            suffix = [t2[c2 - s2 :], doc[b2:]]
         return prefix, middle, suffix
 
     def _region_text(self, doc, a, b) -> str:
@@ -338,26 +381,62 @@ class FIM:
         if c >= total:
             return n, n
         ws = self._table.word_start
-        k = int(np.searchsorted(ends, c, side="right"))
+        k = int(ends.searchsorted(c, side="right"))
         if c == starts[k] and ws[doc[k]]:
             return k, k
         cap = self.config.max_reencode_tokens
-        a, lo = k, max(0, k - cap)
-        while a > lo and not ws[doc[a]]:
+        lo, hi = max(0, k - cap), min(n, k + 1 + cap)
+        window = ws[doc[lo:hi]].tolist()
+        a = k
+        while a > lo and not window[a - lo]:
             a -= 1
-        b, hi = k + 1, min(n, k + 1 + cap)
-        while b < hi and not ws[doc[b]]:
+        b = k + 1
+        while b < hi and not window[b - lo]:
             b += 1
         return a, b
 
-    def _text_split_whole(self, doc: np.ndarray, u: np.ndarray):
+    def _text_split_whole(self, doc: np.ndarray, u: list):
         text = self.tokenizer.decode(doc.tolist())
         c1, c2 = self._cut_chars(len(text), u, lambda: text)
-        return self._encode(text[:c1]), self._encode(text[c1:c2]), self._encode(text[c2:])
+        return [text[:c1]], [text[c1:c2]], [text[c2:]]
 
 
-def _token_split(doc: np.ndarray, u: np.ndarray):
+class _Assembly:
+    """Pieces of an output in order: id arrays, and strings encoded together at the end
+    (one batched tokenizer call per context instead of one per cut)."""
+
+    __slots__ = ("pieces", "texts", "slots")
+
+    def __init__(self):
+        self.pieces: list = []
+        self.texts: list[str] = []
+        self.slots: list[int] = []
+
+    def add(self, ids: np.ndarray) -> None:
+        if ids.shape[0]:
+            self.pieces.append(ids)
+
+    def extend(self, items: list) -> None:
+        for item in items:
+            if isinstance(item, str):
+                if item:
+                    self.slots.append(len(self.pieces))
+                    self.texts.append(item)
+                    self.pieces.append(None)
+            elif item.shape[0]:
+                self.pieces.append(item)
+
+    def finish(self, encode_many) -> np.ndarray:
+        if self.texts:
+            for slot, ids in zip(self.slots, encode_many(self.texts)):
+                self.pieces[slot] = ids
+        if not self.pieces:
+            return np.zeros(0, np.int32)
+        return np.concatenate(self.pieces).astype(np.int32, copy=False)
+
+
+def _token_split(doc: np.ndarray, u: list):
     n = doc.shape[0]
-    cuts = np.minimum((u[2:4] * (n + 1)).astype(np.int64), n)
-    lo, hi = int(cuts.min()), int(cuts.max())
+    c1, c2 = min(int(u[2] * (n + 1)), n), min(int(u[3] * (n + 1)), n)
+    lo, hi = min(c1, c2), max(c1, c2)
     return doc[:lo], doc[lo:hi], doc[hi:]
