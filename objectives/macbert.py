@@ -134,10 +134,11 @@ def replace_words(rng: np.random.Generator, tokens: np.ndarray, word_first: np.n
     source = np.where(action == KEEP, 0, np.where(sub >= 0, np.where(need_random, 2, 1), 3)).astype(np.int8)
 
     tok_sub = sub[tok_word]
-    words_flat = table.words.reshape(-1)
-    if len(words_flat):
-        gathered = words_flat[np.maximum(tok_sub, 0) * table.words.shape[1] + pos]
-        new = np.where(tok_sub >= 0, gathered, tokens)
+    if len(table):
+        new = np.where(tok_sub >= 0, table.first_tokens[np.maximum(tok_sub, 0)], tokens)
+        later = np.flatnonzero((pos > 0) & (tok_sub >= 0))        # 2nd.. tokens of multi-token substitutes
+        if later.size:
+            new[later] = table.words.reshape(-1)[tok_sub[later] * table.words.shape[1] + pos[later]]
     else:
         new = tokens.copy()
     rnd = np.flatnonzero(source[tok_word] == 3)

@@ -165,8 +165,8 @@ class _SentencePair:
 
     def _choose(self, rng, grid_ws, s1, l1, s2, l2, idx, n_real):
         """Targets as flat output positions, with word-start flags and span indices.
-        Unigrams are chosen on the contiguous pair (first + second, no [SEP]), the
-        fast path; longer n-grams on the output grid, where a [SEP] stops them."""
+        Unigrams are chosen on the contiguous pair (first + second, no [SEP]); longer
+        n-grams on each segment as its own row (budget: ``mask_rate`` of each)."""
         cfg = self.config
         B, S = idx.shape
         flat_ws = grid_ws.reshape(-1)
@@ -190,20 +190,24 @@ class _SentencePair:
             row, col = np.divmod(pos_p, W)
             pos = row * S + col + 1 + (col >= l1[row])
             return pos, ws.reshape(-1)[pos_p], span, len(spans)
-        p = np.arange(S, dtype=np.int64)[None, :]
-        L1 = l1[:, None]
-        eligible = (p >= 1) & (p < n_real[:, None]) & (p != L1 + 1) & (p != (l1 + l2 + 2)[:, None])
-        wbody = np.take(flat_ws, idx, mode="clip")
-        wbody |= (p == 1) | (p == L1 + 2)                      # each segment starts a word
-        wbody &= eligible
+        # n-grams: each segment is its own row, so no n-gram runs across the [SEP]
+        W = int(max(l1.max(initial=0), l2.max(initial=0), 1))
+        q = np.arange(W, dtype=np.int64)[None, :]
+        starts = np.stack([base + s1, base + s2], axis=1).reshape(-1)
+        lens = np.stack([l1, l2], axis=1).reshape(-1)
+        ws = np.take(flat_ws, starts[:, None] + q, mode="clip")
+        ws[:, 0] = True
+        ws &= q < lens[:, None]
         if self.macbert is not None:
-            spans = self.macbert.choose(rng, wbody, eligible=eligible)
+            spans = self.macbert.choose(rng, ws, lengths=lens)
         else:
-            spans = masking.choose_span_set(rng, wbody, length_probs=self.ngram_probs,
-                                            budget_tokens=cfg.mask_rate * np.count_nonzero(eligible, axis=1),
-                                            eligible=eligible)
-        pos, span = spans.positions()
-        return pos, wbody.reshape(-1)[pos], span, len(spans)
+            spans = masking.choose_span_set(rng, ws, length_probs=self.ngram_probs,
+                                            budget_tokens=cfg.mask_rate * lens, lengths=lens)
+        pos_w, span = spans.positions()
+        row, col = np.divmod(pos_w, W)
+        b, second = np.divmod(row, 2)
+        pos = b * S + 1 + col + second * (l1[b] + 1)
+        return pos, ws.reshape(-1)[pos_w], span, len(spans)
 
     def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> Sample:
         cfg, sp = self.config, self.special

@@ -80,6 +80,9 @@ class SimilarWords:
         direct = np.full(int(self.words[one, 0].max()) + 1 if len(one) else 0, -1, np.int64)
         direct[self.words[one, 0]] = one
         object.__setattr__(self, "_single", direct)
+        object.__setattr__(self, "_has_multi", bool(np.any(self.lengths > 1)))
+        # first tokens alone: a small array that stays in cache for the common one-token gathers
+        object.__setattr__(self, "first_tokens", np.ascontiguousarray(self.words[:, 0]))
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -177,6 +180,8 @@ class SimilarWords:
         direct = self._single
         ok = single & (first >= 0) & (first < len(direct))
         out[ok] = direct[first[ok]]
+        if not self._has_multi:
+            return out
         multi = ~single & (lengths <= MAX_WORD_TOKENS)
         if not multi.any():
             return out
@@ -188,7 +193,10 @@ class SimilarWords:
         m_start = np.cumsum(m_len) - m_len
         m_tok = flat_tokens[sel]
         keys = hash_words(m_tok, m_start, m_len)
-        idx = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        order = np.argsort(keys)                    # sorted needles search much faster
+        idx = np.empty(len(keys), np.int64)
+        idx[order] = np.searchsorted(self.keys, keys[order])
+        idx = np.minimum(idx, len(self.keys) - 1)
         hit = self.keys[idx] == keys
         # verify token by token (guards against hash collisions)
         same = self.words.reshape(-1)[np.repeat(idx, m_len) * MAX_WORD_TOKENS + pos[sel]] == m_tok
