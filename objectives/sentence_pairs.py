@@ -30,7 +30,9 @@ MLM on top (the model trains both): ``masking="mlm"`` (default, BERT 80/10/10
 per token over whole-word n-grams, ``ngram_probs`` (1,) = whole-word unigrams,
 budget ``mask_rate`` of the tokens), ``"macbert"`` (MacBERT's similar-word
 correction, budget ``mask_rate`` of the words; ``similar_words`` as for
-MacBERT) or ``"none"`` (no token targets). [CLS]/[SEP]/PAD are never targets.
+MacBERT) or ``"none"`` (no token targets). [CLS]/[SEP]/PAD are never targets,
+and no n-gram runs across the middle [SEP]: n-grams longer than one word are
+chosen within each segment (``mask_rate`` of each segment).
 
 ``SOP.batch`` / ``NSP.batch`` build a list of samples at once, vectorised.
 """
