@@ -64,7 +64,8 @@ class MacBERTConfig:
     min_similarity: float = 0.0                  # for embeddings files
 
     def __post_init__(self):
-        if int(self.seq_length) < 3:
+        if not isinstance(self.seq_length, (int, np.integer)) or isinstance(self.seq_length, bool) \
+                or self.seq_length < 3:
             raise ValueError(f"seq_length must be >= 3 ([CLS] x [SEP]), got {self.seq_length!r}")
         check_rate("mask_rate", self.mask_rate)
         try:
@@ -77,7 +78,7 @@ class MacBERTConfig:
             raise ValueError(f"replace_probs: {e}") from e
         if self.similar_format not in SIMILAR_FORMATS:
             raise ValueError(f"similar_format must be one of {SIMILAR_FORMATS}, got {self.similar_format!r}")
-        if int(self.neighbours) < 1:
+        if not isinstance(self.neighbours, (int, np.integer)) or self.neighbours < 1:
             raise ValueError(f"neighbours must be >= 1, got {self.neighbours!r}")
 
 

@@ -62,7 +62,8 @@ class _PairConfig:
     similar_format: str = "auto"
 
     def __post_init__(self):
-        if int(self.seq_length) < 5:
+        if not isinstance(self.seq_length, (int, np.integer)) or isinstance(self.seq_length, bool) \
+                or self.seq_length < 5:
             raise ValueError(f"seq_length must be >= 5 ([CLS] a [SEP] b [SEP]), got {self.seq_length!r}")
         if self.masking not in MASKINGS:
             raise ValueError(f"masking must be one of {MASKINGS}, got {self.masking!r}")

@@ -200,7 +200,7 @@ def test_budget_ngram_and_replacement_shares():
 
 
 # ------------------------------------------------------------------ bad input / config
-@pytest.mark.parametrize("field,value", [("seq_length", 2), ("mask_rate", 1.5), ("ngram_probs", ()),
+@pytest.mark.parametrize("field,value", [("seq_length", 2), ("seq_length", "512"), ("mask_rate", 1.5), ("ngram_probs", ()),
                                          ("ngram_probs", (0.5, -1.0)), ("replace_probs", (0.5, 0.5, 0.5)),
                                          ("similar_format", "xml"), ("neighbours", 0)])
 def test_config_out_of_range_names_the_field(field, value):

@@ -211,7 +211,7 @@ def test_whole_words_are_masked_whole():
 
 
 # ------------------------------------------------------------------ bad input / config
-@pytest.mark.parametrize("cls,field,value", [(SOPConfig, "seq_length", 4), (SOPConfig, "masking", "t5"),
+@pytest.mark.parametrize("cls,field,value", [(SOPConfig, "seq_length", 4), (NSPConfig, "seq_length", 12.5), (SOPConfig, "masking", "t5"),
                                              (SOPConfig, "swap_rate", 1.5), (NSPConfig, "random_rate", -0.1),
                                              (SOPConfig, "mask_rate", 2.0), (NSPConfig, "replace_probs", (1, 1, 1))])
 def test_config_out_of_range_names_the_field(cls, field, value):
