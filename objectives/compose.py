@@ -20,6 +20,9 @@ field                           neutral value                       why neutral
 Other extras need an entry in ``fill={field: (kind, value, dtype)}`` with kind
 ``"scalar"`` or ``"per_token"`` (length of the sample's ``tokens``); a member
 whose output misses a field with no neutral value raises ``ValueError`` naming it.
+
+``MixByWeight.batch(samples, rng)`` is the vectorised form: it runs each member's
+``batch`` on the samples that chose it and returns the rows in input order.
 """
 
 from __future__ import annotations
@@ -113,6 +116,45 @@ class MixByWeight:
         if self.tag_field:
             out[self.tag_field] = np.array(k, dtype=np.int32)
         return out
+
+    def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> Sample:
+        """Vectorised form: one choice per sample (drawn from ``rng`` for the whole
+        batch), each member's ``batch`` on its share, rows put back in input order."""
+        B = len(samples)
+        choice = np.searchsorted(self.cumulative, rng.random(B), side="right")
+        parts: dict[int, tuple[np.ndarray, Sample]] = {}
+        for k in np.unique(choice):
+            rows = np.flatnonzero(choice == k)
+            member = self.transforms[int(k)]
+            sub = [samples[i] for i in rows]
+            if hasattr(member, "batch"):
+                out = member.batch(sub, rng)
+            else:
+                outs = [member(s, rng) for s in sub]
+                out = {f: np.stack([o[f] for o in outs]) for f in outs[0]}
+            parts[int(k)] = (rows, out)
+        fields = list(dict.fromkeys(f for _, out in parts.values() for f in out)) + \
+            [f for f in self.writes if all(f not in out for _, out in parts.values())]
+        ref = next(iter(parts.values()))[1]
+        S = ref["tokens"].shape[1] if "tokens" in ref else 0
+        result: Sample = {}
+        for f in fields:
+            template = next((out[f] for _, out in parts.values() if f in out), None)
+            if template is None:
+                kind, value, dtype = self.fill[f]
+                template = np.full((1,) if kind == "scalar" else (1, S), value, dtype)
+            arr = np.empty((B,) + template.shape[1:], template.dtype)
+            for k, (rows, out) in parts.items():
+                if f in out:
+                    arr[rows] = out[f]
+                else:
+                    if f not in self.fill:
+                        raise ValueError(f"MixByWeight: member {k} did not write {f!r} and it has no neutral value")
+                    arr[rows] = self.fill[f][1]
+            result[f] = arr
+        if self.tag_field:
+            result[self.tag_field] = choice.astype(np.int32)
+        return result
 
     def __repr__(self) -> str:
         return f"MixByWeight({list(zip(self.weights.round(4).tolist(), self.transforms))!r})"

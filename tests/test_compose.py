@@ -153,3 +153,22 @@ def test_package_exports_lazily():
     assert objectives.build is registry.build
     with pytest.raises(AttributeError, match="nothing_here"):
         objectives.nothing_here
+
+
+def test_mix_batch_form_keeps_rows_in_order_and_fills_neutral_values():
+    mac = MacBERT(MacBERTConfig(seq_length=32), special=SP, vocab_size=V)
+    sop = SOP(SOPConfig(seq_length=32, masking="none", swap_rate=0.0), special=SP, vocab_size=V)
+    m = MixByWeight([(0.5, mac), (0.5, sop)], tag_field="objective_id")
+    rng = np.random.default_rng(3)
+    samples = [segment(rng, 20) for _ in range(40)]
+    out = m.batch(samples, np.random.default_rng(4))
+    assert out["tokens"].shape == (40, 32) and out["sop_label"].shape == (40,)
+    chose_sop = out["objective_id"] == 1
+    assert 5 < chose_sop.sum() < 35
+    assert (out["sop_label"][~chose_sop] == -1).all() and (out["sop_label"][chose_sop] == 0).all()
+    for i, s in enumerate(samples):   # row i is built from sample i
+        body = out["tokens"][i][out["tokens"][i] >= SP.first_regular]
+        if chose_sop[i]:
+            assert body.tolist() == s["tokens"].tolist()          # in-order pair, no masking
+        else:
+            assert out["kv_end"][i][0] == len(s["tokens"]) + 2
