@@ -155,7 +155,7 @@ def _take_prefix(rng, cum: np.ndarray, step: np.ndarray, budget: np.ndarray) -> 
     u = rng.random((2, B))
     t_int = np.floor(thresh) + (u[0] < thresh - np.floor(thresh))
     n_wald = np.minimum(np.count_nonzero(cum < t_int[:, None], axis=1) + 1, n_items)
-    wald = (thresh >= 1) & (budget >= 4 * excess)
+    wald = (budget >= 4 * excess) & (budget >= 8)
     # crossing rule
     n_full = np.minimum(np.count_nonzero(cum <= budget[:, None], axis=1), n_items)
     before = np.where(n_full > 0, cum[rows, np.maximum(n_full - 1, 0)], 0)
@@ -163,6 +163,14 @@ def _take_prefix(rng, cum: np.ndarray, step: np.ndarray, budget: np.ndarray) -> 
     take = (n_full < n_items) & (u[1] * np.maximum(cross, 1) < budget - before)
     everything = budget >= cum[:, -1]              # the budget covers every item: take them all
     return np.where(everything, n_items, np.where(wald, n_wald, n_full + take))
+
+
+def _fill(lengths: np.ndarray, n_words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cap drawn lengths [B, M] at each row's capacity: the span that overflows the row
+    is cut to the words left, later ones get 0. Returns (lengths, cumsum, n fitting)."""
+    cum = np.minimum(np.cumsum(lengths, axis=1), n_words[:, None])
+    capped = np.diff(cum, axis=1, prepend=0)
+    return capped, cum, np.count_nonzero(capped, axis=1)
 
 
 def _place(rng, lengths: np.ndarray, cum: np.ndarray, k: np.ndarray, n_words: np.ndarray) -> np.ndarray:
@@ -347,21 +355,17 @@ def choose_span_set(
         M = int(min(np.ceil(bmax) + 1, np.ceil(1.5 * bmax / mean_w) + K + 2, n_words.max()))
         if M == 0:
             return none
-        span_w = np.minimum(_sample_lengths(rng, cdf, (B, M)), n_words[:, None])
-        cum = np.cumsum(span_w, axis=1)
-        fits = np.count_nonzero(cum <= n_words[:, None], axis=1)
+        span_w, cum, fits = _fill(_sample_lengths(rng, cdf, (B, M)), n_words)
         k = np.minimum(_take_prefix(rng, cum, span_w, budget), fits)
     else:
         words_wanted = budget * n_words / np.maximum(n_tok, 1) if by_tokens else budget
         target = np.minimum(np.ceil(words_wanted * overfill).astype(np.int64) + K, n_words)
         # a span count fixed before the lengths are seen keeps the placed lengths' law intact
-        n_spans = np.ceil(target / mean_w).astype(np.int64)
+        n_spans = np.minimum(np.ceil(target / mean_w).astype(np.int64) + 2, target)
         M = int(n_spans.max())
         if M == 0:
             return none
-        span_w = np.minimum(_sample_lengths(rng, cdf, (B, M)), n_words[:, None])
-        cum = np.cumsum(span_w, axis=1)
-        fits = np.count_nonzero(cum <= n_words[:, None], axis=1)
+        span_w, cum, fits = _fill(_sample_lengths(rng, cdf, (B, M)), n_words)
         k = np.minimum(n_spans, fits)
     valid = np.arange(M)[None, :] < k[:, None]
 
