@@ -18,16 +18,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from itertools import islice
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
 from data_pipeline.config import CorpusConfig, TokenizerConfig
 from data_pipeline.corpus import Corpus, CorpusError, _file_identity, is_valid_document, open_corpus
+from data_pipeline.encode import encode_documents
 from data_pipeline.indexed import IndexedDataError, SplitWriter, TokenData, split_files
-from data_pipeline.sentences import split_sentences
 from data_pipeline.tokenizer import SentencePieceTokenizer
 
 FORMAT_VERSION = 1
@@ -48,65 +46,6 @@ class PreparedCorpus:
     valid: TokenData | None
     manifest: dict
     reused: bool = False
-
-
-# ---- encoding (runs in worker processes) -------------------------------------------------
-_WORKER: dict = {}
-
-
-def _init_worker(proto: bytes, mode: str, valid_fraction: float, min_chars: int) -> None:
-    _WORKER.update(tok=SentencePieceTokenizer(proto), mode=mode, valid=valid_fraction, min_chars=min_chars)
-
-
-def _encode_chunk(docs: list[str]) -> dict:
-    """Encode a chunk of documents into flat arrays (cheap to send between processes)."""
-    tok: SentencePieceTokenizer = _WORKER["tok"]
-    tokens, word_start, sent_lengths, doc_sentences, valid = [], [], [], [], []
-    skipped = 0
-    for text in docs:
-        if len(text.strip()) < max(1, _WORKER["min_chars"]):
-            skipped += 1
-            continue
-        pieces = split_sentences(text, _WORKER["mode"])
-        encoded = [ids for ids in tok.encode_batch(pieces) if ids]
-        if not encoded:
-            skipped += 1
-            continue
-        lengths = [len(ids) for ids in encoded]
-        ids = np.fromiter((i for ids in encoded for i in ids), dtype=np.int32, count=sum(lengths))
-        tokens.append(ids)
-        word_start.append(tok.word_start(ids))
-        sent_lengths.extend(lengths)
-        doc_sentences.append(len(lengths))
-        valid.append(is_valid_document(text, _WORKER["valid"]))
-    cat = (lambda xs, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(0, dt))
-    return {
-        "tokens": cat(tokens, np.int32),
-        "word_start": cat(word_start, np.uint8),
-        "sentence_lengths": np.asarray(sent_lengths, dtype=np.int64),
-        "doc_sentences": np.asarray(doc_sentences, dtype=np.int64),
-        "valid": np.asarray(valid, dtype=bool),
-        "skipped": skipped,
-        "chars": sum(len(t) for t in docs),
-    }
-
-
-def _chunks(docs: Iterable[str], size: int) -> Iterator[list[str]]:
-    it = iter(docs)
-    while chunk := list(islice(it, size)):
-        yield chunk
-
-
-def encode_documents(docs: Iterable[str], tokenizer: SentencePieceTokenizer, mode: str, *, valid_fraction: float,
-                     min_chars: int = 1, workers: int = 1, chunk_documents: int = 64) -> Iterator[dict]:
-    """Encoded chunks in corpus order; ``workers > 1`` uses a process pool (ordered imap)."""
-    args = (tokenizer._proto, mode, valid_fraction, min_chars)
-    if workers == 1:
-        _init_worker(*args)
-        yield from map(_encode_chunk, _chunks(docs, chunk_documents))
-        return
-    with get_context("spawn" if os.name == "nt" else "fork").Pool(workers, _init_worker, args) as pool:
-        yield from pool.imap(_encode_chunk, _chunks(docs, chunk_documents))
 
 
 # ---- caching ---------------------------------------------------------------------------
