@@ -5,7 +5,7 @@ Per sample:
 1. words come from ``word_start``; 15% of the words (``mask_rate``, met in
    expectation: a fractional budget keeps its last n-gram with the matching
    probability) are chosen as whole-word n-grams of 1/2/3/4 words with
-   probabilities 40/30/20/10% (``objectives.masking.choose_spans``);
+   probabilities 40/30/20/10% (``objectives.masking.choose_span_set``);
 2. every chosen *word* independently is replaced by a similar word (80%), by a
    random word (10%) or kept (10%) (``replace_probs``); no [MASK] is ever used;
 3. a word with no similar word in the table gets a random word instead.
@@ -198,13 +198,8 @@ class MacBERT:
         """MacBERT on a [B, L] grid: the first ``lengths[b]`` tokens of each row, or the
         ``eligible`` ones (a word also starts where an eligible run begins). Returns
         ``(new_tokens, pos, info)``: ``pos`` = flat positions of the targets."""
-        ws = word_start.copy()
-        ws[:, 0] = True
-        if eligible is not None:
-            ws &= eligible
-            ws[:, 1:] |= eligible[:, 1:] & ~eligible[:, :-1]
-            ws[:, 0] = eligible[:, 0]
-        elif lengths is not None:
+        ws = _eligible_word_starts(word_start, eligible)
+        if eligible is None and lengths is not None:
             ws &= np.arange(ws.shape[1])[None, :] < np.asarray(lengths)[:, None]
         spans = self.choose(rng, ws, lengths=lengths, eligible=eligible)
         pos, _ = spans.positions()
@@ -230,6 +225,7 @@ class MacBERT:
             reserved = low & (body != sp.unk) & (np.arange(L)[None, :] < n[:, None])
             if reserved.any():
                 eligible = (np.arange(L)[None, :] < n[:, None]) & ~reserved
+                ws = _eligible_word_starts(ws, eligible)
         spans = self.choose(rng, ws, lengths=None if eligible is not None else n, eligible=eligible)
         pos, _ = spans.positions()
         flat_body = body.reshape(-1)
@@ -266,6 +262,18 @@ class MacBERT:
 
     def __repr__(self) -> str:
         return f"MacBERT({self.config!r}, similar_words={len(self.similar)})"
+
+
+def _eligible_word_starts(word_start: np.ndarray, eligible: np.ndarray | None) -> np.ndarray:
+    """Word starts as the span chooser sees them: row starts, and with ``eligible``
+    only eligible tokens, plus the first token of every eligible run."""
+    ws = word_start.copy()
+    ws[:, 0] = True
+    if eligible is not None:
+        ws &= eligible
+        ws[:, 1:] |= eligible[:, 1:] & ~eligible[:, :-1]
+        ws[:, 0] = eligible[:, 0]
+    return ws
 
 
 def _stack_segments(samples: Sequence[Mapping[str, np.ndarray]], width: int, who: str,

@@ -314,3 +314,12 @@ def test_reserved_ids_in_input_are_copied_never_targets_but_unk_can_be():
         assert out["tokens"][2] == SP.eot and out["tokens"][6] == SP.mask
         assert out["loss_mask"][[2, 6]].sum() == 0
         assert out["loss_mask"][[1, 3, 4, 5]].all()          # unk is an ordinary word here
+
+
+def test_word_after_a_reserved_id_is_its_own_word():
+    # 31 continues a word in the raw flags, but the reserved id before it cuts that word
+    table = SimilarWords.from_neighbours({(20,): [(21,)], (31,): [(32,)]})
+    t = make(table, seq_length=8, mask_rate=1.0, ngram_probs=(1.0,), replace_probs=(1.0, 0.0, 0.0))
+    s = {"tokens": np.array([20, SP.eot, 31], np.int32), "word_start": np.array([1, 0, 0], bool)}
+    out = t(s, np.random.default_rng(0))
+    assert out["tokens"].tolist()[:5] == [3, 21, SP.eot, 32, 4]
