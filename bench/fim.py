@@ -67,19 +67,23 @@ def pack(docs, eot, seq):
 
 
 def time_passes(fn, repeats):
-    secs = []
+    """Wall and CPU seconds per pass (CPU time is the steadier figure on a shared machine)."""
+    secs, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         n = fn()
         secs.append(time.perf_counter() - t0)
-    return n, secs
+        cpu.append(time.process_time() - c0)
+    return n, (secs, cpu)
 
 
-def emit(name, impl, config, toks, secs, extra=None):
+def emit(name, impl, config, toks, times, extra=None):
+    secs, cpu = times
     tps = [toks / s for s in secs]
     rec = {"bench": name, "impl": impl, "config": config, "tokens_per_pass": toks,
            "seconds": [round(s, 4) for s in secs], "tokens_per_s": [round(t) for t in tps],
-           "tokens_per_s_median": round(statistics.median(tps))}
+           "tokens_per_s_median": round(statistics.median(tps)),
+           "cpu_tokens_per_s_median": round(statistics.median(toks / c for c in cpu))}
     rec.update(extra or {})
     print(json.dumps(rec), flush=True)
 
@@ -172,6 +176,7 @@ def main():
 
         def run_fim():
             rng = np.random.default_rng(args.seed)  # same draws every pass
+            fim.clear_cache()  # every pass starts cold: no memoised fragment from the last one
             for c in contexts:
                 fim({"tokens": c}, rng)
             return per_pass

@@ -81,12 +81,11 @@ def pack_fields(
         starts = np.zeros(n, dtype=bool)
         starts[1:] = tokens[:-1] == special.eot
         starts[1:] |= is_pad[1:] & ~is_pad[:-1]
-        starts[0] = False
         doc = np.cumsum(starts, dtype=np.int32)
-        doc_start = np.maximum.accumulate(np.where(starts, idx, 0)).astype(np.int32)
+        doc_start, _ = intervals.causal(doc)  # first position of each position's document
     if document_masking:
         segment_ids = doc
-        kv_start, kv_end = intervals.causal(segment_ids)
+        kv_start, kv_end = doc_start, idx + 1
     else:
         segment_ids = np.zeros(n, dtype=np.int32)
         kv_start, kv_end = np.zeros(n, dtype=np.int32), idx + 1

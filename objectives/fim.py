@@ -54,6 +54,7 @@ Documents containing reserved ids other than EOT (pads, sentinels, unk,
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -139,6 +140,7 @@ class _PieceTable:
         self.texts = texts
         self.length = length
         self.word_start = word_start
+        self.word_start_list = word_start.tolist()
 
 
 def check_lossless(tokenizer) -> None:
@@ -245,47 +247,125 @@ class FIM:
     def transform_context(self, ctx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Packed context int[L] -> FIM'd context int[L] (truncated / fim_pad-padded)."""
         n = ctx.shape[0]
-        breaks = np.flatnonzero(ctx == self.special.eot).tolist()
-        draws = rng.random((len(breaks) + 1, 4)).tolist()
-        out = _Assembly()
-        start = 0
-        for i, b in enumerate(breaks + [n]):
-            if b > start:
-                self._emit(ctx[start:b], draws[i], out)
-            if b < n:
-                out.add(self._eot)
-            start = b + 1
-        full = out.finish(self._encode_many)
+        breaks = np.flatnonzero(ctx == self.special.eot)
+        draws = rng.random((breaks.shape[0] + 1, 4))
+        full = self._transform(ctx, breaks, draws)
         if full.shape[0] >= n:
             return full[:n]
         return np.concatenate([full, np.full(n - full.shape[0], self.special.fim_pad, dtype=np.int32)])
+
+    def _transform(self, ctx: np.ndarray, breaks: np.ndarray, draws: np.ndarray) -> np.ndarray:
+        """EOT-joined documents -> the same documents, each FIM'd or not, re-joined."""
+        n = ctx.shape[0]
+        doc_start = np.concatenate(([0], breaks + 1))
+        doc_end = np.concatenate((breaks, [n]))
+        plans = {}
+        if self._table is not None:
+            plans = self._text_plans(ctx, breaks, doc_start, doc_end, draws)
+        out = _Assembly()
+        for i, (a, b, u) in enumerate(zip(doc_start.tolist(), doc_end.tolist(), draws.tolist())):
+            if b > a:
+                self._emit(ctx[a:b], u, out, plans.get(i, FIM._PASS))
+            if b < n:
+                out.add(self._eot)
+        return out.finish(self._encode_many)
+
+    def _text_plans(self, ctx, breaks, doc_start, doc_end, draws) -> dict:
+        """Cuts for every document of a context that gets FIM, from one cumulative sum of
+        token lengths; per document only the text of the (at most two) words that a cut
+        touches is built. -> {doc index: (prefix, middle, suffix) or None to pass through}."""
+        rate = self.config.fim_rate
+        sel = [i for i, (u0, a, b) in enumerate(zip(draws[:, 0].tolist(), doc_start.tolist(), doc_end.tolist()))
+               if u0 < rate and b > a]
+        if not sel:
+            return {}
+        table = self._table
+        lengths = table.length[ctx]
+        lengths[breaks] = 0
+        cum = np.cumsum(lengths).tolist()  # cum[i]: characters up to and including token i
+        ids = ctx.tolist()
+        texts, ws = table.texts, table.word_start_list
+        cap = self.config.max_reencode_tokens
+        line_level = self.config.split_level == "line"
+        plans = {}
+        for i in sel:
+            d0, d1 = int(doc_start[i]), int(doc_end[i])
+            base = cum[d0 - 1] if d0 else 0
+            total = cum[d1 - 1] - base
+            u = draws[i].tolist()
+            if total >= _IRREGULAR:
+                doc = ctx[d0:d1]
+                plans[i] = None if int(doc.min()) < self.special.first_regular else self._text_split_whole(doc, u)
+                continue
+            if line_level:
+                c1, c2 = self._cut_chars(total, u, lambda: "".join([texts[t] for t in ids[d0:d1]]))
+            else:
+                c1, c2 = min(int(u[2] * (total + 1)), total), min(int(u[3] * (total + 1)), total)
+                if c1 > c2:
+                    c1, c2 = c2, c1
+
+            def region(c):
+                """Tokens [a, b) re-encoded around cut c; a == b: a clean word boundary."""
+                if c <= 0:
+                    return d0, d0
+                if c >= total:
+                    return d1, d1
+                g = base + c
+                k = bisect_right(cum, g, d0, d1)  # the token holding character g
+                if (cum[k - 1] if k else 0) == g and ws[ids[k]]:
+                    return k, k
+                a, lo = k, max(d0, k - cap)
+                while a > lo and not ws[ids[a]]:
+                    a -= 1
+                b, hi = k + 1, min(d1, k + 1 + cap)
+                while b < hi and not ws[ids[b]]:
+                    b += 1
+                return a, b
+
+            (a1, b1), (a2, b2) = region(c1), region(c2)
+            one = a2 < b1  # both cuts in one re-encoded region
+            if one:
+                a1, b1 = min(a1, a2), max(b1, b2)
+                a2, b2 = a1, b1
+            s1 = (cum[a1 - 1] if a1 else 0) - base
+            t1 = "".join([texts[t] for t in ids[a1:b1]])
+            prefix = [ctx[d0:a1], t1[: c1 - s1]]
+            if one:
+                middle = [t1[c1 - s1 : c2 - s1]]
+                suffix = [t1[c2 - s1 :], ctx[b2:d1]]
+            else:
+                s2 = (cum[a2 - 1] if a2 else 0) - base
+                t2 = "".join([texts[t] for t in ids[a2:b2]])
+                middle = [t1[c1 - s1 :], ctx[b1:a2], t2[: c2 - s2]]
+                suffix = [t2[c2 - s2 :], ctx[b2:d1]]
+            plans[i] = (prefix, middle, suffix)
+        return plans
 
     def transform_document(self, doc: np.ndarray, u) -> np.ndarray:
         """One document's ids (no EOT) and 4 uniforms -> FIM'd ids or the document as is.
 
         u[0] decides FIM, u[1] SPM vs PSM, u[2] and u[3] place the cuts.
         """
-        out = _Assembly()
-        if doc.shape[0]:
-            self._emit(np.asarray(doc, dtype=np.int32), [float(x) for x in u], out)
-        return out.finish(self._encode_many)
+        doc = np.asarray(doc, dtype=np.int32)
+        return self._transform(doc, np.zeros(0, np.int64), np.asarray(u, dtype=np.float64).reshape(1, 4))
 
     # -- one document ------------------------------------------------------------------------
-    def _emit(self, doc: np.ndarray, u: list, out: "_Assembly") -> None:
+    _PASS = object()
+
+    def _emit(self, doc: np.ndarray, u: list, out: "_Assembly", plan=_PASS) -> None:
         c = self.config
         if u[0] >= c.fim_rate:
             out.add(doc)
             return
-        if c.split_level == "token":
-            if int(doc.min()) < self.special.first_regular:
-                out.add(doc)  # reserved ids inside: pass through (documented)
-                return
-            parts = _token_split(doc, u)
+        if plan is not FIM._PASS:
+            parts = plan
+        elif c.split_level == "token":
+            parts = None if int(doc.min()) < self.special.first_regular else _token_split(doc, u)
         else:
-            parts = self._text_split(doc, u)
-            if parts is None:
-                out.add(doc)
-                return
+            parts = self._text_split_whole(doc, u)
+        if parts is None:
+            out.add(doc)  # reserved ids inside: pass through (documented)
+            return
         prefix, middle, suffix = parts
         if u[1] >= c.spm_rate:  # PSM
             seq = (self._pre, prefix, self._suf, suffix, self._mid, middle)
@@ -333,67 +413,6 @@ class FIM:
             c1 = cand[min(int(u[2] * len(cand)), len(cand) - 1)]
             c2 = cand[min(int(u[3] * len(cand)), len(cand) - 1)]
         return (c1, c2) if c1 <= c2 else (c2, c1)
-
-    def _text_split(self, doc: np.ndarray, u: list):
-        """-> (prefix, middle, suffix), each a list of id arrays and strings still to encode;
-        None for a document that must pass through."""
-        table = self._table
-        lengths = table.length[doc]
-        ends = np.cumsum(lengths)
-        total = int(ends[-1])
-        if total >= _IRREGULAR:
-            if int(doc.min()) < self.special.first_regular:
-                return None  # reserved ids inside: pass through (documented)
-            return self._text_split_whole(doc, u)
-        texts = table.texts
-        c1, c2 = self._cut_chars(total, u, lambda: "".join([texts[t] for t in doc.tolist()]))
-        starts = ends - lengths
-        r1 = self._region(doc, starts, ends, total, c1)
-        r2 = self._region(doc, starts, ends, total, c2)
-        if r2[0] < r1[1]:  # both cuts fall in one re-encoded region
-            r1 = r2 = (min(r1[0], r2[0]), max(r1[1], r2[1]))
-        (a1, b1), (a2, b2) = r1, r2
-        n = doc.shape[0]
-        t1 = self._region_text(doc, a1, b1)
-        s1 = int(starts[a1]) if a1 < n else total
-        prefix = [doc[:a1], t1[: c1 - s1]]
-        if r1 == r2:
-            middle = [t1[c1 - s1 : c2 - s1]]
-            suffix = [t1[c2 - s1 :], doc[b2:]]
-        else:
-            t2 = self._region_text(doc, a2, b2)
-            s2 = int(starts[a2]) if a2 < n else total
-            middle = [t1[c1 - s1 :], doc[b1:a2], t2[: c2 - s2]]
-            suffix = [t2[c2 - s2 :], doc[b2:]]
-        return prefix, middle, suffix
-
-    def _region_text(self, doc, a, b) -> str:
-        if a == b:
-            return ""
-        texts = self._table.texts
-        return "".join([texts[t] for t in doc[a:b].tolist()])
-
-    def _region(self, doc, starts, ends, total, c) -> tuple[int, int]:
-        """Tokens [a, b) re-encoded around cut ``c``; a == b: the cut sits on a clean word boundary."""
-        n = doc.shape[0]
-        if c <= 0:
-            return 0, 0
-        if c >= total:
-            return n, n
-        ws = self._table.word_start
-        k = int(ends.searchsorted(c, side="right"))
-        if c == starts[k] and ws[doc[k]]:
-            return k, k
-        cap = self.config.max_reencode_tokens
-        lo, hi = max(0, k - cap), min(n, k + 1 + cap)
-        window = ws[doc[lo:hi]].tolist()
-        a = k
-        while a > lo and not window[a - lo]:
-            a -= 1
-        b = k + 1
-        while b < hi and not window[b - lo]:
-            b += 1
-        return a, b
 
     def _text_split_whole(self, doc: np.ndarray, u: list):
         text = self.tokenizer.decode(doc.tolist())
