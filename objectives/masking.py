@@ -120,7 +120,10 @@ def _as_rows(a: np.ndarray, name: str, dtype) -> np.ndarray:
 
 
 def _row_budget(value, rows: int, name: str) -> np.ndarray:
-    b = np.broadcast_to(np.asarray(value, dtype=np.float64), (rows,)).copy()
+    try:
+        b = np.broadcast_to(np.asarray(value, dtype=np.float64), (rows,)).copy()
+    except ValueError:
+        raise ValueError(f"{name} must be a scalar or one value per row ({rows}), got shape {np.shape(value)}") from None
     if not np.all(np.isfinite(b)) or np.any(b < 0):
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
     return b
@@ -270,13 +273,19 @@ def choose_span_set(
     """
     ws = _as_rows(word_start, "word_start", bool)
     B, S = ws.shape
+    if (budget_tokens is None) == (budget_words is None):
+        raise ValueError("give exactly one of budget_tokens or budget_words")
     step = rows_per_chunk(S)
     if B > step:   # blocks of rows, same draws for any caller-side split at block bounds
         budget_key = "budget_tokens" if budget_words is None else "budget_words"
-        budget_all = np.broadcast_to(np.asarray(budget_tokens if budget_words is None else budget_words,
-                                                dtype=np.float64), (B,))
+        budget_all = _row_budget(budget_tokens if budget_words is None else budget_words, B, budget_key)
         el_all = None if eligible is None else _as_rows(eligible, "eligible", bool)
-        len_all = None if lengths is None else np.broadcast_to(np.asarray(lengths), (B,))
+        if el_all is not None and el_all.shape != ws.shape:
+            raise ValueError(f"eligible shape {el_all.shape} differs from word_start shape {ws.shape}")
+        try:
+            len_all = None if lengths is None else np.broadcast_to(np.asarray(lengths), (B,))
+        except ValueError:
+            raise ValueError(f"lengths must be a scalar or one int per row ({B}), got shape {np.shape(lengths)}") from None
         parts = []
         for r0 in range(0, B, step):
             r1 = min(B, r0 + step)
@@ -294,11 +303,12 @@ def choose_span_set(
             raise ValueError("give at most one of eligible or lengths")
     row_len = None
     if lengths is not None:
-        row_len = np.broadcast_to(np.asarray(lengths, dtype=np.int64), (B,))
+        try:
+            row_len = np.broadcast_to(np.asarray(lengths, dtype=np.int64), (B,))
+        except ValueError:
+            raise ValueError(f"lengths must be a scalar or one int per row ({B}), got shape {np.shape(lengths)}") from None
         if np.any(row_len < 0) or np.any(row_len > S):
             raise ValueError(f"lengths must lie in [0, {S}], got {lengths!r}")
-    if (budget_tokens is None) == (budget_words is None):
-        raise ValueError("give exactly one of budget_tokens or budget_words")
     by_tokens = budget_tokens is not None
     budget = _row_budget(budget_tokens if by_tokens else budget_words, B,
                          "budget_tokens" if by_tokens else "budget_words")

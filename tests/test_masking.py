@@ -280,3 +280,23 @@ def test_empty_and_tiny_inputs_pass_through():
     hits = sum(int(m.choose_spans(g, np.ones(1, bool), budget_tokens=0.15)[0] == 0) for _ in range(400))
     rows = (m.choose_spans(g, np.ones((20000, 1), bool), budget_tokens=0.15) == 0).mean()
     assert abs(hits / 400 - 0.15) < 0.07 and abs(rows - 0.15) < 0.01
+
+
+def test_row_blocks_match_caller_split():
+    """Large batches run in row blocks; splitting the batch at block bounds changes nothing."""
+    S = 300
+    step = m.rows_per_chunk(S)
+    g = np.random.default_rng(3)
+    ws = g.random((2 * step + 5, S)) < 0.7
+    n = g.integers(0, S + 1, ws.shape[0])
+    whole = m.choose_spans(np.random.default_rng(9), ws, length_probs=[0.6, 0.4], budget_tokens=0.2 * n, lengths=n)
+    rng = np.random.default_rng(9)
+    parts = [m.choose_spans(rng, ws[a:a + step], length_probs=[0.6, 0.4], budget_tokens=0.2 * n[a:a + step],
+                            lengths=n[a:a + step]) for a in range(0, ws.shape[0], step)]
+    assert np.array_equal(whole, np.concatenate(parts))
+    with pytest.raises(ValueError, match="one value per row"):
+        m.choose_spans(rng, ws, budget_tokens=[1.0, 2.0])
+    with pytest.raises(ValueError, match="one int per row"):
+        m.choose_spans(rng, ws, budget_tokens=1.0, lengths=[1, 2])
+    with pytest.raises(ValueError, match="eligible shape"):
+        m.choose_spans(rng, ws, budget_tokens=1.0, eligible=np.ones((2, S), bool))
