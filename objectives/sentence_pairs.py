@@ -32,7 +32,8 @@ budget ``mask_rate`` of the tokens), ``"macbert"`` (MacBERT's similar-word
 correction, budget ``mask_rate`` of the words; ``similar_words`` as for
 MacBERT) or ``"none"`` (no token targets). [CLS]/[SEP]/PAD are never targets,
 and no n-gram runs across the middle [SEP]: n-grams longer than one word are
-chosen within each segment (``mask_rate`` of each segment).
+chosen within each segment (``mask_rate`` of each segment). Reserved ids
+already in the input (e.g. ``unk``) are treated as ordinary tokens.
 
 ``SOP.batch`` / ``NSP.batch`` build a list of samples at once, vectorised.
 """
@@ -166,12 +167,12 @@ class _SentencePair:
     def _swap(self, rng, B):
         return np.zeros(B, bool)
 
-    def _choose(self, rng, grid_ws, s1, l1, s2, l2, idx, n_real):
+    def _choose(self, rng, grid_ws, s1, l1, s2, l2):
         """Targets as flat output positions, with word-start flags and span indices.
         Unigrams are chosen on the contiguous pair (first + second, no [SEP]); longer
         n-grams on each segment as its own row (budget: ``mask_rate`` of each)."""
         cfg = self.config
-        B, S = idx.shape
+        B, S = len(l1), int(cfg.seq_length)
         flat_ws = grid_ws.reshape(-1)
         base = np.arange(B, dtype=np.int64) * grid_ws.shape[1]
         if self.ngram_probs.size == 1:
@@ -251,7 +252,7 @@ class _SentencePair:
         labels = np.full((B, S), sp.pad, np.int32)
         loss_mask = np.zeros((B, S), np.float32)
         if cfg.masking != "none":
-            pos, cws, span, n_spans = self._choose(rng, grid_ws, s1, l1, s2, l2, idx, n_real)
+            pos, cws, span, n_spans = self._choose(rng, grid_ws, s1, l1, s2, l2)
             flat = tokens.reshape(-1)
             orig = flat[pos]
             if self.macbert is not None:
