@@ -32,23 +32,21 @@ def _encode_chunk(docs: list[str]) -> dict:
         if len(text.strip()) < max(1, _WORKER["min_chars"]):
             skipped += 1
             continue
-        pieces = split_sentences(text, _WORKER["mode"])
-        encoded = [ids for ids in tok.encode_batch(pieces) if ids]
-        if not encoded:
+        ids, lengths = tok.encode_flat(split_sentences(text, _WORKER["mode"]))
+        lengths = lengths[lengths > 0]  # a sentence that encodes to nothing is dropped
+        if ids.size == 0:
             skipped += 1
             continue
-        lengths = [len(ids) for ids in encoded]
-        ids = np.fromiter((i for ids in encoded for i in ids), dtype=np.int32, count=sum(lengths))
         tokens.append(ids)
         word_start.append(tok.word_start(ids))
-        sent_lengths.extend(lengths)
+        sent_lengths.append(lengths)
         doc_sentences.append(len(lengths))
         valid.append(is_valid_document(text, _WORKER["valid"]))
     cat = (lambda xs, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(0, dt))
     return {
         "tokens": cat(tokens, np.int32),
         "word_start": cat(word_start, np.uint8),
-        "sentence_lengths": np.asarray(sent_lengths, dtype=np.int64),
+        "sentence_lengths": cat(sent_lengths, np.int64),
         "doc_sentences": np.asarray(doc_sentences, dtype=np.int64),
         "valid": np.asarray(valid, dtype=bool),
         "skipped": skipped,

@@ -10,6 +10,7 @@ normalisation and no whitespace folding ``decode(encode(x)) == x``.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -143,6 +144,15 @@ class SentencePieceTokenizer:
         arr = np.asarray(self._sp.encode(text), dtype=np.int32) + self._offset
         arr[arr == self._sp_unk + self._offset] = self.special.unk
         return arr
+
+    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Encode many texts at once: (all ids as one int32 array, length of each text)."""
+        raw = self._sp.encode(list(texts))
+        lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
+        flat = np.fromiter(itertools.chain.from_iterable(raw), dtype=np.int32, count=int(lengths.sum()))
+        flat += self._offset
+        flat[flat == self._sp_unk + self._offset] = self.special.unk
+        return flat, lengths
 
     def decode(self, ids: Iterable[int]) -> str:
         arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64).reshape(-1)

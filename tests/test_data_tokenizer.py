@@ -56,6 +56,9 @@ def test_decode_drops_reserved_ids(tok):
 def test_encode_batch_matches_encode(tok):
     texts = ["a b c", "", "def f():\n  pass"]
     assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    flat, lengths = tok.encode_flat(texts)
+    assert flat.dtype == np.int32 and lengths.tolist() == [len(tok.encode(t)) for t in texts]
+    assert flat.tolist() == [i for t in texts for i in tok.encode(t)]
 
 
 def test_padded_vocab_size(tok):
