@@ -48,7 +48,7 @@ class CausalLMConfig:
 def check_context(tokens: np.ndarray, length: int, vocab_size: int, who: str) -> np.ndarray:
     """A packed context must be 1-D integer ids in [0, vocab_size) of the expected length."""
     arr = np.asarray(tokens)
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
         raise ValueError(f"{who}: field 'tokens' must be a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
     if arr.shape[0] != length:
         raise ValueError(f"{who}: field 'tokens' must hold seq_length + 1 = {length} ids (a packed context), got {arr.shape[0]}")

@@ -236,7 +236,7 @@ class FIM:
 
     def _check_document(self, tokens) -> np.ndarray:
         arr = np.asarray(tokens)
-        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
             raise ValueError(f"FIM: field 'tokens' must be a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
         if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= self.vocab_size):
             raise ValueError(f"FIM: field 'tokens' has ids outside [0, {self.vocab_size})")

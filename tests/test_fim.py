@@ -373,3 +373,41 @@ def test_literal_sentencepiece(sp_tok):
     s, m = out.index(SUF), out.index(MID)
     assert [sp_tok.decode(p) for p in (out[1:s], out[s + 1 : m], out[m + 1 :])] == ["the qu", "ox", "ick brown f"]
     assert out[1:s] == sp_tok.encode("the qu") and out[m + 1 :] == sp_tok.encode("ick brown f")
+
+
+def test_memoised_encodings_never_change_outputs(sp_tok):
+    cfg = dict(seq_length=96, fim_rate=1.0)
+    cached = FIM(FIMConfig(**cfg), special=SP, vocab_size=sp_tok.vocab_size, tokenizer=sp_tok)
+    plain = FIM(FIMConfig(**cfg, encode_cache_size=0), special=SP, vocab_size=sp_tok.vocab_size, tokenizer=sp_tok)
+    tiny = FIM(FIMConfig(**cfg, encode_cache_size=3), special=SP, vocab_size=sp_tok.vocab_size, tokenizer=sp_tok)
+    for seed in range(40):
+        ctx = []
+        for text in sp_texts(seed, 8):
+            ctx += sp_tok.encode(text) + [EOT]
+        ctx = np.array((ctx + [EOT] * 97)[:97], np.int32)
+        outs = [t({"tokens": ctx}, np.random.default_rng(seed))["tokens"] for t in (cached, plain, tiny, cached)]
+        assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    assert len(plain._cache) == 0 and len(tiny._cache) <= 3
+
+
+def test_context_level_fim_share():
+    # 40 one-token documents per context: the share of documents given FIM follows fim_rate
+    t = make(seq_length=79, fim_rate=0.25, split_level="token")
+    ctx = np.array([16, EOT] * 40, np.int32)
+    rng = np.random.default_rng(2)
+    n_fim = 0
+    for _ in range(300):
+        docs, _ = split_eot(reassemble(t({"tokens": ctx}, rng)))
+        # the first 10 documents (at most 5 ids each) are never truncated
+        n_fim += sum(int(d[0] == PRE) for d in docs[:10])
+    assert abs(n_fim / 3000 - 0.25) < 0.03  # sd ~0.008
+
+
+def test_with_the_project_tokenizer():
+    tokenizer = pytest.importorskip("data_pipeline.tokenizer")
+    rnd = random.Random(1)
+    lines = [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 15))) for _ in range(400)]
+    tok = tokenizer.SentencePieceTokenizer.train(lines, 300)
+    t = FIM(FIMConfig(seq_length=80, fim_rate=0.9), special=SP, vocab_size=tok.vocab_size, tokenizer=tok)
+    for seed in range(20):
+        check_context_properties(t, tok, sp_texts(seed, 6), seed, 80)
