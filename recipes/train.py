@@ -230,9 +230,11 @@ class Session:
                                     world_size=self.info.world_size, barrier=self.info.barrier,
                                     keep=self.cfg.checkpoint.keep or None, **hooks)
 
-    def restore(self, step_dir: Path) -> int:
+    def restore(self, step_dir: Path, *, model_only: bool = False) -> int:
         state = ckpt.load_checkpoint(step_dir, rank=self.info.rank, map_location=self.info.device)
         self.model.load_state_dict(state["model"])
+        if model_only:
+            return int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.data.train.load_state_dict(state["data"])
         step = int(state["step"])
@@ -275,6 +277,9 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
     log = RunLogger(run_dir, enabled=info.is_main, total_steps=total, start_step=start,
                     every=cfg.logging.every_steps, tensorboard=cfg.logging.tensorboard,
                     progress_bar=(cfg.logging.progress_bar if progress is None else progress))
+    if not sess.data.evals:
+        log.info("[recipes] the corpus has no held-out documents: evaluation is skipped "
+                 "(raise data.corpus.valid_fraction)")
     if start:
         log.info(f"[recipes] resumed from {last_good} at step {start}")
     log.info(f"[recipes] {cfg.name}: {sess.model_cfg.kind} {sess.num_params / 1e6:.2f}M params, "
@@ -391,8 +396,8 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str
     found = ckpt.latest_checkpoint(cfg.checkpoint_dir)
     if found is None:
         raise FileNotFoundError(f"{cfg.checkpoint_dir}: no complete checkpoint")
-    sess.restore(found)
-    return {"step": float(ckpt.load_checkpoint(found, rank=sess.info.rank)["step"]), **sess.evaluate()}
+    step = sess.restore(found, model_only=True)
+    return {"step": step, "checkpoint": str(found), **sess.evaluate()}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -409,16 +414,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[str, list[str]]:
     return a.config, a.overrides
 
 
-def quiet_backend_warnings() -> None:
-    """megatron-core warns at import that Apex / Transformer Engine are absent; we use neither."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine|apex).*")
-    warnings.filterwarnings("ignore", message=r".*cuda_graph_scope.*")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    quiet_backend_warnings()
     path, overrides = parse_args(argv)
     try:
         cfg = load_train_config(path, overrides)

@@ -79,6 +79,7 @@ def _fim_cfg(tiny_corpus, run_dir, **kw):
 def test_resume_reproduces_uninterrupted_run_bitwise(tiny_corpus, tmp_path):
     full = run(_fim_cfg(tiny_corpus, tmp_path / "full", steps=6, every=3), progress=False)
     assert sorted(full.losses) == [1, 2, 3, 4, 5, 6]
+    assert list((tmp_path / "full" / "tb").glob("events.out.tfevents.*"))  # TensorBoard event file
     assert full.losses[6] < full.losses[1]
 
     first = run(_fim_cfg(tiny_corpus, tmp_path / "split", steps=6, every=3, stop_after_steps=3), progress=False)
@@ -95,6 +96,12 @@ def test_resume_reproduces_uninterrupted_run_bitwise(tiny_corpus, tmp_path):
     for k, v in a["model"].items():
         if isinstance(v, torch.Tensor):
             assert torch.equal(v, b["model"][k]), k
+    # re-evaluating the finished run from its directory gives its final held-out metrics
+    from recipes.train import evaluate_run
+
+    again = evaluate_run(tmp_path / "full")
+    assert again["step"] == 6 and again["ltr/lm_loss"] == pytest.approx(full.eval_metrics["ltr/lm_loss"], rel=1e-6)
+    assert set(full.eval_metrics) == {"ltr/lm_loss", "ltr/lm_acc", "fim/lm_loss", "fim/lm_acc"}
     # the resolved config is saved beside the run and reloads to the same tree
     assert load_train_config(tmp_path / "full" / "config.yaml") == _fim_cfg(tiny_corpus, tmp_path / "full", steps=6,
                                                                               every=3)
