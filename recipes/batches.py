@@ -23,6 +23,24 @@ def micro_batch_indices(step: int, micro: int, *, grad_accum: int, dp_rank: int,
     return np.arange(first, first + micro_batch_size, dtype=np.int64)
 
 
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Index lists of every micro-batch from ``start_step`` on, in training order,
+    for a ``DataLoader(batch_sampler=...)`` that prefetches in worker processes."""
+
+    def __init__(self, start_step: int, total_steps: int, *, grad_accum: int, dp_rank: int, dp_size: int,
+                 micro_batch_size: int):
+        self.start, self.total = int(start_step), int(total_steps)
+        self.kw = dict(grad_accum=grad_accum, dp_rank=dp_rank, dp_size=dp_size, micro_batch_size=micro_batch_size)
+
+    def __iter__(self):
+        for step in range(self.start, self.total):
+            for m in range(self.kw["grad_accum"]):
+                yield micro_batch_indices(step, m, **self.kw).tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start) * self.kw["grad_accum"]
+
+
 def samples_per_step(*, grad_accum: int, dp_size: int, micro_batch_size: int) -> int:
     return grad_accum * dp_size * micro_batch_size
 

@@ -170,13 +170,28 @@ class Session:
             out.append(self.to_device(self.collate([self.data.train[int(i)] for i in idx])))
         return out
 
+    def batch_stream(self, start_step: int):
+        """Micro-batches from ``start_step`` on (on the device), prefetched by
+        ``data.loader_workers`` DataLoader workers; same content as :meth:`micro_batches`."""
+        from recipes.batches import StepBatchSampler
+
+        s = self.cfg.schedule
+        sampler = StepBatchSampler(start_step, s.train_steps, grad_accum=s.grad_accum_steps,
+                                   dp_rank=self.info.dp_rank, dp_size=self.info.dp_size,
+                                   micro_batch_size=s.micro_batch_size)
+        workers = self.cfg.data.loader_workers
+        loader = torch.utils.data.DataLoader(
+            self.data.train, batch_sampler=sampler, collate_fn=self.collate, num_workers=workers,
+            prefetch_factor=4 if workers else None, pin_memory=self.info.device.type == "cuda")
+        for batch in loader:
+            yield self.to_device(batch)
+
     def evaluate(self) -> dict[str, float]:
         from recipes.evaluate import evaluate
 
-        ac = self.autocast()
         return evaluate(self.model, self.data.evals, info=self.info, batches=self.cfg.eval.batches,
                         micro_batch_size=self.cfg.eval.micro_batch_size, collate=self.collate,
-                        to_device=self.to_device, autocast=(lambda: ac) if ac is not None else None)
+                        to_device=self.to_device, autocast=self.autocast if self.autocast() is not None else None)
 
     def train_step(self, step: int, mbs: list[dict], *, loss_hook=None) -> tuple[float, dict, float]:
         """Forward/backward every micro-batch, then one optimizer step. Returns this
@@ -294,6 +309,7 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
     result = RunResult(run_dir=run_dir, start_step=start, final_step=start, checkpoint=last_good)
     window = {"tokens": 0.0, "time": 0.0, "n": 0, "sums": {}}
     stop_after = cfg.schedule.stop_after_steps
+    stream = sess.batch_stream(start)
     try:
         for step in range(start, total):
             if stop_after and step >= stop_after:
@@ -301,7 +317,7 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
             t0 = time.perf_counter()
             lr = sess.schedule(step)
             set_lr(sess.optimizer, lr)
-            mbs = sess.micro_batches(step)
+            mbs = [next(stream) for _ in range(cfg.schedule.grad_accum_steps)]
             try:
                 loss_sum, parts_sum, grad_norm = sess.train_step(step, mbs, loss_hook=loss_hook)
             except NonFiniteLoss as exc:
@@ -362,6 +378,7 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
             if result.infill is not None:
                 log.info(result.infill.render())
     finally:
+        stream.close()
         log.close()
     return result
 
@@ -381,10 +398,9 @@ def _infill(sess: Session):
     if picked is None:
         return None
     prefix, middle, suffix = picked
-    ac = sess.autocast()
     text = greedy_infill(sess.model, sess.tokenizer, prefix, suffix, seq_length=sess.cfg.data.seq_length,
                          max_new_tokens=sess.cfg.eval.infill_max_new_tokens, device=sess.info.device,
-                         autocast=(lambda: ac) if ac is not None else None)
+                         autocast=sess.autocast if sess.autocast() is not None else None)
     return Infill(prefix=prefix, suffix=suffix, reference=middle, generated=text)
 
 

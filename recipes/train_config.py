@@ -32,10 +32,14 @@ class DataConfig:
     seq_length: int = 128
     # the model's vocabulary is the tokenizer's, padded up to a multiple of this
     vocab_multiple: int = 64
+    # DataLoader worker processes preparing batches ahead (0: in the training process)
+    loader_workers: int = 0
 
     def __post_init__(self):
         if self.seq_length < 8:
             raise ValueError(f"seq_length must be >= 8, got {self.seq_length}")
+        if self.loader_workers < 0:
+            raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
         if self.vocab_multiple < 1:
             raise ValueError(f"vocab_multiple must be >= 1, got {self.vocab_multiple}")
 

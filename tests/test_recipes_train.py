@@ -185,3 +185,14 @@ def test_overrides_are_typed(tmp_path):
     assert cfg.optim.lr == 1e-3 and cfg.schedule.train_steps == 7 and cfg.logging.tensorboard is False
     assert cfg.objective.spec["config"]["fim_rate"] == 1 and cfg.model.num_query_groups == 2
     assert cfg.name == "123"
+
+
+def test_prefetching_stream_reads_the_same_batches(tiny_corpus, tmp_path):
+    cfg = _fim_cfg(tiny_corpus, tmp_path / "s", steps=3, mb=2, accum=2)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, loader_workers=1))
+    sess = Session(cfg, progress=False)
+    stream = list(sess.batch_stream(1))
+    direct = sess.micro_batches(1) + sess.micro_batches(2)
+    assert len(stream) == len(direct) == 4
+    for a, b in zip(stream, direct):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
