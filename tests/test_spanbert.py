@@ -109,6 +109,11 @@ def check_sbo(out, s, S):
         # boundary tokens are outside the span: not a target of the same span
         for b in (lft, rgt):
             assert not target[b] or (left[b], right[b]) != (lft, rgt)
+    dense = np.zeros((S, S), bool)
+    dense[:, : n + 2] = True                       # every row sees [CLS] body [SEP], never pads
+    j = np.arange(S)[None, :]
+    assert np.array_equal((j >= out["kv_start"][:, None]) & (j < out["kv_end"][:, None]), dense)
+    assert np.all(out["segment_ids"] == 0) and np.array_equal(out["position_ids"], np.arange(S))
     # 80/10/10 decided per span: a span is all [MASK] or has no [MASK]
     for idx in spans.values():
         masked = tok[idx] == SP.mask
