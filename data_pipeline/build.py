@@ -114,6 +114,10 @@ def prepare_corpus(corpus_cfg: CorpusConfig, tokenizer_cfg: TokenizerConfig, out
         manifest = _build(corpus, corpus_cfg, tokenizer_cfg, tmp, workers, chunk_documents, progress)
         manifest["key"] = key
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if final.exists() and not force:
+            # another process finished the same key first: keep its copy (it may be in use)
+            shutil.rmtree(tmp)
+            return _load(final, reused=True)
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)

@@ -271,3 +271,14 @@ def test_shipped_example_configs_load():
     for name in names:
         cfg = load_prepare_config(root / name)
         assert cfg.corpus.source.startswith("stdlib-") and cfg.tokenizer.vocab_size >= 300
+
+
+def test_force_rebuilds_in_place(tmp_path):
+    src = write_jsonl(tmp_path / "c.jsonl", make_documents(6))
+    cfg = CorpusConfig(source=str(src), valid_fraction=0.0)
+    first = prepare_corpus(cfg, TOK, tmp_path / "out")
+    again = prepare_corpus(cfg, TOK, tmp_path / "out", force=True)
+    assert again.path == first.path and not again.reused
+    assert (again.path / "train.bin").read_bytes() == (first.path / "train.bin").read_bytes()
+    _names = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != ".hf-cache")
+    assert _names == [first.path.name]
