@@ -21,6 +21,8 @@ Span choice (:func:`choose_span_set`, dense form :func:`choose_spans`):
 
 Budgets are therefore met in expectation (fractional budgets too), with a
 per-row spread of a couple of tokens. Rows are processed in cache-sized blocks.
+As for any process of non-overlapping spans, the first and last words of a row
+are covered less often than the middle ones when spans are longer than a word.
 
 Spans start at word starts and cover whole words (position 0 of a row always
 starts a word); two spans may touch. Tokens outside ``eligible``

@@ -34,8 +34,9 @@ replaced [MASK] / random regular id / kept with ``replace_probs`` (80/10/10),
 per token (``per_span`` for per pick). Maskable: body tokens (reserved input ids
 other than ``unk`` excepted) and, in seq2seq, the target's closing [SEP] (as
 UniLM does, so the model learns to end the target; ``predict_target_sep``).
-An n-gram never crosses a [SEP]. In seq2seq a masked target token is predicted
-from the source and the target to its left (and its own [MASK]) only.
+An n-gram that would cross the middle [SEP] is cut there. In seq2seq a masked
+target token is predicted from the source and the target to its left (and its
+own [MASK]) only.
 
 ``UniLM.batch(samples, rng)`` builds [B, S] arrays at once (vectorised,
 drawing differently from per-sample calls); ``UniLM(...)(sample, rng)`` is the
@@ -50,7 +51,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from objectives import intervals, masking
-from objectives.mlm import check_grid, one_row, set_targets, stack_segments
+from objectives.mlm import check_grid, maskable, one_row, set_targets, stack_segments
 from objectives.sample import Sample, SpecialTokens, check_rate
 
 MODES = ("bidirectional", "left_to_right", "right_to_left", "seq2seq")
@@ -239,21 +240,7 @@ class UniLM:
         lay = self.layout(rng, body, n, sentence_start, word_start)
         out_tokens = lay["tokens"]
         n_real = lay["n_real"]
-        eligible = (out_tokens >= sp.first_regular) | (out_tokens == sp.unk)
-        eligible[:, 0] = False
-        eligible &= np.arange(S)[None, :] < n_real[:, None]
-        if cfg.predict_target_sep:
-            s2s = np.flatnonzero(lay["mode"] == SEQ2SEQ)
-            eligible[s2s, n_real[s2s] - 1] = True
-        ws = lay["word_start"] if cfg.whole_word else None
-        if ws is None:
-            ws = np.ones((B, S), bool)
-        else:
-            ws = ws | ~eligible          # specials are words of their own
-        spans = masking.choose_span_set(rng, ws, length_probs=self.length_probs,
-                                        budget_tokens=cfg.mask_rate * np.count_nonzero(eligible, axis=1),
-                                        eligible=eligible)
-        pos, span = spans.positions()
+        pos, span, n_spans = self._choose_targets(rng, body, lay, word_start)
         kv_start, kv_end = unilm_intervals(lay["mode"], n_real, lay["source_end"], S)
         out = {
             "tokens": out_tokens,
@@ -265,10 +252,56 @@ class UniLM:
             "kv_end": kv_end,
         }
         set_targets(out, pos)
-        action = masking.draw_actions(rng, span, len(spans), probs=cfg.replace_probs, per_span=cfg.per_span)
+        action = masking.draw_actions(rng, span, n_spans, probs=cfg.replace_probs, per_span=cfg.per_span)
         masking.corrupt_positions(rng, out["tokens"].reshape(-1), pos, action, mask_id=sp.mask,
                                   low=sp.first_regular, high=self.vocab_size)
         return out
+
+    def _choose_targets(self, rng: np.random.Generator, body: np.ndarray, lay: dict,
+                        word_start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+        """Cloze picks in body columns (fast ``lengths=`` path), mapped to output positions.
+
+        Column ``n`` of a seq2seq row stands for the target's closing [SEP]; a pick that
+        would cross the middle [SEP] (between columns cut-1 and cut) is cut in two there.
+        Returns (flat output positions, pick index per position, number of picks)."""
+        cfg, sp = self.config, self.special
+        S = int(cfg.seq_length)
+        W = S - 2
+        B = body.shape[0]
+        rows = np.arange(B)
+        mode, pair, n, cut = lay["mode"], lay["pair"], lay["n"], lay["cut"]
+        sep_col = (mode == SEQ2SEQ) & bool(cfg.predict_target_sep)
+        grid = np.full((B, W), sp.pad, np.int32)
+        grid[:, :min(W, body.shape[1])] = body[:, :W]
+        eligible = maskable(grid, n, sp)                 # None: every body token may be picked
+        n_pick = n + sep_col
+        if eligible is not None:
+            eligible[rows[sep_col], n[sep_col]] = True
+            n_pick = np.count_nonzero(eligible, axis=1)
+        if cfg.whole_word:
+            ws = np.zeros((B, W), bool)
+            ws[:, :min(W, word_start.shape[1])] = word_start[:, :W]
+            ws[:, 0] = True
+            ws[rows[pair], np.minimum(cut[pair], W - 1)] = True   # the second part starts a word
+            ws[rows[sep_col], n[sep_col]] = True                  # [SEP] is a word of its own
+        else:
+            ws = np.ones((B, W), bool)
+        spans = masking.choose_span_set(rng, ws, length_probs=self.length_probs,
+                                        budget_tokens=cfg.mask_rate * n_pick,
+                                        lengths=n + sep_col if eligible is None else None, eligible=eligible)
+        start, end = spans.start, spans.end
+        row = start // W
+        cut_flat = row * W + cut[row]
+        cross = pair[row] & (start < cut_flat) & (end > cut_flat)
+        if cross.any():
+            start = np.concatenate((start, cut_flat[cross]))
+            end = np.concatenate((np.where(cross, cut_flat, end), end[cross]))
+            order = np.argsort(start, kind="stable")
+            start, end = start[order], end[order]
+        pos_b, span = masking.SpanSet((B, W), start, end).positions()
+        prow, col = np.divmod(pos_b, W)
+        pos = prow * S + col + 1 + (pair[prow] & (col >= cut[prow]))
+        return pos, span, int(start.size)
 
     def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> Sample:
         """[B, S] fields for a list of segments, vectorised over the batch."""
