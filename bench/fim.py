@@ -138,6 +138,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-mcore", action="store_true")
+    ap.add_argument("--sp-model", default=None, help="reuse this sentencepiece model if it exists, else train and save it there")
     args = ap.parse_args()
 
     from data_pipeline.tokenizer import SentencePieceTokenizer
@@ -147,7 +148,10 @@ def main():
     texts = [corpus.doc_text(d) for d in corpus.docs]
     special = SpecialTokens()
     t0 = time.perf_counter()
-    tok = SentencePieceTokenizer.train(training_lines(texts), args.sp_vocab)
+    if args.sp_model and os.path.isfile(args.sp_model):
+        tok = SentencePieceTokenizer.load(args.sp_model)
+    else:
+        tok = SentencePieceTokenizer.train(training_lines(texts), args.sp_vocab, model_path=args.sp_model)
     train_s = time.perf_counter() - t0
     docs = [np.asarray(ids, dtype=np.int32) for ids in tok.encode_batch(texts)]
     contexts = pack(docs, special.eot, args.seq)

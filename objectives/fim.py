@@ -63,7 +63,6 @@ outputs never depend on it).
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -291,23 +290,22 @@ class FIM:
         table = self._table
         lengths = table.length[ctx]
         lengths[breaks] = 0
-        cum = np.cumsum(lengths).tolist()  # cum[i]: characters up to and including token i
-        ids = ctx.tolist()
+        cum = np.cumsum(lengths)  # cum[i]: characters up to and including token i
         texts, ws = table.texts, table.word_start_list
         cap = self.config.max_reencode_tokens
         line_level = self.config.split_level == "line"
         plans = {}
         for i in sel:
             d0, d1 = int(doc_start[i]), int(doc_end[i])
-            base = cum[d0 - 1] if d0 else 0
-            total = cum[d1 - 1] - base
+            base = int(cum[d0 - 1]) if d0 else 0
+            total = int(cum[d1 - 1]) - base
             u = draws[i].tolist()
             if total >= _IRREGULAR:
                 doc = ctx[d0:d1]
                 plans[i] = None if int(doc.min()) < self.special.first_regular else self._text_split_whole(doc, u)
                 continue
             if line_level:
-                c1, c2 = self._cut_chars(total, u, lambda: "".join([texts[t] for t in ids[d0:d1]]))
+                c1, c2 = self._cut_chars(total, u, lambda: "".join([texts[t] for t in ctx[d0:d1].tolist()]))
             else:
                 c1, c2 = min(int(u[2] * (total + 1)), total), min(int(u[3] * (total + 1)), total)
                 if c1 > c2:
@@ -320,14 +318,16 @@ class FIM:
                 if c >= total:
                     return d1, d1
                 g = base + c
-                k = bisect_right(cum, g, d0, d1)  # the token holding character g
-                if (cum[k - 1] if k else 0) == g and ws[ids[k]]:
+                k = int(cum.searchsorted(g, side="right"))  # the token holding character g
+                lo, hi = max(d0, k - cap), min(d1, k + 1 + cap)
+                near = ctx[lo:hi].tolist()
+                if (int(cum[k - 1]) if k else 0) == g and ws[near[k - lo]]:
                     return k, k
-                a, lo = k, max(d0, k - cap)
-                while a > lo and not ws[ids[a]]:
+                a = k
+                while a > lo and not ws[near[a - lo]]:
                     a -= 1
-                b, hi = k + 1, min(d1, k + 1 + cap)
-                while b < hi and not ws[ids[b]]:
+                b = k + 1
+                while b < hi and not ws[near[b - lo]]:
                     b += 1
                 return a, b
 
@@ -336,15 +336,15 @@ class FIM:
             if one:
                 a1, b1 = min(a1, a2), max(b1, b2)
                 a2, b2 = a1, b1
-            s1 = (cum[a1 - 1] if a1 else 0) - base
-            t1 = "".join([texts[t] for t in ids[a1:b1]])
+            s1 = (int(cum[a1 - 1]) if a1 else 0) - base
+            t1 = "".join([texts[t] for t in ctx[a1:b1].tolist()])
             prefix = [ctx[d0:a1], t1[: c1 - s1]]
             if one:
                 middle = [t1[c1 - s1 : c2 - s1]]
                 suffix = [t1[c2 - s1 :], ctx[b2:d1]]
             else:
-                s2 = (cum[a2 - 1] if a2 else 0) - base
-                t2 = "".join([texts[t] for t in ids[a2:b2]])
+                s2 = (int(cum[a2 - 1]) if a2 else 0) - base
+                t2 = "".join([texts[t] for t in ctx[a2:b2].tolist()])
                 middle = [t1[c1 - s1 :], ctx[b1:a2], t2[: c2 - s2]]
                 suffix = [t2[c2 - s2 :], ctx[b2:d1]]
             plans[i] = (prefix, middle, suffix)
