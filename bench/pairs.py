@@ -190,6 +190,8 @@ def main():
     ap.add_argument("--peer-harness", default=DEFAULT_HARNESS,
                     help="path of peer_throughput.py; the mcore_bert_sop peer is skipped if absent")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--min-tokens", type=int, default=0,
+                    help="time only segments of at least this many tokens (e.g. 500: full-length samples)")
     args = ap.parse_args()
 
     harness = load_harness(args.peer_harness)
@@ -200,12 +202,12 @@ def main():
     sp = SpecialTokens()
     V = args.vocab + sp.first_regular
     print(json.dumps({"corpus": {"docs": args.docs, "vocab": args.vocab, "tokens": corpus.n_tokens,
-                                 "harness": args.peer_harness if harness else None},
+                                 "harness": args.peer_harness if harness else None, "min_tokens": args.min_tokens},
                       "python": sys.version.split()[0], "numpy": np.__version__, "threads": 1}), flush=True)
     table = similar_table(args.vocab, sp.first_regular)
     S = args.seq
-    mac_segs = segments(corpus, S - 2, args.seed, sp.first_regular)
-    pair_segs = segments(corpus, S - 3, args.seed, sp.first_regular)
+    mac_segs = [x for x in segments(corpus, S - 2, args.seed, sp.first_regular) if len(x["tokens"]) >= args.min_tokens]
+    pair_segs = [x for x in segments(corpus, S - 3, args.seed, sp.first_regular) if len(x["tokens"]) >= args.min_tokens]
     builders = {
         "macbert": (lambda: MacBERT(MacBERTConfig(seq_length=S), special=sp, vocab_size=V, similar=table), mac_segs),
         "sop_mlm": (lambda: SOP(SOPConfig(seq_length=S), special=sp, vocab_size=V), pair_segs),
