@@ -26,10 +26,12 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from models.attention import IntervalAttention, pack_intervals
 from models.config import ModelConfig
+from models.norms import SequenceParallelNorm
 from models.heads import SentenceHead, SpanBoundaryHead, classification_sums, vocab_parallel_sums
 from models.rope import make_device_safe
 
@@ -73,7 +75,16 @@ def layer_spec(cfg: ModelConfig, core_attention=None):
     spec.submodules.self_attention.submodules.core_attention = core_attention or IntervalAttention
     mask_type = AttnMaskType.causal if cfg.kind == "decoder" else AttnMaskType.padding
     spec.submodules.self_attention.params = {**spec.submodules.self_attention.params, "attn_mask_type": mask_type}
+    spec.submodules.input_layernorm = SequenceParallelNorm
+    spec.submodules.pre_mlp_layernorm = SequenceParallelNorm
     return spec
+
+
+def block_spec(cfg: ModelConfig, tconfig: TransformerConfig, pp_rank: int, core_attention=None):
+    """This pipeline stage's layers plus the final norm, all with SequenceParallelNorm."""
+    layers = get_num_layers_to_build(tconfig, pp_rank=pp_rank)
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(cfg, core_attention)] * layers,
+                                      layer_norm=SequenceParallelNorm)
 
 
 class PretrainModel(MegatronModule):
@@ -87,7 +98,7 @@ class PretrainModel(MegatronModule):
         self.tp_group = pg_collection.tp
         decoder = cfg.kind == "decoder"
         self.lm = GPTModel(
-            config=tconfig, transformer_layer_spec=layer_spec(cfg, core_attention), vocab_size=cfg.vocab_size,
+            config=tconfig, transformer_layer_spec=block_spec(cfg, tconfig, pg_collection.pp.rank(), core_attention), vocab_size=cfg.vocab_size,
             max_sequence_length=cfg.max_position_embeddings, pre_process=pre_process, post_process=post_process,
             share_embeddings_and_output_weights=True,
             position_embedding_type="rope" if decoder else "learned_absolute", rotary_base=cfg.rotary_base,

@@ -65,6 +65,24 @@ def seed_everything(seed: int) -> None:
         model_parallel_cuda_manual_seed(seed)
 
 
+def allreduce_sequence_parallel_grads(model: torch.nn.Module, tp_group) -> None:
+    """Sum over tensor-parallel ranks the gradients of parameters marked
+    ``sequence_parallel`` (norm weights, row-parallel biases): needed after every
+    backward when ``ModelConfig.sequence_parallel`` is on and tp > 1, unless
+    megatron's ``finalize_model_grads`` (which does the same) is used."""
+    if tp_group is None or torch.distributed.get_world_size(tp_group) == 1:
+        return
+    grads = [p.grad for p in model.parameters() if getattr(p, "sequence_parallel", False) and p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat, group=tp_group)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def destroy_parallel() -> None:
     from megatron.core import parallel_state
 
