@@ -148,7 +148,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
-        return _parse_yaml_scalar(value, path) if isinstance(value, _CommandLine) else _plain(value)
+        return _plain(value, path)
     if origin in (Union, types.UnionType):
         non_none = [a for a in args if a is not type(None)]
         if value is None or (isinstance(value, _CommandLine) and value.strip().lower() in ("none", "null", "~")):
@@ -249,13 +249,14 @@ def _parse_list(text: str, path: str) -> list:
     return [_CommandLine(v.strip()) for v in stripped.split(",")]
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any, path: str) -> Any:
+    """A free-form value: command-line text anywhere inside it is parsed as YAML."""
     if isinstance(value, _CommandLine):
-        return str(value)
+        return _parse_yaml_scalar(value, path)
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v, _join(path, str(k))) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain(v, f"{path}.{i}") for i, v in enumerate(value)]
     return value
 
 

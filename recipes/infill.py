@@ -25,7 +25,7 @@ class Infill:
         bar = "-" * 60
         return (f"{bar}\ninfilled sample (greedy, PSM prompt from a held-out snippet)\n"
                 f"[prefix]\n{self.prefix}\n[suffix]\n{self.suffix}\n[reference middle]\n{self.reference}\n"
-                f"[generated middle]\n{self.generated}\n{bar}")
+                f"[generated middle]\n{self.generated}\n[generated middle, as a Python string]\n{self.generated!r}\n{bar}")
 
 
 def pick_snippet(token_data, tokenizer, *, prefix_lines: int = 4, middle_lines: int = 2,

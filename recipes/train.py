@@ -369,10 +369,10 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
             result.eval_metrics = metrics
             log.info(format_line(result.final_step, total, {f"eval/{k}": v for k, v in metrics.items()}))
             log.record(result.final_step, metrics, kind="eval")
-            if info.is_main:
-                (run_dir / "final_metrics.json").write_text(json.dumps(
-                    {"step": result.final_step, "train_loss": result.losses.get(result.final_step), **metrics},
-                    indent=1))
+        if finished and info.is_main:  # what a sweep collects
+            (run_dir / "final_metrics.json").write_text(json.dumps(
+                {"step": result.final_step, "train_loss": result.losses.get(result.final_step),
+                 **result.eval_metrics}, indent=1))
         if finished and cfg.eval.infill_sample:
             result.infill = _infill(sess)
             if result.infill is not None:
