@@ -68,8 +68,9 @@ def encode_documents(docs: Iterable[str], tokenizer: SentencePieceTokenizer, mod
         _init_worker(*args)
         yield from map(_encode_chunk, _chunks(docs, chunk_documents))
         return
-    # forkserver: workers start from a clean interpreter that imports only this light module
-    # (no torch / megatron, no threads inherited from a training process)
-    method = "forkserver" if "forkserver" in get_all_start_methods() else "spawn"
-    with get_context(method).Pool(workers, _init_worker, args) as pool:
+    # fork: workers start at once with the tokenizer's bytes (spawn / forkserver would re-import
+    # the caller's __main__, e.g. a training script with torch, in every worker); the workers
+    # run only sentencepiece and numpy, never torch, so threads in the parent do not matter
+    ctx = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
+    with ctx.Pool(workers, _init_worker, args) as pool:
         yield from pool.imap(_encode_chunk, _chunks(docs, chunk_documents))
