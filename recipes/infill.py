@@ -75,9 +75,9 @@ def greedy_infill(model, tokenizer, prefix: str, suffix: str, *, seq_length: int
                      "kv_start": torch.zeros_like(tokens), "kv_end": ar + 1}
             if autocast is not None:
                 with autocast():
-                    logits = model.logits(batch)
+                    logits = _full_vocab_logits(model, batch)
             else:
-                logits = model.logits(batch)
+                logits = _full_vocab_logits(model, batch)
             last = logits[0, -1, : tokenizer.vocab_size].float()
             nxt = int(torch.argmax(last))
             if nxt in stop:
@@ -87,3 +87,15 @@ def greedy_infill(model, tokenizer, prefix: str, suffix: str, *, seq_length: int
     finally:
         model.train(was_training)
     return tokenizer.decode(np.asarray(out, dtype=np.int64).tolist())
+
+
+def _full_vocab_logits(model, batch) -> torch.Tensor:
+    """[b, s, V] logits; the vocabulary shards of tensor-parallel ranks are gathered
+    here with a plain all_gather (megatron's gather allocates on CUDA, so it fails on CPU)."""
+    local = model.logits(batch, gather=False)
+    group = getattr(model, "tp_group", None)
+    if group is None or not torch.distributed.is_initialized() or torch.distributed.get_world_size(group) == 1:
+        return local
+    parts = [torch.empty_like(local) for _ in range(torch.distributed.get_world_size(group))]
+    torch.distributed.all_gather(parts, local.contiguous(), group=group)
+    return torch.cat(parts, dim=-1)
