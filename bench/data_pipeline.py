@@ -1,6 +1,6 @@
 """Data pipeline throughput, as JSON lines.
 
-    python bench/data_pipeline.py [--max-bytes 1000000] [--seconds 2]
+    python bench/data_pipeline.py [--max-bytes 2000000] [--copies 6] [--seconds 1.5]
 
 1. tokenisation (sentence split + sentencepiece encode + word starts) of the
    embedded stdlib code corpus with 1 and 2 worker processes: tokens/s in total
@@ -88,7 +88,7 @@ def synthetic(prefix, n_tokens, seed=0):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--max-bytes", type=int, default=1_000_000)
+    ap.add_argument("--max-bytes", type=int, default=2_000_000)
     ap.add_argument("--vocab-size", type=int, default=4000)
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--synthetic-tokens", type=int, default=20_000_000)
