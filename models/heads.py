@@ -43,12 +43,13 @@ def _vocab_parallel_correct(logits: torch.Tensor, target: torch.Tensor, tp_group
 
 
 def classification_sums(logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Sums for a replicated classifier: logits [b, c], target [b]."""
+    """Sums for a replicated classifier: logits [b, c], target [b]. A target of -1
+    means "no pair target here" (a mixed batch, or a segment too short to split)."""
     target = target.long()
-    loss = F.cross_entropy(logits.float(), target, reduction="sum")
-    correct = (logits.detach().argmax(-1) == target).float().sum()
-    return {"loss_sum": loss, "count": torch.tensor(float(target.numel()), device=logits.device),
-            "correct": correct}
+    valid = target >= 0
+    loss = F.cross_entropy(logits.float(), target, reduction="sum", ignore_index=-1)
+    correct = ((logits.detach().argmax(-1) == target) & valid).float().sum()
+    return {"loss_sum": loss, "count": valid.float().sum(), "correct": correct}
 
 
 def _init_linear(linear: torch.nn.Linear, std: float) -> None:

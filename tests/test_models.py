@@ -151,3 +151,13 @@ def test_packed_documents_match_documents_alone(pg, kind):
             start += n
     later = slice(lengths[0], None)  # documents after the first see other documents without the mask
     assert (packed[later] - unmasked[later]).abs().max() > 1e-2
+
+
+def test_pair_head_ignores_rows_without_a_target():
+    from models.heads import classification_sums
+    logits = torch.tensor([[2.0, 0.0], [0.0, 3.0], [5.0, -5.0]])
+    out = classification_sums(logits, torch.tensor([0, -1, 1]))
+    assert out["count"].item() == 2
+    assert out["correct"].item() == 1
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2]], torch.tensor([0, 1]), reduction="sum")
+    torch.testing.assert_close(out["loss_sum"], expected)
