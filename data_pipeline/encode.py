@@ -1,7 +1,8 @@
 """Tokenise documents into flat arrays, in worker processes.
 
-Imports only numpy, sentencepiece and the sentence splitter, so worker
-processes start fast. Chunks come back in corpus order (ordered ``imap``).
+Imports only numpy, sentencepiece and the sentence splitter (no torch or
+megatron), so a spawned worker stays light too. Chunks come back in corpus
+order (ordered ``imap``).
 """
 
 from __future__ import annotations
