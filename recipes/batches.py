@@ -9,8 +9,6 @@ samples an uninterrupted one would have.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
-
 import numpy as np
 import torch
 
@@ -43,27 +41,3 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 def samples_per_step(*, grad_accum: int, dp_size: int, micro_batch_size: int) -> int:
     return grad_accum * dp_size * micro_batch_size
-
-
-def to_tensors(batch: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    """numpy batch -> tensors on ``device`` (int32 ids become int64 where torch indexing wants it)."""
-    out = {}
-    for k, v in batch.items():
-        t = torch.from_numpy(np.ascontiguousarray(v))
-        if t.dtype == torch.bool:
-            t = t.to(torch.float32) if k == "loss_mask" else t
-        out[k] = t.to(device, non_blocking=True)
-    return out
-
-
-def stack_samples(samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Fallback collate: stack equal-shaped fields (every transform pads to seq_length)."""
-    keys = list(samples[0])
-    for i, s in enumerate(samples[1:], 1):
-        if set(s) != set(keys):
-            raise ValueError(f"sample {i} has fields {sorted(s)}, sample 0 has {sorted(keys)}")
-    return {k: np.stack([np.asarray(s[k]) for s in samples]) for k in keys}
-
-
-def fetch(dataset, indices: np.ndarray, collate: Callable = stack_samples) -> dict[str, np.ndarray]:
-    return collate([dataset[int(i)] for i in indices])
