@@ -90,6 +90,16 @@ def command(run: SweepRun, nproc: int, python: str = sys.executable) -> list[str
     return [*launch, run.config, *run.overrides, f"logging.run_dir={run.run_dir}", "logging.progress_bar=false"]
 
 
+# a run is its own world: rendezvous settings of the calling process must not leak into it
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+
+
+def run_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
 def execute(run: SweepRun, nproc: int, force: bool, log=print) -> SweepRun:
     metrics_file = run.run_dir / "final_metrics.json"
     if metrics_file.is_file() and not force:
@@ -99,7 +109,7 @@ def execute(run: SweepRun, nproc: int, force: bool, log=print) -> SweepRun:
     cmd = command(run, nproc)
     log(f"[sweep] {run.label}\n[sweep]   {' '.join(cmd)}")
     with open(run.run_dir / "sweep.log", "w") as out:
-        rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=run_env())
     if rc == 0 and metrics_file.is_file():
         run.status, run.metrics = "ok", json.loads(metrics_file.read_text())
     else:

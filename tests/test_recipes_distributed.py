@@ -4,7 +4,6 @@ process reading the same samples: the loss is normalised over the whole DP group
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +34,9 @@ def _losses(run_dir: Path) -> dict[int, float]:
 def test_torchrun_two_process_data_parallel_matches_one_process(tiny_corpus, tmp_path):
     cache = tiny_corpus[2]
     cfg = str(ROOT / "recipes" / "configs" / "gpt_fim_tiny.yaml")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    from recipes.sweep import run_env  # without the rendezvous settings of this (pytest) process
+
+    env = {**run_env(), "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                           "-m", "recipes.train", cfg, *_overrides(cache, tmp_path / "dp2", 2)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
