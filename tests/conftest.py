@@ -3,7 +3,15 @@ standard library's code, a 512-piece tokenizer) reused by every recipe test."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+# Without a GPU the Triton kernels run through Triton's interpreter. The variable must be
+# set before the first `import triton` of the session, whichever test module gets there first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TINY_CORPUS = {"source": "stdlib-code", "max_bytes": 120_000, "valid_fraction": 0.2}
 TINY_TOKENIZER = {"vocab_size": 512, "max_training_sentences": 3000}
