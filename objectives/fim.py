@@ -53,12 +53,16 @@ Documents containing reserved ids other than EOT (pads, sentinels, unk,
 documents (EOT EOT) are left alone, as in Megatron (which, unlike here, also
 gives FIM to an empty fragment after the last EOT).
 
-Speed: token texts and lengths come from a table built once per transform
-(``decode([id])`` for every id, about a second for a 32k vocabulary); a context
-costs one fancy-index and one cumulative sum, then per FIM document a few
-Python steps near the two cuts and at most four ``encode`` calls on word
-fragments, memoised (``encode_cache_size``; a pure function of the text, so
-outputs never depend on it).
+Speed: token texts, lengths and word-start flags come from a table built once
+per transform (``decode([id])`` for every id, about a second for a 32k
+vocabulary). A context costs two ``take`` look-ups and one cumulative sum; runs
+of documents left alone are copied as single slices; per FIM document a few
+Python steps near the two cuts (the word around a cut is found with
+``bytes.rfind``/``find`` on the context's word-start flags) and at most four
+``encode`` calls on word fragments, memoised (``encode_cache_size``; a pure
+function of the text, so outputs never depend on it); one ``concatenate`` joins
+the output. With the project tokenizer the fragments go through
+``encode_array``, which calls sentencepiece's compiled encoder directly.
 """
 
 from __future__ import annotations
@@ -148,7 +152,6 @@ class _PieceTable:
         self.texts = texts
         self.length = length
         self.word_start = word_start
-        self.word_start_list = word_start.tolist()
 
 
 def check_lossless(tokenizer) -> None:
@@ -203,8 +206,8 @@ class FIM:
         if len(set(sentinels)) != len(sentinels) or max(sentinels) >= special.first_regular:
             raise ValueError(f"FIM: special tokens prefix/middle/suffix/pad/eot must be distinct reserved ids, got {sentinels}")
         self.writes = CONTRACT_FIELDS if config.scope == "context" else ("tokens",)
-        self._pre, self._mid, self._suf, self._eot = (
-            np.array([x], np.int32) for x in (special.fim_prefix, special.fim_middle, special.fim_suffix, special.eot))
+        self._pre, self._mid, self._suf = (
+            np.array([x], np.int32) for x in (special.fim_prefix, special.fim_middle, special.fim_suffix))
         self.tokenizer = tokenizer
         self._table = None
         if config.split_level != "token":
@@ -263,53 +266,98 @@ class FIM:
         return np.concatenate([full, np.full(n - full.shape[0], self.special.fim_pad, dtype=np.int32)])
 
     def _transform(self, ctx: np.ndarray, breaks: np.ndarray, draws: np.ndarray) -> np.ndarray:
-        """EOT-joined documents -> the same documents, each FIM'd or not, re-joined."""
-        n = ctx.shape[0]
-        doc_start = np.concatenate(([0], breaks + 1))
-        doc_end = np.concatenate((breaks, [n]))
-        plans = {}
-        if self._table is not None:
-            plans = self._text_plans(ctx, breaks, doc_start, doc_end, draws)
-        out = _Assembly()
-        for i, (a, b, u) in enumerate(zip(doc_start.tolist(), doc_end.tolist(), draws.tolist())):
-            if b > a:
-                self._emit(ctx[a:b], u, out, plans.get(i, FIM._PASS))
-            if b < n:
-                out.add(self._eot)
-        return out.finish(self._encode_many)
+        """EOT-joined documents -> the same documents, each FIM'd or not, re-joined.
 
-    def _text_plans(self, ctx, breaks, doc_start, doc_end, draws) -> dict:
-        """Cuts for every document of a context that gets FIM, from one cumulative sum of
-        token lengths; per document only the text of the (at most two) words that a cut
-        touches is built. -> {doc index: (prefix, middle, suffix) or None to pass through}."""
-        rate = self.config.fim_rate
-        sel = [i for i, (u0, a, b) in enumerate(zip(draws[:, 0].tolist(), doc_start.tolist(), doc_end.tolist()))
-               if u0 < rate and b > a]
-        if not sel:
-            return {}
-        table = self._table
-        lengths = table.length[ctx]
-        lengths[breaks] = 0
-        cum = np.cumsum(lengths)  # cum[i]: characters up to and including token i
-        texts, ws = table.texts, table.word_start_list
-        cap = self.config.max_reencode_tokens
-        line_level = self.config.split_level == "line"
-        plans = {}
-        for i in sel:
-            d0, d1 = int(doc_start[i]), int(doc_end[i])
-            base = int(cum[d0 - 1]) if d0 else 0
-            total = int(cum[d1 - 1]) - base
-            u = draws[i].tolist()
-            if total >= _IRREGULAR:
-                doc = ctx[d0:d1]
-                plans[i] = None if int(doc.min()) < self.special.first_regular else self._text_split_whole(doc, u)
-                continue
-            if line_level:
-                c1, c2 = self._cut_chars(total, u, lambda: "".join([texts[t] for t in ctx[d0:d1].tolist()]))
+        Runs of documents left alone (and their EOTs) are copied as single slices of
+        ``ctx``; only the documents given FIM are rebuilt from pieces."""
+        n = ctx.shape[0]
+        starts = np.empty(breaks.shape[0] + 1, np.int64)
+        starts[0] = 0
+        starts[1:] = breaks + 1
+        ends = np.empty_like(starts)
+        ends[:-1] = breaks
+        ends[-1] = n
+        chosen = np.flatnonzero((draws[:, 0] < self.config.fim_rate) & (ends > starts))
+        if chosen.shape[0] == 0:
+            return ctx.copy()
+        if self._table is None:
+            plans = self._token_plans(ctx, starts, ends, draws, chosen)
+        else:
+            plans = self._text_plans(ctx, breaks, starts, ends, draws, chosen)
+        pieces = []
+        pos = 0
+        spm_rate, variant = self.config.spm_rate, self.config.spm_variant
+        pre, mid, suf = self._pre, self._mid, self._suf
+        for d0, d1, u1, prefix, middle, suffix in plans:
+            pieces.append(ctx[pos:d0])
+            pos = d1
+            if u1 >= spm_rate:  # PSM
+                pieces.append(pre)
+                pieces += prefix
+                pieces.append(suf)
+                pieces += suffix
+                pieces.append(mid)
+                pieces += middle
+            elif variant == 2:
+                pieces.append(pre)
+                pieces.append(suf)
+                pieces += suffix
+                pieces.append(mid)
+                pieces += prefix
+                pieces += middle
             else:
+                pieces.append(suf)
+                pieces += suffix
+                pieces.append(pre)
+                pieces += prefix
+                pieces.append(mid)
+                pieces += middle
+        pieces.append(ctx[pos:])
+        return np.concatenate(pieces)
+
+    def _token_plans(self, ctx, starts, ends, draws, chosen) -> list:
+        first_regular = self.special.first_regular
+        plans = []
+        for d0, d1, u in zip(starts[chosen].tolist(), ends[chosen].tolist(), draws[chosen].tolist()):
+            doc = ctx[d0:d1]
+            if int(doc.min()) >= first_regular:  # reserved ids inside: pass through (documented)
+                prefix, middle, suffix = _token_split(doc, u)
+                plans.append((d0, d1, u[1], [prefix], [middle], [suffix]))
+        return plans
+
+    def _text_plans(self, ctx, breaks, starts, ends, draws, chosen) -> list:
+        """(start, end, spm draw, prefix, middle, suffix) for every document of a context
+        given FIM, pieces as id arrays. Cuts come from one cumulative sum of token
+        lengths; per document only the text of the (at most two) words a cut touches is
+        built. Per-token facts are read from a ``bytes`` copy of the context's word-start
+        flags, so finding a word's ends is one ``rfind``/``find``, not a Python loop."""
+        table = self._table
+        lengths = table.length.take(ctx)
+        lengths[breaks] = 0
+        cum = lengths.cumsum()  # cum[i]: characters up to and including token i
+        ws = table.word_start.take(ctx).tobytes()  # ws[i]: 1 where token i starts a word
+        texts = table.texts
+        cap = self.config.max_reencode_tokens
+        character_level = self.config.split_level == "character"
+        first_regular = self.special.first_regular
+        encode = self._encode
+        plans = []
+        for d0, d1, u in zip(starts[chosen].tolist(), ends[chosen].tolist(), draws[chosen].tolist()):
+            base = cum.item(d0 - 1) if d0 else 0
+            total = cum.item(d1 - 1) - base
+            if total >= _IRREGULAR:
+                # byte-fallback pieces (no clean text of their own): decode the whole
+                # document; reserved ids inside: pass through (documented)
+                doc = ctx[d0:d1]
+                if int(doc.min()) >= first_regular:
+                    plans.append((d0, d1, u[1], *self._text_split_whole(doc, u)))
+                continue
+            if character_level:
                 c1, c2 = min(int(u[2] * (total + 1)), total), min(int(u[3] * (total + 1)), total)
                 if c1 > c2:
                     c1, c2 = c2, c1
+            else:
+                c1, c2 = self._cut_chars(total, u, lambda: "".join([texts[t] for t in ctx[d0:d1].tolist()]))
 
             def region(c):
                 """Tokens [a, b) re-encoded around cut c; a == b: a clean word boundary."""
@@ -319,35 +367,30 @@ class FIM:
                     return d1, d1
                 g = base + c
                 k = int(cum.searchsorted(g, side="right"))  # the token holding character g
-                lo, hi = max(d0, k - cap), min(d1, k + 1 + cap)
-                near = ctx[lo:hi].tolist()
-                if (int(cum[k - 1]) if k else 0) == g and ws[near[k - lo]]:
+                if ws[k] and (cum.item(k - 1) if k else 0) == g:
                     return k, k
-                a = k
-                while a > lo and not ws[near[a - lo]]:
-                    a -= 1
-                b = k + 1
-                while b < hi and not ws[near[b - lo]]:
-                    b += 1
-                return a, b
+                lo = max(d0, k - cap)
+                a = ws.rfind(1, lo, k + 1)  # the token starting k's word, within the cap
+                b = ws.find(1, k + 1, min(d1, k + 1 + cap))  # the token starting the next word
+                return (lo if a < 0 else a), (min(d1, k + 1 + cap) if b < 0 else b)
 
             (a1, b1), (a2, b2) = region(c1), region(c2)
             one = a2 < b1  # both cuts in one re-encoded region
             if one:
                 a1, b1 = min(a1, a2), max(b1, b2)
-                a2, b2 = a1, b1
-            s1 = (int(cum[a1 - 1]) if a1 else 0) - base
-            t1 = "".join([texts[t] for t in ctx[a1:b1].tolist()])
-            prefix = [ctx[d0:a1], t1[: c1 - s1]]
+            s1 = (cum.item(a1 - 1) if a1 else 0) - base
+            w1 = "".join([texts[t] for t in ctx[a1:b1].tolist()])
+            c1 -= s1
             if one:
-                middle = [t1[c1 - s1 : c2 - s1]]
-                suffix = [t1[c2 - s1 :], ctx[b2:d1]]
+                c2 -= s1
+                plans.append((d0, d1, u[1], [ctx[d0:a1], encode(w1[:c1])], [encode(w1[c1:c2])],
+                              [encode(w1[c2:]), ctx[b1:d1]]))
             else:
-                s2 = (int(cum[a2 - 1]) if a2 else 0) - base
-                t2 = "".join([texts[t] for t in ctx[a2:b2].tolist()])
-                middle = [t1[c1 - s1 :], ctx[b1:a2], t2[: c2 - s2]]
-                suffix = [t2[c2 - s2 :], ctx[b2:d1]]
-            plans[i] = (prefix, middle, suffix)
+                s2 = (cum.item(a2 - 1) if a2 else 0) - base
+                w2 = "".join([texts[t] for t in ctx[a2:b2].tolist()])
+                c2 -= s2
+                plans.append((d0, d1, u[1], [ctx[d0:a1], encode(w1[:c1])],
+                              [encode(w1[c1:]), ctx[b1:a2], encode(w2[:c2])], [encode(w2[c2:]), ctx[b2:d1]]))
         return plans
 
     def transform_document(self, doc: np.ndarray, u) -> np.ndarray:
@@ -358,54 +401,22 @@ class FIM:
         doc = np.asarray(doc, dtype=np.int32)
         return self._transform(doc, np.zeros(0, np.int64), np.asarray(u, dtype=np.float64).reshape(1, 4))
 
-    # -- one document ------------------------------------------------------------------------
-    _PASS = object()
-
-    def _emit(self, doc: np.ndarray, u: list, out: "_Assembly", plan=_PASS) -> None:
-        c = self.config
-        if u[0] >= c.fim_rate:
-            out.add(doc)
-            return
-        if plan is not FIM._PASS:
-            parts = plan
-        elif c.split_level == "token":
-            parts = None if int(doc.min()) < self.special.first_regular else _token_split(doc, u)
-        else:
-            parts = self._text_split_whole(doc, u)
-        if parts is None:
-            out.add(doc)  # reserved ids inside: pass through (documented)
-            return
-        prefix, middle, suffix = parts
-        if u[1] >= c.spm_rate:  # PSM
-            seq = (self._pre, prefix, self._suf, suffix, self._mid, middle)
-        elif c.spm_variant == 2:
-            seq = (self._pre, self._suf, suffix, self._mid, prefix, middle)
-        else:
-            seq = (self._suf, suffix, self._pre, prefix, self._mid, middle)
-        for part in seq:
-            if isinstance(part, list):
-                out.extend(part)
-            else:
-                out.add(part)
-
     # -- text-level splitting ----------------------------------------------------------------
-    def _encode_many(self, texts: list[str]) -> list[np.ndarray]:
-        # one encode per fragment: fragments are a few characters, and batch encoders
-        # (sentencepiece's among them) pay thread start-up per call that dwarfs that.
-        # Word fragments repeat (Zipf), so encodings are memoised; the cache is a pure
-        # function of the text and never changes an output.
-        cache = self._cache
-        out = []
-        for t in texts:
-            ids = cache.get(t)
-            if ids is None:
-                ids = np.asarray(self._encode_raw(t), dtype=np.int32)
-                if self._cache_size:
-                    if len(cache) >= self._cache_size:
-                        cache.clear()
-                    cache[t] = ids
-            out.append(ids)
-        return out
+    def _encode(self, text: str) -> np.ndarray:
+        """Ids of one fragment. One encode call per fragment: fragments are a few
+        characters, and batch encoders (sentencepiece's among them) pay thread start-up
+        per call that dwarfs that. Word fragments repeat (Zipf), so encodings are
+        memoised; the memo is a pure function of the text and never changes an output."""
+        if not text:
+            return _EMPTY
+        ids = self._cache.get(text)
+        if ids is None:
+            ids = np.asarray(self._encode_raw(text), dtype=np.int32)
+            if self._cache_size:
+                if len(self._cache) >= self._cache_size:
+                    self._cache.clear()
+                self._cache[text] = ids
+        return ids
 
     def clear_cache(self) -> None:
         """Forget memoised fragment encodings (benchmarks call this between passes)."""
@@ -424,43 +435,13 @@ class FIM:
         return (c1, c2) if c1 <= c2 else (c2, c1)
 
     def _text_split_whole(self, doc: np.ndarray, u: list):
+        """Decode the whole document, cut its text, encode the three pieces."""
         text = self.tokenizer.decode(doc.tolist())
         c1, c2 = self._cut_chars(len(text), u, lambda: text)
-        return [text[:c1]], [text[c1:c2]], [text[c2:]]
+        return [self._encode(text[:c1])], [self._encode(text[c1:c2])], [self._encode(text[c2:])]
 
 
-class _Assembly:
-    """Pieces of an output in order: id arrays, and strings still to encode (encoded at
-    the end through the memo, then everything is joined with one concatenate)."""
-
-    __slots__ = ("pieces", "texts", "slots")
-
-    def __init__(self):
-        self.pieces: list = []
-        self.texts: list[str] = []
-        self.slots: list[int] = []
-
-    def add(self, ids: np.ndarray) -> None:
-        if ids.shape[0]:
-            self.pieces.append(ids)
-
-    def extend(self, items: list) -> None:
-        for item in items:
-            if isinstance(item, str):
-                if item:
-                    self.slots.append(len(self.pieces))
-                    self.texts.append(item)
-                    self.pieces.append(None)
-            elif item.shape[0]:
-                self.pieces.append(item)
-
-    def finish(self, encode_many) -> np.ndarray:
-        if self.texts:
-            for slot, ids in zip(self.slots, encode_many(self.texts)):
-                self.pieces[slot] = ids
-        if not self.pieces:
-            return np.zeros(0, np.int32)
-        return np.concatenate(self.pieces).astype(np.int32, copy=False)
+_EMPTY = np.zeros(0, np.int32)
 
 
 def _token_split(doc: np.ndarray, u: list):

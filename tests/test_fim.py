@@ -411,3 +411,52 @@ def test_with_the_project_tokenizer():
     t = FIM(FIMConfig(seq_length=80, fim_rate=0.9), special=SP, vocab_size=tok.vocab_size, tokenizer=tok)
     for seed in range(20):
         check_context_properties(t, tok, sp_texts(seed, 6), seed, 80)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(0, 2**32 - 1), st.sampled_from([1, 2]), st.sampled_from(["character", "line"]))
+def test_capped_reencode_regions_still_add_up(sp_tok, text_seed, seed, cap, level):
+    # a cut inside a word longer than the cap re-encodes only cap tokens each way: the
+    # pieces may then differ from encoding them from scratch, but the text is intact
+    t = FIM(FIMConfig(seq_length=96, fim_rate=1.0, split_level=level, max_reencode_tokens=cap), special=SP,
+            vocab_size=sp_tok.vocab_size, tokenizer=sp_tok)
+    texts = [w.replace(" ", "") * 3 for w in sp_texts(text_seed, 6)]  # long words
+    check_context_properties(t, sp_tok, texts, seed, 96)
+
+
+def test_project_tokenizer_encode_array_matches_encode(tmp_path):
+    # FIM re-encodes through encode_array (a fast path for short fragments): it must give
+    # encode's ids, unk remapped to special.unk, for short and long texts alike
+    spm = pytest.importorskip("sentencepiece")
+    tokenizer = pytest.importorskip("data_pipeline.tokenizer")
+    rnd = random.Random(3)
+    lines = [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 15))) for _ in range(300)]
+    buf = io.BytesIO()  # no byte fallback: unseen characters become unk
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, vocab_size=200, model_type="unigram",
+        add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        hard_vocab_limit=False, minloglevel=2)
+    tok = tokenizer.SentencePieceTokenizer(buf.getvalue())
+    raw = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    unk_seen = 0
+    for text in sp_texts(5, 200) + [" ".join(sp_texts(6, 40)), "☃", "", "the ☃ fox " * 30]:
+        expect = [SP.unk if i == raw.unk_id() else i + SP.first_regular for i in raw.encode(text)]
+        arr = tok.encode_array(text)
+        assert arr.dtype == np.int32 and arr.tolist() == expect == tok.encode(text)
+        unk_seen += SP.unk in expect
+    assert unk_seen > 10
+
+
+@pytest.mark.parametrize("cap, middle", [(1, ["aa", "a", "aa"]), (2, ["aa", "aa", "a"]), (32, ["aa", "aa", "a"])])
+def test_literal_reencode_cap(cap, middle):
+    # "aaaaaaaa" is four "aa" tokens, none starting a word; a cut at character 3 re-encodes
+    # the tokens within `cap` of the cut token: with cap 1 tokens 0..2, so the last "aa"
+    # is kept as it is after the re-encoded "aaa"; with cap 2 the whole rest is re-encoded
+    tok = CharTokenizer(pieces=("aa",))
+    t = make(tok, tok.vocab_size, scope="document", fim_rate=1.0, spm_rate=0.0, max_reencode_tokens=cap)
+    doc = np.array(tok.encode("aaaaaaaa"), np.int32)
+    assert len(doc) == 4
+    out = t({"tokens": doc}, Draws([0.0, 0.9, cut_u(3, 8), cut_u(8, 8)]))["tokens"].tolist()
+    aa, a = tok.index["aa"], tok.index["a"]
+    as_ids = {"aa": aa, "a": a}
+    assert out == [PRE, aa, a, SUF, MID, *[as_ids[p] for p in middle]]
