@@ -219,6 +219,7 @@ class FIM:
             if config.require_lossless_tokenizer:
                 check_lossless(tokenizer)
             self._table = _PieceTable(tokenizer, self.vocab_size, special.first_regular)
+            self._table.length[special.eot] = 0  # EOTs between documents add no characters
             # the project tokenizer's encode_array skips a list round trip
             self._encode_raw = getattr(tokenizer, "encode_array", tokenizer.encode)
         self._cache: dict[str, np.ndarray] = {}
@@ -270,20 +271,17 @@ class FIM:
 
         Runs of documents left alone (and their EOTs) are copied as single slices of
         ``ctx``; only the documents given FIM are rebuilt from pieces."""
-        n = ctx.shape[0]
-        starts = np.empty(breaks.shape[0] + 1, np.int64)
-        starts[0] = 0
-        starts[1:] = breaks + 1
-        ends = np.empty_like(starts)
-        ends[:-1] = breaks
-        ends[-1] = n
-        chosen = np.flatnonzero((draws[:, 0] < self.config.fim_rate) & (ends > starts))
-        if chosen.shape[0] == 0:
+        # a handful of documents per context: plain Python beats a dozen tiny numpy calls
+        cut = breaks.tolist()
+        rate = self.config.fim_rate
+        chosen = [(d0, d1, u) for d0, d1, u in zip([0] + [b + 1 for b in cut], cut + [ctx.shape[0]], draws.tolist())
+                  if u[0] < rate and d1 > d0]
+        if not chosen:
             return ctx.copy()
         if self._table is None:
-            plans = self._token_plans(ctx, starts, ends, draws, chosen)
+            plans = self._token_plans(ctx, chosen)
         else:
-            plans = self._text_plans(ctx, breaks, starts, ends, draws, chosen)
+            plans = self._text_plans(ctx, chosen)
         pieces = []
         pos = 0
         spm_rate, variant = self.config.spm_rate, self.config.spm_variant
@@ -315,26 +313,24 @@ class FIM:
         pieces.append(ctx[pos:])
         return np.concatenate(pieces)
 
-    def _token_plans(self, ctx, starts, ends, draws, chosen) -> list:
+    def _token_plans(self, ctx, chosen) -> list:
         first_regular = self.special.first_regular
         plans = []
-        for d0, d1, u in zip(starts[chosen].tolist(), ends[chosen].tolist(), draws[chosen].tolist()):
+        for d0, d1, u in chosen:
             doc = ctx[d0:d1]
             if int(doc.min()) >= first_regular:  # reserved ids inside: pass through (documented)
                 prefix, middle, suffix = _token_split(doc, u)
                 plans.append((d0, d1, u[1], [prefix], [middle], [suffix]))
         return plans
 
-    def _text_plans(self, ctx, breaks, starts, ends, draws, chosen) -> list:
+    def _text_plans(self, ctx, chosen) -> list:
         """(start, end, spm draw, prefix, middle, suffix) for every document of a context
         given FIM, pieces as id arrays. Cuts come from one cumulative sum of token
         lengths; per document only the text of the (at most two) words a cut touches is
         built. Per-token facts are read from a ``bytes`` copy of the context's word-start
         flags, so finding a word's ends is one ``rfind``/``find``, not a Python loop."""
         table = self._table
-        lengths = table.length.take(ctx)
-        lengths[breaks] = 0
-        cum = lengths.cumsum()  # cum[i]: characters up to and including token i
+        cum = table.length.take(ctx).cumsum()  # cum[i]: characters up to and including token i
         ws = table.word_start.take(ctx).tobytes()  # ws[i]: 1 where token i starts a word
         texts = table.texts
         cap = self.config.max_reencode_tokens
@@ -342,7 +338,7 @@ class FIM:
         first_regular = self.special.first_regular
         encode = self._encode
         plans = []
-        for d0, d1, u in zip(starts[chosen].tolist(), ends[chosen].tolist(), draws[chosen].tolist()):
+        for d0, d1, u in chosen:
             base = cum.item(d0 - 1) if d0 else 0
             total = cum.item(d1 - 1) - base
             if total >= _IRREGULAR:
