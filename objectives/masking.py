@@ -37,6 +37,7 @@ Actions (:func:`bert_actions`) code what happened to each position:
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -314,10 +315,15 @@ def choose_span_set(
     by_tokens = budget_tokens is not None
     budget = _row_budget(budget_tokens if by_tokens else budget_words, B,
                          "budget_tokens" if by_tokens else "budget_words")
-    probs = ngram_length_probs(length_probs)
-    K = probs.size
+    law = length_probs if isinstance(length_probs, SpanLaw) else SpanLaw(length_probs)
+    K = law.size
     if not overfill >= 1.0:
         raise ValueError(f"overfill must be >= 1, got {overfill!r}")
+    if B == 1 and ONE_ROW_FAST_PATH:
+        lo, hi = row_spans(rng, ws[0], float(budget[0]), law, by_tokens=by_tokens,
+                           eligible=None if eligible is None else el[0],
+                           row_len=None if row_len is None else int(row_len[0]), overfill=overfill)
+        return SpanSet((1, S), lo, hi)
 
     none = SpanSet((B, S), np.zeros(0, np.int64), np.zeros(0, np.int64))
     if B * S == 0:
@@ -356,8 +362,7 @@ def choose_span_set(
             n_tok = n_words if token_mode else row_len
         else:
             n_tok = np.count_nonzero(el, axis=1) if eligible is not None else np.full(B, S)
-    cdf = np.cumsum(probs)
-    mean_w = expected_length(probs)
+    cdf, mean_w = law.cdf, law.mean
 
     # --- 1. lengths and how many spans to place -------------------------------------------
     # cost known before placement (token mode, or words without cuts): place just enough
@@ -422,6 +427,209 @@ def choose_span_set(
 
     # left-to-right within a row and rows in order: row-major boolean indexing keeps it
     return SpanSet((B, S), tok_lo[sel], tok_hi[sel])
+
+
+# ------------------------------------------------------------------------------------------
+# One row: the per-sample path
+# ------------------------------------------------------------------------------------------
+
+# Per-sample transforms and choose_span_set on a single row take a dedicated 1-D path
+# (the vectorised code's fixed cost is ~100 small numpy calls). It draws exactly the same
+# random numbers and returns exactly the same spans as the vectorised code on a batch of
+# one; tests switch this off to compare the two.
+ONE_ROW_FAST_PATH = True
+
+_NO_SPANS = np.zeros(0, np.int64)
+
+
+class SpanLaw:
+    """A span-length law's per-config constants (normalised probabilities, CDF, mean),
+    computed once; pass it as ``length_probs`` to skip re-validating it per call."""
+
+    __slots__ = ("probs", "cdf", "size", "mean")
+
+    def __init__(self, length_probs: Sequence[float] | np.ndarray):
+        if isinstance(length_probs, SpanLaw):
+            length_probs = length_probs.probs
+        self.probs = ngram_length_probs(length_probs)
+        self.cdf = np.cumsum(self.probs)
+        self.size = int(self.probs.size)
+        self.mean = expected_length(self.probs)
+
+
+def _take_prefix_row(rng, cum: np.ndarray, step: np.ndarray, budget: float) -> int:
+    """:func:`_take_prefix` on one row (``cum`` non-decreasing, so counts are searches)."""
+    n_items = int(np.count_nonzero(step))
+    u0, u1 = rng.random(2).tolist()
+    if n_items == 0:
+        return 0
+    total = int(cum[-1])
+    excess = (int(step @ step) - total) / max(2 * total, 1)     # sum of C (C - 1); total = sum of C
+    if budget >= total:                              # the budget covers every item
+        return n_items
+    if budget >= 4 * excess and budget >= 8:         # Wald rule
+        thresh = budget - excess
+        fl = math.floor(thresh)
+        t_int = fl + (u0 < thresh - fl)
+        return min(int(np.searchsorted(cum, t_int, "left")) + 1, n_items)
+    n_full = min(int(np.searchsorted(cum, budget, "right")), n_items)   # crossing rule
+    if n_full >= n_items:
+        return n_full
+    before = int(cum[n_full - 1]) if n_full > 0 else 0
+    return n_full + bool(u1 * max(int(step[n_full]), 1) < budget - before)
+
+
+def row_spans(
+    rng: np.random.Generator,
+    word_start: np.ndarray,
+    budget: float,
+    law: SpanLaw,
+    *,
+    by_tokens: bool = True,
+    eligible: np.ndarray | None = None,
+    row_len: int | None = None,
+    token_mode: bool | None = None,
+    overfill: float = 1.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`choose_span_set` for ONE row, unchecked: ``(start, end)`` int64 token
+    positions of the chosen spans, left to right. ``word_start`` (bool [S]) and
+    ``eligible`` (bool [S] or None) are 1-D; ``row_len`` as ``lengths``; ``token_mode``
+    (every token a word) is derived from ``word_start`` unless given (callers that
+    pass a shortened row give the full row's answer). Same draws and spans as the
+    vectorised code on a batch of one."""
+    S = word_start.size
+    if S == 0:
+        return _NO_SPANS, _NO_SPANS
+    if token_mode is None:
+        token_mode = eligible is None and bool(word_start[1:].all())
+    K, mean_w = law.size, law.mean
+    w_tok = w_end = None
+    if token_mode:
+        n_words = S if row_len is None else int(row_len)
+        n_tok = n_words
+    elif eligible is None:
+        m = S if row_len is None else int(row_len)
+        if m == 0:
+            return _NO_SPANS, _NO_SPANS
+        start = word_start[:m].copy()
+        start[0] = True
+        w_tok = np.flatnonzero(start)
+        n_words, n_tok, S = w_tok.size, m, m
+    else:
+        start = eligible & word_start
+        start[0] = eligible[0]
+        start[1:] |= eligible[1:] & ~eligible[:-1]
+        b_pos = np.flatnonzero(start | ~eligible)
+        is_start = start[b_pos]
+        w_tok = b_pos[is_start]
+        w_end = np.append(b_pos[1:], S)[is_start]
+        n_words = w_tok.size
+        n_tok = int(np.count_nonzero(eligible))
+    if n_words == 0:
+        return _NO_SPANS, _NO_SPANS
+
+    # --- 1. lengths and how many spans to place
+    direct = token_mode or (not by_tokens and eligible is None)
+    if direct:
+        M = int(min(math.ceil(budget) + 1, math.ceil(1.5 * budget / mean_w) + K + 2, n_words))
+    else:
+        words_wanted = budget * n_words / max(n_tok, 1) if by_tokens else budget
+        target = min(int(math.ceil(words_wanted * overfill)) + K, n_words)
+        M = min(int(math.ceil(target / mean_w)) + 2, target)
+    if M == 0:
+        return _NO_SPANS, _NO_SPANS
+    if K == 1:
+        cum = np.arange(1, M + 1, dtype=np.int64)
+    else:
+        cum = (law.cdf.searchsorted(rng.random(M), side="right") + 1).cumsum()
+    np.minimum(cum, n_words, out=cum)
+    span_w = cum.copy()
+    span_w[1:] -= cum[:-1]
+    fits = int(np.count_nonzero(span_w))
+    k = min(_take_prefix_row(rng, cum, span_w, budget), fits) if direct else min(M, fits)
+
+    # --- 2. placement of the first k (stars and bars)
+    used = int(cum[k - 1]) if k > 0 else 0
+    free = float(n_words - used)
+    gam = rng.standard_exponential(M + 1).cumsum()
+    scale = (free + 1) / gam[k]
+    sw = span_w[:k]
+    x = gam[:k]
+    x *= scale
+    np.floor(x, out=x)
+    np.minimum(x, free, out=x)
+    first = x.astype(np.int64)
+    first += cum[:k]
+    first -= sw
+    if token_mode:
+        lo, hi = first, first + sw
+        cost = sw
+    else:
+        g_first = np.minimum(first, w_tok.size - 1)
+        g_last = g_first + sw - 1
+        lo = w_tok[g_first]
+        if eligible is not None:
+            inel = np.append(np.flatnonzero(~eligible), S)
+            run_end = np.minimum(inel[np.searchsorted(inel, lo)], S)
+            g_last = np.minimum(g_last, np.searchsorted(w_tok, run_end) - 1)
+            hi = w_end[g_last]
+        else:
+            nxt = g_last + 1
+            hi = np.where(nxt < w_tok.size, w_tok[np.minimum(nxt, w_tok.size - 1)], S)
+        cost = (hi - lo) if by_tokens else (g_last - g_first + 1)
+    if direct:
+        return lo, hi
+
+    # --- 3. overfilled: a random visiting order, keep a prefix meeting the budget
+    keys = rng.random(M)
+    if k == 0:
+        rng.random(2)
+        return _NO_SPANS, _NO_SPANS
+    order = np.argsort(keys[:k])
+    c_sorted = cost[order]
+    n_take = _take_prefix_row(rng, c_sorted.cumsum(), c_sorted, budget)
+    sel = np.zeros(k, bool)
+    sel[order[:n_take]] = True
+    return lo[sel], hi[sel]
+
+
+def row_positions(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`SpanSet.positions` for one row's spans: ``(pos, span)``."""
+    ln = end - start
+    total = int(ln.sum())
+    if total == ln.size:                             # single-token spans
+        return start, np.arange(total)
+    span = np.arange(ln.size).repeat(ln)
+    shift = start - ln.cumsum()
+    shift += ln
+    pos = shift.repeat(ln)
+    pos += np.arange(total, dtype=np.int64)
+    return pos, span
+
+
+class Corruption:
+    """80/10/10 (``probs`` = mask, random, keep) with its thresholds computed once:
+    :func:`draw_actions` + :func:`corrupt_positions` for one row, same draws."""
+
+    __slots__ = ("p_mask", "p_mask_random", "per_span", "mask_id", "low", "high")
+
+    def __init__(self, probs, *, per_span: bool, mask_id: int, low: int, high: int):
+        p = check_action_probs(probs)
+        if not int(low) < int(high):
+            raise ValueError(f"random replacement range [low={low}, high={high}) is empty")
+        self.p_mask = float(p[0])
+        self.p_mask_random = float(p[0] + p[1])
+        self.per_span = bool(per_span)
+        self.mask_id, self.low, self.high = int(mask_id), int(low), int(high)
+
+    def __call__(self, rng: np.random.Generator, tokens: np.ndarray, pos: np.ndarray, span: np.ndarray,
+                 n_spans: int) -> None:
+        """In place on 1-D ``tokens``: corrupt the chosen positions ``pos`` (span index ``span``)."""
+        u = rng.random(n_spans)[span] if self.per_span else rng.random(span.size)
+        tokens[pos[u < self.p_mask]] = self.mask_id
+        rnd = pos[(u >= self.p_mask) & (u < self.p_mask_random)]
+        if rnd.size:
+            tokens[rnd] = rng.integers(self.low, self.high, size=rnd.size, dtype=np.int64)
 
 
 # ------------------------------------------------------------------------------------------

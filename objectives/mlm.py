@@ -168,6 +168,83 @@ def one_row(out: Sample) -> Sample:
     return {k: np.ascontiguousarray(v[0]) for k, v in out.items()}
 
 
+# One-sample path (``t(sample, rng)``): the same checks, draws and output as the batch
+# of one, on 1-D arrays with a fixed, small number of numpy calls.
+
+
+def segment_row(sample: Mapping[str, np.ndarray], width: int, vocab_size: int, who: str, *,
+                fields: tuple[str, ...] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One segment cut to ``width``, checked as :func:`stack_segments` + :func:`check_grid`
+    check a batch: ``(body int32 [n], [bool [n] per flag field])``."""
+    require_fields(sample, ("tokens",) + fields, who)
+    t = np.asarray(sample["tokens"])
+    if t.ndim != 1 or not (t.size == 0 or np.issubdtype(t.dtype, np.integer)):
+        raise ValueError(f"{who}: tokens must be a 1-D integer array, got dtype {t.dtype} shape {t.shape}")
+    flags = []
+    for f in fields:
+        v = np.asarray(sample[f])
+        if v.shape != t.shape:
+            raise ValueError(f"{who}: {f} must have the shape of tokens {t.shape}, got {v.shape}")
+        flags.append(v[:width].astype(bool, copy=False))
+    body = t[:width].astype(np.int32, copy=False)
+    if body.size:
+        lo, hi = int(body.min()), int(body.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"{who}: tokens must lie in [0, vocab_size={vocab_size}), got ids in [{lo}, {hi}]")
+    return body, flags
+
+
+def maskable_row(body: np.ndarray, special: SpecialTokens) -> np.ndarray | None:
+    """:func:`maskable` for one row's real tokens."""
+    reserved = body < special.first_regular
+    if not reserved.any():
+        return None
+    reserved &= body != special.unk
+    if not reserved.any():
+        return None
+    return ~reserved
+
+
+def single_segment_row(body: np.ndarray, seq_length: int, special: SpecialTokens,
+                       position_ids: np.ndarray) -> Sample:
+    """``[CLS] body [SEP] PAD`` and its fixed fields for one sample (no targets yet);
+    ``position_ids`` (0..S-1) is copied."""
+    S, n = int(seq_length), body.size
+    tokens = np.full(S, special.pad, np.int32)
+    tokens[0] = special.cls
+    tokens[1:n + 1] = body
+    tokens[n + 1] = special.sep
+    return {
+        "tokens": tokens,
+        "labels": np.full(S, special.pad, np.int32),
+        "loss_mask": np.zeros(S, np.float32),
+        "position_ids": position_ids.copy(),
+        "segment_ids": np.zeros(S, np.int32),
+        "kv_start": np.zeros(S, np.int32),
+        "kv_end": np.full(S, n + 2, np.int32),
+    }
+
+
+def row_targets(rng: np.random.Generator, body: np.ndarray, word_start: np.ndarray | None, width: int,
+                law: masking.SpanLaw, mask_rate: float, special: SpecialTokens):
+    """Spans (body positions) for one segment as the batch of one chooses them:
+    ``word_start`` None = token level. Returns ``(start, end)``."""
+    n = body.size
+    if width == 0:
+        return masking._NO_SPANS, masking._NO_SPANS
+    eligible = maskable_row(body, special)
+    if word_start is None:
+        ws = np.ones(n, bool)
+        token_mode = eligible is None
+    else:
+        ws = word_start
+        # the batch's padded grid is all word starts only when the row fills it
+        token_mode = eligible is None and (width <= 1 or (n == width and bool(ws[1:].all())))
+    n_el = n if eligible is None else int(np.count_nonzero(eligible))
+    return masking.row_spans(rng, ws, mask_rate * n_el, law, eligible=eligible,
+                             row_len=n if eligible is None else None, token_mode=token_mode)
+
+
 # ------------------------------------------------------------------------------------------
 # The transform
 # ------------------------------------------------------------------------------------------
@@ -188,6 +265,10 @@ class MLM:
         self.vocab_size = int(vocab_size)
         self.length_probs = _check_probs("ngram_probs", config.ngram_probs)
         self.reads = ("tokens", "word_start") if config.whole_word else ("tokens",)
+        self._law = masking.SpanLaw(self.length_probs)
+        self._corrupt = masking.Corruption(config.replace_probs, per_span=config.per_span, mask_id=special.mask,
+                                           low=special.first_regular, high=self.vocab_size)
+        self._positions = np.arange(int(config.seq_length), dtype=np.int32)
 
     def batch_arrays(self, tokens: np.ndarray, word_start: np.ndarray | None, lengths: np.ndarray,
                      rng: np.random.Generator) -> Sample:
@@ -231,7 +312,22 @@ class MLM:
         return self.batch_arrays(body, extra.get("word_start"), n, rng)
 
     def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
-        return one_row(self.batch([sample], rng))
+        """One sample: the batch of one (same draws, same output), on a 1-D fast path."""
+        if not masking.ONE_ROW_FAST_PATH:
+            return one_row(self.batch([sample], rng))
+        cfg = self.config
+        L = int(cfg.seq_length) - 2
+        fields = ("word_start",) if cfg.whole_word else ()
+        body, flags = segment_row(sample, L, self.vocab_size, "MLM", fields=fields)
+        out = single_segment_row(body, cfg.seq_length, self.special, self._positions)
+        lo, hi = row_targets(rng, body, flags[0] if flags else None, L, self._law, cfg.mask_rate, self.special)
+        pos, span = masking.row_positions(lo, hi)
+        pos = pos + 1                                                   # after [CLS]
+        tokens = out["tokens"]
+        out["labels"][pos] = tokens[pos]
+        out["loss_mask"][pos] = 1.0
+        self._corrupt(rng, tokens, pos, span, lo.size)
+        return out
 
     def __repr__(self) -> str:
         return f"MLM({self.config!r})"

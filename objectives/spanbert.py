@@ -40,8 +40,11 @@ from objectives.mlm import (
     check_grid,
     maskable,
     one_row,
+    row_targets,
+    segment_row,
     set_targets,
     single_segment_fields,
+    single_segment_row,
     stack_segments,
 )
 from objectives.sample import Sample, SpecialTokens, check_rate
@@ -90,6 +93,10 @@ class SpanBERT:
         self.special = special
         self.vocab_size = int(vocab_size)
         self.length_probs = config.length_probs
+        self._law = masking.SpanLaw(self.length_probs)
+        self._corrupt = masking.Corruption(config.replace_probs, per_span=config.per_span, mask_id=special.mask,
+                                           low=special.first_regular, high=self.vocab_size)
+        self._positions = np.arange(int(config.seq_length), dtype=np.int32)
 
     def batch_arrays(self, tokens: np.ndarray, word_start: np.ndarray, lengths: np.ndarray,
                      rng: np.random.Generator) -> Sample:
@@ -137,7 +144,31 @@ class SpanBERT:
         return self.batch_arrays(body, extra["word_start"], n, rng)
 
     def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
-        return one_row(self.batch([sample], rng))
+        """One sample: the batch of one (same draws, same output), on a 1-D fast path."""
+        if not masking.ONE_ROW_FAST_PATH:
+            return one_row(self.batch([sample], rng))
+        cfg = self.config
+        S = int(cfg.seq_length)
+        L = S - 2
+        body, (ws,) = segment_row(sample, L, self.vocab_size, "SpanBERT", fields=("word_start",))
+        out = single_segment_row(body, S, self.special, self._positions)
+        lo, hi = row_targets(rng, body, ws, L, self._law, cfg.mask_rate, self.special)
+        pos, span = masking.row_positions(lo, hi)
+        pos = pos + 1                                                   # after [CLS]
+        tokens = out["tokens"]
+        out["labels"][pos] = tokens[pos]
+        out["loss_mask"][pos] = 1.0
+        # SBO: output columns just outside each span (span lo..hi-1 sits at lo+1..hi)
+        left = np.full(S, -1, np.int32)
+        right = np.full(S, -1, np.int32)
+        offset = np.zeros(S, np.int32)
+        lo_t = lo[span]
+        left[pos] = lo_t
+        right[pos] = hi[span] + 1
+        offset[pos] = pos - lo_t
+        out["sbo_left"], out["sbo_right"], out["sbo_offset"] = left, right, offset
+        self._corrupt(rng, tokens, pos, span, lo.size)
+        return out
 
     def __repr__(self) -> str:
         return f"SpanBERT({self.config!r})"
