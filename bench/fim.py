@@ -77,10 +77,18 @@ def time_passes(fn, repeats):
     return n, (secs, cpu)
 
 
+def load_average():
+    """1-minute load average (the machine is shared: read CPU-time figures next to it)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def emit(name, impl, config, toks, times, extra=None):
     secs, cpu = times
     tps = [toks / s for s in secs]
-    rec = {"bench": name, "impl": impl, "config": config, "tokens_per_pass": toks,
+    rec = {"bench": name, "impl": impl, "config": config, "tokens_per_pass": toks, "load_avg_1m": load_average(),
            "seconds": [round(s, 4) for s in secs], "tokens_per_s": [round(t) for t in tps],
            "tokens_per_s_median": round(statistics.median(tps)),
            "cpu_tokens_per_s_median": round(statistics.median(toks / c for c in cpu)),
@@ -160,7 +168,8 @@ def main():
     print(json.dumps({"corpus": {"docs": args.docs, "synthetic_vocab": args.vocab, "chars": sum(map(len, texts)),
                                  "sp_vocab": tok.vocab_size, "sp_tokens": n_tok, "contexts": len(contexts),
                                  "sp_train_s": round(train_s, 1)},
-                      "python": sys.version.split()[0], "threads": 1}), flush=True)
+                      "python": sys.version.split()[0], "threads": 1, "cpus": os.cpu_count(),
+                      "load_avg_1m": load_average()}), flush=True)
 
     per_pass = len(contexts) * (args.seq + 1)
     clm = CausalLM(CausalLMConfig(seq_length=args.seq), special=special, vocab_size=tok.vocab_size)
