@@ -49,6 +49,10 @@ class TorchAdamW:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _sync_grads(self) -> None:
+        if self.info.tp_size > 1 and getattr(getattr(self.model, "cfg", None), "sequence_parallel", False):
+            from models.parallel import allreduce_sequence_parallel_grads
+
+            allreduce_sequence_parallel_grads(self.model, self.info.pg_collection.tp)
         if not (self.info.initialized and self.info.dp_size > 1):
             return
         grads = [p.grad for p in self.params if p.grad is not None]
