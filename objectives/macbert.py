@@ -170,6 +170,8 @@ class MacBERT:
         self.similar = similar if similar is not None else _empty_table()
         self.ngram_probs = masking.ngram_length_probs(config.ngram_probs)
         self.replace_probs = masking.check_action_probs(config.replace_probs, "replace_probs")
+        self._law = masking.SpanLaw(self.ngram_probs)
+        self._positions = np.arange(int(config.seq_length), dtype=np.int32)
 
     # ------------------------------------------------------------------ core
     def substitute(self, rng: np.random.Generator, ctok: np.ndarray, cws: np.ndarray):
@@ -256,9 +258,64 @@ class MacBERT:
             "kv_end": kv_end,
         }
 
+    def choose_row(self, rng: np.random.Generator, body: np.ndarray, word_start: np.ndarray, width: int):
+        """One segment's chosen n-grams, as the batch of one chooses them on a grid of
+        ``width`` columns: ``(start, end, word_start)`` (the word starts the chooser saw)."""
+        sp = self.special
+        n = body.size
+        ws = word_start.copy()
+        if n:
+            ws[0] = True
+        reserved = body < sp.first_regular
+        eligible = None
+        if reserved.any():
+            reserved &= body != sp.unk
+            if reserved.any():
+                eligible = ~reserved
+                ws &= eligible
+                ws[1:] |= eligible[1:] & ~eligible[:-1]
+                ws[0] = eligible[0]
+        if n == 0:
+            return masking._NO_SPANS, masking._NO_SPANS, ws
+        token_mode = eligible is None and (width <= 1 or (n == width and bool(ws[1:].all())))
+        n_words = int(np.count_nonzero(ws))                  # ws is False where not eligible
+        lo, hi = masking.row_spans(rng, ws, self.config.mask_rate * n_words, self._law, by_tokens=False,
+                                   eligible=eligible, row_len=n if eligible is None else None,
+                                   token_mode=token_mode)
+        return lo, hi, ws
+
     def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
-        out = self.batch([sample], rng)
-        return {k: np.asarray(v[0]) for k, v in out.items()}
+        """One sample: the batch of one (same draws, same output), on a 1-D fast path."""
+        if not masking.ONE_ROW_FAST_PATH:
+            out = self.batch([sample], rng)
+            return {k: np.asarray(v[0]) for k, v in out.items()}
+        S = int(self.config.seq_length)
+        sp = self.special
+        body, ws = _segment_row(sample, S - 2, "MacBERT")
+        lo, hi, ws = self.choose_row(rng, body, ws, S - 2)
+        pos, _ = masking.row_positions(lo, hi)
+        orig = body[pos]
+        new_c = self.substitute(rng, orig, ws[pos])[0]
+        n = body.size
+        opos = pos + 1
+        tokens = np.full(S, sp.pad, np.int32)
+        tokens[0] = sp.cls
+        tokens[1:n + 1] = body
+        tokens[n + 1] = sp.sep
+        tokens[opos] = new_c
+        labels = np.full(S, sp.pad, np.int32)
+        labels[opos] = orig
+        loss_mask = np.zeros(S, np.float32)
+        loss_mask[opos] = 1.0
+        return {
+            "tokens": tokens,
+            "labels": labels,
+            "loss_mask": loss_mask,
+            "position_ids": self._positions.copy(),
+            "segment_ids": np.zeros(S, np.int32),
+            "kv_start": np.zeros(S, np.int32),
+            "kv_end": np.full(S, n + 2, np.int32),
+        }
 
     def __repr__(self) -> str:
         return f"MacBERT({self.config!r}, similar_words={len(self.similar)})"
@@ -274,6 +331,23 @@ def _eligible_word_starts(word_start: np.ndarray, eligible: np.ndarray | None) -
         ws[:, 1:] |= eligible[:, 1:] & ~eligible[:, :-1]
         ws[:, 0] = eligible[:, 0]
     return ws
+
+
+def _segment_row(sample: Mapping[str, np.ndarray], width: int, who: str,
+                 extra: tuple[str, ...] = ()) -> tuple[np.ndarray, ...]:
+    """One segment as :func:`_stack_segments` checks and cuts it, without padding:
+    ``(tokens int32 [n], word_start bool [n], *extras bool [n])``, n <= ``width``
+    (``word_start`` as given: column 0 is not forced)."""
+    fields = ("tokens", "word_start") + tuple(extra)
+    require_fields(sample, fields, who)
+    cols = [np.asarray(sample[f]) for f in fields]
+    if cols[0].ndim != 1:
+        raise ValueError(f"{who}: tokens must be 1-D")
+    n_all = cols[0].shape[0]
+    for f, a in zip(fields[1:], cols[1:]):
+        if a.ndim != 1 or a.shape[0] != n_all:
+            raise ValueError(f"{who}: {f} must be 1-D with the length of tokens ({n_all}), got shape {a.shape}")
+    return (cols[0][:width].astype(np.int32), *(a[:width].astype(bool) for a in cols[1:]))
 
 
 def _stack_segments(samples: Sequence[Mapping[str, np.ndarray]], width: int, who: str,

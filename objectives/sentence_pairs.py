@@ -46,7 +46,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from objectives import masking
-from objectives.macbert import MacBERT, MacBERTConfig, _stack_segments
+from objectives.macbert import MacBERT, MacBERTConfig, _segment_row, _stack_segments
 from objectives.sample import Sample, SpecialTokens, check_rate
 
 MASKINGS = ("mlm", "macbert", "none")
@@ -127,6 +127,35 @@ def choose_split(rng: np.random.Generator, n: np.ndarray, sentence_start: np.nda
     return np.where(none, n, split), np.where(none, -1, kind)
 
 
+def choose_split_row(rng: np.random.Generator, sentence_start: np.ndarray,
+                     word_start: np.ndarray) -> tuple[int, int]:
+    """:func:`choose_split` for one segment (1-D flags of its n tokens), same draw."""
+    n = sentence_start.size
+    flag = sentence_start.copy()
+    flag[:1] = False
+    count, kind = int(np.count_nonzero(flag)), 0
+    if count == 0:
+        flag = word_start.copy()
+        flag[:1] = False
+        count, kind = int(np.count_nonzero(flag)), 1
+        if count == 0:
+            count, kind = max(n - 1, 0), 2
+    k = min(int(rng.random() * count), max(count - 1, 0))
+    if count == 0:
+        return n, -1
+    return (1 + k if kind == 2 else int(np.flatnonzero(flag)[k])), kind
+
+
+def truncate_pair_row(la: int, lb: int, max_total: int) -> tuple[int, int]:
+    """:func:`truncate_pair` on plain ints."""
+    excess = max(la + lb - max_total, 0)
+    d = min(excess, abs(la - lb))
+    rem = excess - d
+    if la >= lb:
+        return d + (rem + 1) // 2, rem // 2
+    return rem // 2, d + (rem + 1) // 2
+
+
 def truncate_pair(la: np.ndarray, lb: np.ndarray, max_total: int) -> tuple[np.ndarray, np.ndarray]:
     """Tokens to cut from A and B so ``la + lb <= max_total``: the longer loses
     first, then both alternately (the longer, or A on a tie, takes the odd one)."""
@@ -153,6 +182,10 @@ class _SentencePair:
         self.writes = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids", "kv_start", "kv_end",
                        self.label_field)
         self.ngram_probs = masking.ngram_length_probs(config.ngram_probs)
+        self._law = masking.SpanLaw(self.ngram_probs)
+        self._corrupt = masking.Corruption(config.replace_probs, per_span=False, mask_id=special.mask,
+                                           low=special.first_regular, high=self.vocab_size)
+        self._positions = np.arange(int(config.seq_length), dtype=np.int32)
         self.macbert = None
         if config.masking == "macbert":
             mc = MacBERTConfig(seq_length=config.seq_length, mask_rate=config.mask_rate,
@@ -279,9 +312,92 @@ class _SentencePair:
             self.label_field: label,
         }
 
+    # ------------------------------------------------------------------ one sample
+    def _second_row(self, rng, sample, tok, ws, split, n, pairable):
+        """One row of :meth:`_second`: (tokens, word starts, start, length, label) of B's source."""
+        raise NotImplementedError
+
+    def _choose_row(self, rng, grid_ws, s1, l1, s2, l2):
+        """One row of :meth:`_choose` (same draws): ``(pos, word_start at pos, span, n_spans)``."""
+        cfg = self.config
+        if self.ngram_probs.size != 1:                      # two rows (one per segment): the grid code
+            pos, cws, span, n_spans = self._choose(rng, grid_ws[None], np.array([s1]), np.array([l1]),
+                                                   np.array([s2]), np.array([l2]))
+            return pos, cws, span, n_spans
+        W = int(cfg.seq_length) - 3
+        n12 = l1 + l2
+        ws = np.concatenate((grid_ws[s1:s1 + l1], grid_ws[s2:s2 + l2]))
+        if n12:
+            ws[0] = True
+        if l2:
+            ws[l1] = True                                    # each segment starts a word
+        token_mode = n12 == W and bool(ws[1:].all())
+        if self.macbert is not None:
+            budget, by_tokens = cfg.mask_rate * int(np.count_nonzero(ws)), False
+        else:
+            budget, by_tokens = cfg.mask_rate * n12, True
+        lo, hi = masking.row_spans(rng, ws, budget, self.macbert._law if self.macbert is not None else self._law,
+                                   by_tokens=by_tokens, row_len=n12, token_mode=token_mode)
+        pos_p, span = masking.row_positions(lo, hi)
+        pos = pos_p + 1
+        pos += pos_p >= l1                                   # the middle [SEP]
+        return pos, ws[pos_p], span, lo.size
+
     def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
-        out = self.batch([sample], rng)
-        return {k: np.asarray(v[0]) for k, v in out.items()}
+        """One sample: the batch of one (same draws, same output), on a 1-D fast path."""
+        if not masking.ONE_ROW_FAST_PATH:
+            out = self.batch([sample], rng)
+            return {k: np.asarray(v[0]) for k, v in out.items()}
+        cfg, sp = self.config, self.special
+        S = int(cfg.seq_length)
+        tok, ws, sent = _segment_row(sample, 1 << 62, type(self).__name__, extra=("sentence_start",))
+        n = tok.size
+        if n == 0:                                           # the batch's one-column grid
+            tok, ws = np.zeros(1, np.int32), np.zeros(1, bool)
+        ws[0] = True
+        split, kind = choose_split_row(rng, sent, ws)
+        pairable = kind >= 0
+        grid_tok, grid_ws, b_start, lb, label = self._second_row(rng, sample, tok, ws, split, n, pairable)
+        cut_a, cut_b = truncate_pair_row(split, lb, S - 3)
+        a_start, la = cut_a, split - cut_a                   # A loses its front
+        lb -= cut_b                                          # B loses its back
+        if not pairable:                                     # [CLS] tokens[:S-2] [SEP]
+            la, a_start = min(n, S - 2), 0
+        swap = self._swap_row(rng) and pairable
+        label = (1 if swap else label) if pairable else -1
+        s1, l1, s2, l2 = (b_start, lb, a_start, la) if swap else (a_start, la, b_start, lb)
+
+        n_real = l1 + l2 + 3 if l2 > 0 else l1 + 2
+        tokens = np.full(S, sp.pad, np.int32)
+        tokens[0] = sp.cls
+        tokens[1:l1 + 1] = grid_tok[s1:s1 + l1]
+        tokens[l1 + 1] = sp.sep
+        if l2 > 0:
+            tokens[l1 + 2:l1 + 2 + l2] = grid_tok[s2:s2 + l2]
+            tokens[l1 + l2 + 2] = sp.sep
+        labels = np.full(S, sp.pad, np.int32)
+        loss_mask = np.zeros(S, np.float32)
+        if cfg.masking != "none":
+            pos, cws, span, n_spans = self._choose_row(rng, grid_ws, s1, l1, s2, l2)
+            orig = tokens[pos]
+            if self.macbert is not None:
+                tokens[pos] = self.macbert.substitute(rng, orig, cws)[0]
+            else:
+                self._corrupt(rng, tokens, pos, span, n_spans)
+            labels[pos] = orig
+            loss_mask[pos] = 1.0
+        segment_ids = np.zeros(S, np.int32)
+        segment_ids[l1 + 2:n_real] = 1
+        return {
+            "tokens": tokens,
+            "labels": labels,
+            "loss_mask": loss_mask,
+            "position_ids": self._positions.copy(),
+            "segment_ids": segment_ids,
+            "kv_start": np.zeros(S, np.int32),
+            "kv_end": np.full(S, n_real, np.int32),
+            self.label_field: np.array(label, np.int32),
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
@@ -303,6 +419,12 @@ class SOP(_SentencePair):
 
     def _swap(self, rng, B):
         return rng.random(B) < self.config.swap_rate
+
+    def _second_row(self, rng, sample, tok, ws, split, n, pairable):
+        return tok, ws, split, n - split, 0
+
+    def _swap_row(self, rng):
+        return bool(rng.random() < self.config.swap_rate)
 
 
 class NSP(_SentencePair):
@@ -331,3 +453,20 @@ class NSP(_SentencePair):
         b_start = np.where(is_random, width, split)
         lb = np.where(is_random, r_n, n - split)
         return grid_tok, grid_ws, b_start, lb, is_random.astype(np.int32)
+
+    def _second_row(self, rng, sample, tok, ws, split, n, pairable):
+        if "random_tokens" in sample:
+            if "random_word_start" not in sample:
+                raise KeyError("NSP: a sample with random_tokens lacks random_word_start")
+            r_tok, r_ws = _segment_row({"tokens": sample["random_tokens"], "word_start": sample["random_word_start"]},
+                                       1 << 62, "NSP (random_tokens)")
+        else:
+            r_tok, r_ws = np.zeros(0, np.int32), np.zeros(0, bool)
+        is_random = bool(rng.random() < self.config.random_rate) and r_tok.size > 0 and pairable
+        if not is_random:
+            return tok, ws, split, n - split, 0
+        r_ws[0] = True
+        return np.concatenate((tok, r_tok)), np.concatenate((ws, r_ws)), tok.size, r_tok.size, 1
+
+    def _swap_row(self, rng):
+        return False
