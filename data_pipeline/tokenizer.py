@@ -31,7 +31,11 @@ class SentencePieceTokenizer:
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self._offset = self.special.first_regular
         self._sp_unk = self._sp.unk_id()
-        self._sp_ids = _direct_encoder(self._sp)
+        self._raw_ids = _direct_encoder(self._sp)
+        # sentencepiece reads a literal '▁' in text as its own whitespace mark and decodes it
+        # as a space; with byte fallback we spell it as its three UTF-8 byte pieces instead
+        boundary = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in WORD_BOUNDARY.encode()]
+        self._boundary_ids = boundary if all(self._sp.is_byte(i) for i in boundary) else None
         n = self._sp.get_piece_size()
         self.vocab_size = self._offset + n
         # per-id facts for word_start(): reserved ids count as word starts and end a word
@@ -130,6 +134,22 @@ class SentencePieceTokenizer:
         self.__init__(state["proto"], state["special"], state["path"])
 
     # -- encode / decode ----------------------------------------------------------------
+    def _sp_ids(self, text: str) -> list[int]:
+        if self._boundary_ids is None or WORD_BOUNDARY not in text:
+            return self._raw_ids(text)
+        out: list[int] = []
+        for k, part in enumerate(text.split(WORD_BOUNDARY)):
+            if k:
+                out.extend(self._boundary_ids)
+            if part:
+                out.extend(self._raw_ids(part))
+        return out
+
+    def _sp_encode_many(self, texts: list[str]) -> list[list[int]]:
+        if self._boundary_ids is not None and any(WORD_BOUNDARY in t for t in texts):
+            return [self._sp_ids(t) for t in texts]
+        return self._sp.encode(list(texts))
+
     def _shift(self, ids: Sequence[int]) -> list[int]:
         arr = np.asarray(ids, dtype=np.int64) + self._offset
         arr[arr == self._sp_unk + self._offset] = self.special.unk
@@ -139,7 +159,7 @@ class SentencePieceTokenizer:
         return self._shift(self._sp_ids(text))
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [self._shift(ids) for ids in self._sp.encode(list(texts))]
+        return [self._shift(ids) for ids in self._sp_encode_many(texts)]
 
     def encode_array(self, text: str) -> np.ndarray:
         """``encode`` as an int32 array, cheap for short texts (FIM re-encodes word
@@ -157,7 +177,7 @@ class SentencePieceTokenizer:
 
     def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Encode many texts at once: (all ids as one int32 array, length of each text)."""
-        raw = self._sp.encode(list(texts))
+        raw = self._sp_encode_many(texts)
         lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
         flat = np.fromiter(itertools.chain.from_iterable(raw), dtype=np.int32, count=int(lengths.sum()))
         flat += self._offset

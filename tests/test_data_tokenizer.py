@@ -107,3 +107,13 @@ def test_load_errors_name_the_file(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="bad.model"):
         SentencePieceTokenizer.load(bad)
+
+
+def test_literal_word_boundary_mark_survives(tok):
+    # sentencepiece's own whitespace mark typed in raw text must come back as itself, not a space
+    text = "a\u2581b \u2581\u2581"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert tok.encode_batch([text, "plain"]) == [ids, tok.encode("plain")]
+    flat, lengths = tok.encode_flat([text])
+    assert flat.tolist() == ids and lengths.tolist() == [len(ids)]
