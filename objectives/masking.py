@@ -457,9 +457,9 @@ class SpanLaw:
         self.mean = expected_length(self.probs)
 
 
-def _take_prefix_row(rng, cum: np.ndarray, step: np.ndarray, budget: float) -> int:
-    """:func:`_take_prefix` on one row (``cum`` non-decreasing, so counts are searches)."""
-    n_items = int(np.count_nonzero(step))
+def _take_prefix_row(rng, cum: np.ndarray, step: np.ndarray, budget: float, n_items: int) -> int:
+    """:func:`_take_prefix` on one row (``cum`` non-decreasing, so counts are searches;
+    ``n_items`` = how many of ``step`` are > 0, all leading)."""
     u0, u1 = rng.random(2).tolist()
     if n_items == 0:
         return 0
@@ -538,15 +538,17 @@ def row_spans(
         M = min(int(math.ceil(target / mean_w)) + 2, target)
     if M == 0:
         return _NO_SPANS, _NO_SPANS
-    if K == 1:
+    if K == 1:                                       # M <= n_words: every span fits
         cum = np.arange(1, M + 1, dtype=np.int64)
+        span_w = np.ones(M, np.int64)
+        fits = M
     else:
         cum = (law.cdf.searchsorted(rng.random(M), side="right") + 1).cumsum()
-    np.minimum(cum, n_words, out=cum)
-    span_w = cum.copy()
-    span_w[1:] -= cum[:-1]
-    fits = int(np.count_nonzero(span_w))
-    k = min(_take_prefix_row(rng, cum, span_w, budget), fits) if direct else min(M, fits)
+        np.minimum(cum, n_words, out=cum)
+        span_w = cum.copy()
+        span_w[1:] -= cum[:-1]
+        fits = int(np.count_nonzero(span_w))
+    k = min(_take_prefix_row(rng, cum, span_w, budget, fits), fits) if direct else min(M, fits)
 
     # --- 2. placement of the first k (stars and bars)
     used = int(cum[k - 1]) if k > 0 else 0
@@ -565,7 +567,7 @@ def row_spans(
         lo, hi = first, first + sw
         cost = sw
     else:
-        g_first = np.minimum(first, w_tok.size - 1)
+        g_first = first                              # placement keeps first + sw <= n_words
         g_last = g_first + sw - 1
         lo = w_tok[g_first]
         if eligible is not None:
@@ -574,8 +576,7 @@ def row_spans(
             g_last = np.minimum(g_last, np.searchsorted(w_tok, run_end) - 1)
             hi = w_end[g_last]
         else:
-            nxt = g_last + 1
-            hi = np.where(nxt < w_tok.size, w_tok[np.minimum(nxt, w_tok.size - 1)], S)
+            hi = np.append(w_tok, S)[g_last + 1]     # a word ends where the next one starts
         cost = (hi - lo) if by_tokens else (g_last - g_first + 1)
     if direct:
         return lo, hi
@@ -587,10 +588,10 @@ def row_spans(
         return _NO_SPANS, _NO_SPANS
     order = np.argsort(keys[:k])
     c_sorted = cost[order]
-    n_take = _take_prefix_row(rng, c_sorted.cumsum(), c_sorted, budget)
-    sel = np.zeros(k, bool)
-    sel[order[:n_take]] = True
-    return lo[sel], hi[sel]
+    n_take = _take_prefix_row(rng, c_sorted.cumsum(), c_sorted, budget, k)   # every placed span costs >= 1
+    chosen = order[:n_take]
+    chosen.sort()
+    return lo[chosen], hi[chosen]
 
 
 def row_positions(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
