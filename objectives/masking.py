@@ -20,7 +20,9 @@ Span choice (:func:`choose_span_set`, dense form :func:`choose_spans`):
    one with probability ``(budget - before) / its cost`` instead.
 
 Budgets are therefore met in expectation (fractional budgets too), with a
-per-row spread of a couple of tokens. Rows are processed in cache-sized blocks.
+per-row spread of a couple of tokens. Rows are processed in cache-sized blocks;
+a single row (a per-sample call) takes :func:`row_spans`, a 1-D path with the
+same draws and spans and a fraction of the fixed per-call cost.
 As for any process of non-overlapping spans, the first and last words of a row
 are covered less often than the middle ones when spans are longer than a word.
 
