@@ -38,7 +38,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from objectives import masking
-from objectives.sample import Sample, SpecialTokens, check_rate, require_fields
+from objectives.sample import Sample, SpecialTokens, check_rate, require_fields, check_transform_args
 from objectives.similar_words import (
     SimilarWords,
     from_embedding_file,
@@ -156,13 +156,9 @@ class MacBERT:
 
     def __init__(self, config: MacBERTConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None,
                  similar: SimilarWords | None = None):
-        if not isinstance(config, MacBERTConfig):
-            raise TypeError(f"MacBERT needs a MacBERTConfig, got {type(config).__name__}")
-        if int(vocab_size) <= special.first_regular:
-            raise ValueError(f"vocab_size must exceed first_regular={special.first_regular}, got {vocab_size}")
+        self.vocab_size = check_transform_args("MacBERT", config, MacBERTConfig, special, vocab_size)
         self.config = config
         self.special = special
-        self.vocab_size = int(vocab_size)
         if similar is None and config.similar_words:
             similar = load_similar_words(config.similar_words, config.similar_format, tokenizer,
                                          neighbours=config.neighbours, min_similarity=config.min_similarity,

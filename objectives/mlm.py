@@ -33,7 +33,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from objectives import masking
-from objectives.sample import Sample, SpecialTokens, check_rate, require_fields
+from objectives.sample import Sample, SpecialTokens, check_rate, require_fields, check_transform_args
 
 
 @dataclass(frozen=True)
@@ -256,13 +256,9 @@ class MLM:
     writes = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids", "kv_start", "kv_end")
 
     def __init__(self, config: MLMConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
-        if not isinstance(config, MLMConfig):
-            raise TypeError(f"MLM needs an MLMConfig, got {type(config).__name__}")
-        if int(vocab_size) <= special.first_regular:
-            raise ValueError(f"vocab_size must exceed first_regular={special.first_regular}, got {vocab_size}")
+        self.vocab_size = check_transform_args("MLM", config, MLMConfig, special, vocab_size)
         self.config = config
         self.special = special
-        self.vocab_size = int(vocab_size)
         self.length_probs = _check_probs("ngram_probs", config.ngram_probs)
         self.reads = ("tokens", "word_start") if config.whole_word else ("tokens",)
         self._law = masking.SpanLaw(self.length_probs)

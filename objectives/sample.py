@@ -89,3 +89,12 @@ def check_rate(name: str, value: float) -> None:
 def check_positive(name: str, value: float) -> None:
     if not float(value) > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def check_transform_args(owner: str, config, config_type: type, special: SpecialTokens, vocab_size: int) -> int:
+    """The checks every transform constructor makes; returns ``vocab_size`` as an int."""
+    if not isinstance(config, config_type):
+        raise TypeError(f"{owner} needs a {config_type.__name__}, got {type(config).__name__}")
+    if int(vocab_size) <= special.first_regular:
+        raise ValueError(f"vocab_size must exceed first_regular={special.first_regular}, got {vocab_size}")
+    return int(vocab_size)

@@ -47,7 +47,7 @@ import numpy as np
 
 from objectives import masking
 from objectives.macbert import MacBERT, MacBERTConfig, _segment_row, _stack_segments
-from objectives.sample import Sample, SpecialTokens, check_rate
+from objectives.sample import Sample, SpecialTokens, check_rate, check_transform_args
 
 MASKINGS = ("mlm", "macbert", "none")
 
@@ -171,14 +171,13 @@ def truncate_pair(la: np.ndarray, lb: np.ndarray, max_total: int) -> tuple[np.nd
 class _SentencePair:
     reads: tuple[str, ...] = ("tokens", "word_start", "sentence_start")
     label_field = ""
+    config_type: type = _PairConfig
 
     def __init__(self, config: _PairConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None,
                  similar=None):
-        if int(vocab_size) <= special.first_regular:
-            raise ValueError(f"vocab_size must exceed first_regular={special.first_regular}, got {vocab_size}")
+        self.vocab_size = check_transform_args(type(self).__name__, config, self.config_type, special, vocab_size)
         self.config = config
         self.special = special
-        self.vocab_size = int(vocab_size)
         self.writes = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids", "kv_start", "kv_end",
                        self.label_field)
         self.ngram_probs = masking.ngram_length_probs(config.ngram_probs)
@@ -407,11 +406,7 @@ class SOP(_SentencePair):
     """Sentence-order prediction: A, B from one document, swapped half the time."""
 
     label_field = "sop_label"
-
-    def __init__(self, config: SOPConfig, **kw):
-        if not isinstance(config, SOPConfig):
-            raise TypeError(f"SOP needs an SOPConfig, got {type(config).__name__}")
-        super().__init__(config, **kw)
+    config_type = SOPConfig
 
     def _second(self, rng, samples, own, split, n, pairable):
         tok, ws = own
@@ -432,11 +427,7 @@ class NSP(_SentencePair):
 
     reads = ("tokens", "word_start", "sentence_start", "random_tokens", "random_word_start")
     label_field = "nsp_label"
-
-    def __init__(self, config: NSPConfig, **kw):
-        if not isinstance(config, NSPConfig):
-            raise TypeError(f"NSP needs an NSPConfig, got {type(config).__name__}")
-        super().__init__(config, **kw)
+    config_type = NSPConfig
 
     def _second(self, rng, samples, own, split, n, pairable):
         tok, ws = own

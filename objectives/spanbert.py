@@ -47,7 +47,7 @@ from objectives.mlm import (
     single_segment_row,
     stack_segments,
 )
-from objectives.sample import Sample, SpecialTokens, check_rate
+from objectives.sample import Sample, SpecialTokens, check_rate, check_transform_args
 
 
 @dataclass(frozen=True)
@@ -85,13 +85,9 @@ class SpanBERT:
               "sbo_left", "sbo_right", "sbo_offset")
 
     def __init__(self, config: SpanBERTConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
-        if not isinstance(config, SpanBERTConfig):
-            raise TypeError(f"SpanBERT needs a SpanBERTConfig, got {type(config).__name__}")
-        if int(vocab_size) <= special.first_regular:
-            raise ValueError(f"vocab_size must exceed first_regular={special.first_regular}, got {vocab_size}")
+        self.vocab_size = check_transform_args("SpanBERT", config, SpanBERTConfig, special, vocab_size)
         self.config = config
         self.special = special
-        self.vocab_size = int(vocab_size)
         self.length_probs = config.length_probs
         self._law = masking.SpanLaw(self.length_probs)
         self._corrupt = masking.Corruption(config.replace_probs, per_span=config.per_span, mask_id=special.mask,

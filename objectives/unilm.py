@@ -52,7 +52,7 @@ import numpy as np
 
 from objectives import intervals, masking
 from objectives.mlm import check_grid, maskable, one_row, set_targets, stack_segments
-from objectives.sample import Sample, SpecialTokens, check_rate
+from objectives.sample import Sample, SpecialTokens, check_rate, check_transform_args
 
 MODES = ("bidirectional", "left_to_right", "right_to_left", "seq2seq")
 BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT, SEQ2SEQ = range(4)
@@ -174,13 +174,9 @@ class UniLM:
     num_segment_types = NUM_SEGMENT_TYPES
 
     def __init__(self, config: UniLMConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
-        if not isinstance(config, UniLMConfig):
-            raise TypeError(f"UniLM needs a UniLMConfig, got {type(config).__name__}")
-        if int(vocab_size) <= special.first_regular:
-            raise ValueError(f"vocab_size must exceed first_regular={special.first_regular}, got {vocab_size}")
+        self.vocab_size = check_transform_args("UniLM", config, UniLMConfig, special, vocab_size)
         self.config = config
         self.special = special
-        self.vocab_size = int(vocab_size)
         self.length_probs = config.length_probs
         self.mode_cdf = np.cumsum(np.asarray(config.mode_probs, np.float64))
         self.reads = ("tokens", "word_start") if config.whole_word else ("tokens",)
