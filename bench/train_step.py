@@ -2,7 +2,7 @@
 tokens/s and MFU, with our interval attention and with PyTorch SDPA in the same
 model, on a causal mask and on document-masked (context-level FIM-like) packing.
 
-GPU (one device; bf16; the shapes of /work/shared/bench/train_anchors.py)::
+GPU (one device; bf16; the shapes of ../shared/bench/train_anchors.py)::
 
     python bench/train_step.py                      # 350M b8 and 1.3B b4 at seq 2048
     python bench/train_step.py --preset 350M --impl ours --mask fim_docs
