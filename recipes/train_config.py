@@ -173,6 +173,21 @@ class TrainConfig:
 
 def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     try:
-        return load_config(TrainConfig, path, overrides)
+        cfg = load_config(TrainConfig, path, overrides)
+        check_objective_spec(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    return cfg
+
+
+def check_objective_spec(cfg: TrainConfig) -> None:
+    """Build every objective config of the spec now (numpy only, no corpus needed), so a bad
+    value fails at load time, naming the field, instead of after the corpus is prepared."""
+    from objectives import registry
+    from recipes.data import leaves, with_seq_length
+
+    try:
+        for leaf in leaves(with_seq_length(cfg.objective.spec, cfg.data.seq_length)):
+            registry.make_config(leaf["name"], leaf.get("config"))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"objective.spec: {exc}") from exc

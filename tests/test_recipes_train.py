@@ -172,6 +172,11 @@ def test_bad_configs_fail_naming_the_field(tmp_path, capsys):
         load_train_config(path, ["model.hidden_size=66"])
     with pytest.raises(ConfigError, match=r"objective: loss_weights: unknown loss"):
         load_train_config(path, ["objective.loss_weights.mlm=1"])
+    # objective configs are checked at load time, before any corpus is prepared
+    with pytest.raises(ConfigError, match=r"objective\.spec: FIMConfig\.fim_rate must lie in \[0, 1\]"):
+        load_train_config(path, ["objective.spec.config.fim_rate=1.5"])
+    with pytest.raises(ConfigError, match=r"objective\.spec: fim: unknown config key\(s\) \['fim_rat'\]"):
+        load_train_config(path, ["objective.spec.config.fim_rat=0.5"])
     bad = tmp_path / "bad.yaml"
     bad.write_text(path.read_text().replace("schedule:", "schedul:"))
     assert main([str(bad)]) == 2
