@@ -68,14 +68,7 @@ class MacBERTConfig:
                 or self.seq_length < 3:
             raise ValueError(f"seq_length must be >= 3 ([CLS] x [SEP]), got {self.seq_length!r}")
         check_rate("mask_rate", self.mask_rate)
-        try:
-            masking.ngram_length_probs(self.ngram_probs)
-        except ValueError as e:
-            raise ValueError(f"ngram_probs: {e}") from e
-        try:
-            masking.check_action_probs(self.replace_probs, "replace_probs")
-        except ValueError as e:
-            raise ValueError(f"replace_probs: {e}") from e
+        masking.check_word_masking(self.ngram_probs, self.replace_probs)
         if self.similar_format not in SIMILAR_FORMATS:
             raise ValueError(f"similar_format must be one of {SIMILAR_FORMATS}, got {self.similar_format!r}")
         if not isinstance(self.neighbours, (int, np.integer)) or self.neighbours < 1:

@@ -650,6 +650,15 @@ def check_action_probs(probs: Sequence[float], name: str = "probs") -> np.ndarra
     return p
 
 
+def check_word_masking(ngram_probs: Sequence[float], replace_probs: Sequence[float]) -> None:
+    """Config check shared by the word n-gram objectives (MacBERT, SOP/NSP masking)."""
+    try:
+        ngram_length_probs(ngram_probs)
+    except ValueError as e:
+        raise ValueError(f"ngram_probs: {e}") from e
+    check_action_probs(replace_probs, "replace_probs")
+
+
 def draw_actions(
     rng: np.random.Generator,
     span: np.ndarray,

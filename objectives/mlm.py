@@ -50,10 +50,7 @@ class MLMConfig:
             raise ValueError(f"seq_length must be an int >= 3 ([CLS] x [SEP]), got {self.seq_length!r}")
         check_rate("mask_rate", self.mask_rate)
         _check_probs("ngram_probs", self.ngram_probs)
-        try:
-            masking.check_action_probs(self.replace_probs, "replace_probs")
-        except ValueError as e:
-            raise ValueError(str(e)) from None
+        masking.check_action_probs(self.replace_probs, "replace_probs")
 
 
 def _check_probs(name: str, probs) -> np.ndarray:

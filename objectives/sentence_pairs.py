@@ -69,14 +69,7 @@ class _PairConfig:
         if self.masking not in MASKINGS:
             raise ValueError(f"masking must be one of {MASKINGS}, got {self.masking!r}")
         check_rate("mask_rate", self.mask_rate)
-        try:
-            masking.ngram_length_probs(self.ngram_probs)
-        except ValueError as e:
-            raise ValueError(f"ngram_probs: {e}") from e
-        try:
-            masking.check_action_probs(self.replace_probs, "replace_probs")
-        except ValueError as e:
-            raise ValueError(f"replace_probs: {e}") from e
+        masking.check_word_masking(self.ngram_probs, self.replace_probs)
 
 
 @dataclass(frozen=True)

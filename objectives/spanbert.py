@@ -67,10 +67,7 @@ class SpanBERTConfig:
             raise ValueError(f"geometric_p must lie in (0, 1], got {self.geometric_p!r}")
         if not isinstance(self.max_span, (int, np.integer)) or int(self.max_span) < 1:
             raise ValueError(f"max_span must be an int >= 1, got {self.max_span!r}")
-        try:
-            masking.check_action_probs(self.replace_probs, "replace_probs")
-        except ValueError as e:
-            raise ValueError(str(e)) from None
+        masking.check_action_probs(self.replace_probs, "replace_probs")
 
     @property
     def length_probs(self) -> np.ndarray:

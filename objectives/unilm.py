@@ -87,10 +87,7 @@ class UniLMConfig:
             raise ValueError(f"max_ngram must be an int >= 1, got {self.max_ngram!r}")
         if int(self.max_ngram) == 1 and float(self.ngram_rate) > 0:
             raise ValueError(f"ngram_rate={self.ngram_rate} needs max_ngram >= 2")
-        try:
-            masking.check_action_probs(self.replace_probs, "replace_probs")
-        except ValueError as e:
-            raise ValueError(str(e)) from None
+        masking.check_action_probs(self.replace_probs, "replace_probs")
 
     @property
     def length_probs(self) -> np.ndarray:
