@@ -3,9 +3,14 @@
 ``kind="decoder"``: Llama-shaped GPT (RoPE, RMSNorm, SwiGLU, no biases, tied
 embeddings), next-token LM head. ``kind="encoder"``: BERT-shaped (learned
 absolute positions, segment embeddings, LayerNorm, GeLU, biases), cloze LM
-head plus optional SBO / SOP / NSP heads. Both run pre-norm megatron-core
-transformer blocks; the attention pattern comes from the batch's row
-intervals, never from the model kind.
+head plus optional span-boundary / sequence-classification heads. Both run
+pre-norm megatron-core transformer blocks; the attention pattern comes from
+the batch's row intervals, never from the model kind.
+
+``heads`` maps each loss name to the head kind computing it
+(``{"lm": "token", "sop": "sequence"}``; see :mod:`models.heads`). In a
+training recipe ``kind`` and ``heads`` come from the objective's declaration
+(``objectives.task``) and may be left out; set by hand they must agree with it.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 KINDS = ("decoder", "encoder")
+# head kinds models.heads implements; the sample fields each reads are in objectives.task
+HEAD_KINDS = ("token", "span_boundary", "sequence")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "decoder"
+    # "decoder" | "encoder"; None = not chosen yet (a recipe derives it from the objective)
+    kind: str | None = None
     num_layers: int = 2
     hidden_size: int = 64
     num_attention_heads: int = 4
@@ -30,12 +38,9 @@ class ModelConfig:
     vocab_size: int = 256
     max_position_embeddings: int = 512
     seq_length: int = 128
-    # heads
-    lm_head: bool = True
-    sbo_head: bool = False
-    sop_head: bool = False
-    nsp_head: bool = False
-    # SBO relative-position table covers offsets 1..sbo_max_offset (larger ones are clamped)
+    # loss name -> head kind; None = {"lm": "token"} (a recipe derives it from the objective)
+    heads: dict[str, str] | None = None
+    # span-boundary relative-position table covers offsets 1..sbo_max_offset (larger ones are clamped)
     sbo_max_offset: int = 32
     # encoder segment (UniLM LM id / sentence A-B) embeddings; 0 disables them
     num_segment_types: int = 6
@@ -53,8 +58,8 @@ class ModelConfig:
         def bad(field: str, why: str) -> None:
             raise ValueError(f"ModelConfig.{field}: {why} (got {getattr(self, field)!r})")
 
-        if self.kind not in KINDS:
-            bad("kind", f"must be one of {KINDS}")
+        if self.kind is not None and self.kind not in KINDS:
+            bad("kind", f"must be one of {KINDS} (or None until a recipe derives it)")
         for name in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size",
                      "max_position_embeddings", "seq_length", "sbo_max_offset", "rotary_base"):
             value = getattr(self, name)
@@ -81,16 +86,28 @@ class ModelConfig:
             bad("norm_epsilon", "must be > 0")
         if self.recompute_granularity not in (None, "selective", "full"):
             bad("recompute_granularity", "must be None, 'selective' or 'full'")
-        if self.kind == "decoder":
-            for head in ("sbo_head", "sop_head", "nsp_head"):
-                if getattr(self, head):
-                    bad(head, "is an encoder head; set kind='encoder' or turn it off")
-        if not (self.lm_head or self.sop_head or self.nsp_head):
-            bad("lm_head", "at least one of lm_head / sop_head / nsp_head must be on")
-        if self.sbo_head and not self.lm_head:
-            bad("sbo_head", "projects through the tied LM vocabulary; needs lm_head=True")
+        heads = self.head_kinds
+        if not heads:
+            bad("heads", "needs at least one head")
+        for name, head in heads.items():
+            if head not in HEAD_KINDS:
+                bad("heads", f"head kind of {name!r} must be one of {HEAD_KINDS}")
+            if self.kind == "decoder" and head != "token":
+                bad("heads", f"{name!r} ({head}) is an encoder head; decoders have token heads only")
+        if list(heads.values()).count("token") > 1:
+            bad("heads", "at most one token head (it reads the batch's labels / loss_mask)")
 
-    # derived sizes -------------------------------------------------------
+    # derived values ------------------------------------------------------
+    @property
+    def head_kinds(self) -> dict[str, str]:
+        return dict(self.heads) if self.heads is not None else {"lm": "token"}
+
+    def require_kind(self) -> str:
+        if self.kind is None:
+            raise ValueError("ModelConfig.kind: not set; choose 'decoder' or 'encoder' (recipes derive it "
+                             "from the objective)")
+        return self.kind
+
     @property
     def query_groups(self) -> int:
         return self.num_query_groups or self.num_attention_heads
@@ -99,7 +116,7 @@ class ModelConfig:
     def ffn_size(self) -> int:
         if self.ffn_hidden_size is not None:
             return self.ffn_hidden_size
-        if self.kind == "encoder":
+        if self.require_kind() == "encoder":
             return 4 * self.hidden_size
         return -(-int(8 * self.hidden_size / 3) // 64) * 64
 
@@ -121,19 +138,19 @@ class ModelConfig:
 
 # Realistic GPU sizes follow GPT-3 table 2.1 widths/depths; decoders use GQA-free Llama blocks.
 PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
+    "tiny": ModelConfig(kind="decoder", num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
                         ffn_hidden_size=128, vocab_size=256, max_position_embeddings=256, seq_length=64),
-    "125M": ModelConfig(num_layers=12, hidden_size=768, num_attention_heads=12, vocab_size=32768,
+    "125M": ModelConfig(kind="decoder", num_layers=12, hidden_size=768, num_attention_heads=12, vocab_size=32768,
                         max_position_embeddings=2048, seq_length=2048, params_dtype="bfloat16"),
-    "350M": ModelConfig(num_layers=24, hidden_size=1024, num_attention_heads=16, vocab_size=32768,
+    "350M": ModelConfig(kind="decoder", num_layers=24, hidden_size=1024, num_attention_heads=16, vocab_size=32768,
                         max_position_embeddings=2048, seq_length=2048, params_dtype="bfloat16"),
-    "1.3B": ModelConfig(num_layers=24, hidden_size=2048, num_attention_heads=16, vocab_size=32768,
+    "1.3B": ModelConfig(kind="decoder", num_layers=24, hidden_size=2048, num_attention_heads=16, vocab_size=32768,
                         max_position_embeddings=2048, seq_length=2048, params_dtype="bfloat16"),
 }
 
 
 def preset(name: str, **overrides) -> ModelConfig:
-    """A preset with fields replaced, e.g. ``preset("350M", kind="encoder", sop_head=True)``."""
+    """A preset with fields replaced, e.g. ``preset("350M", kind="encoder", heads={"lm": "token", "sop": "sequence"})``."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides)

@@ -1,9 +1,17 @@
-"""Objective heads and their per-objective sums.
+"""Objective heads and their per-loss sums.
+
+A model has one head per loss, by kind (the sample fields each kind reads are
+part of the sample contract, ``objectives.task.HEAD_KINDS``):
+
+* ``token``: LM logits through the tied embedding; ``labels`` weighted by ``loss_mask``;
+* ``span_boundary``: SpanBERT's SBO, reading ``{loss}_left/_right/_offset``;
+* ``sequence``: a 2-way classifier on the first position, reading ``{loss}_label`` (-1 = none).
 
 Every head returns ``{"loss_sum", "count", "correct"}`` as 0-dim float32
 tensors (``loss_sum`` carries the gradient); the recipe weights and
 normalises, and reduces over data parallel ranks. All values are identical on
-every tensor-parallel rank.
+every tensor-parallel rank. :func:`target_count` counts a batch's targets the
+way the head does, before the forward pass.
 """
 
 from __future__ import annotations
@@ -11,6 +19,36 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from megatron.core import tensor_parallel
+
+
+def span_fields(loss: str) -> tuple[str, str, str]:
+    return f"{loss}_left", f"{loss}_right", f"{loss}_offset"
+
+
+def _target_field(loss: str, kind: str) -> str:
+    return {"token": "loss_mask", "span_boundary": f"{loss}_offset", "sequence": f"{loss}_label"}[kind]
+
+
+def unclaimed_targets(heads: dict[str, str], batch) -> list[str]:
+    """Fields of ``batch`` that look like a span-boundary / sequence head's targets
+    (``*_offset``, ``*_label``) but belong to no head in ``heads``."""
+    claimed = {_target_field(loss, kind) for loss, kind in heads.items()}
+    return sorted(f for f in batch if f.endswith(("_offset", "_label")) and f not in claimed)
+
+
+def head_present(loss: str, kind: str, batch) -> bool:
+    """Whether ``batch`` carries the targets of this head."""
+    return _target_field(loss, kind) in batch
+
+
+def target_count(loss: str, kind: str, batch) -> torch.Tensor:
+    """How many targets of this head ``batch`` holds (the count its sums divide by)."""
+    t = batch[_target_field(loss, kind)]
+    if kind == "token":
+        return t.float().sum()
+    if kind == "span_boundary":
+        return (t > 0).sum().float()
+    return (t >= 0).sum().float()
 
 
 def vocab_parallel_sums(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,

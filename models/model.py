@@ -13,7 +13,7 @@ Usage (one process; torchrun the same for TP/PP/DP)::
     from models import ModelConfig, build_model, init_parallel
     pg = init_parallel(tp=1, pp=1)                 # once per process
     model = build_model(ModelConfig(kind="decoder"), pg)
-    out = model(batch)   # {"lm": {"loss_sum", "count", "correct"}, ...}
+    out = model(batch)   # {"lm": {"loss_sum", "count", "correct"}, ...}: one entry per head in cfg.heads
     (out["lm"]["loss_sum"] / out["lm"]["count"]).backward()
 """
 
@@ -32,7 +32,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from models.attention import IntervalAttention, pack_intervals
 from models.config import ModelConfig
 from models.norms import SequenceParallelNorm
-from models.heads import SentenceHead, SpanBoundaryHead, classification_sums, vocab_parallel_sums
+from models.heads import (SentenceHead, SpanBoundaryHead, classification_sums, head_present, span_fields,
+                          unclaimed_targets, vocab_parallel_sums)
 from models.rope import make_device_safe
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -43,7 +44,7 @@ def transformer_config(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, cpu_init: 
     (they are not used by the local spec anyway); ``cpu_init`` draws each full
     weight on the CPU and splits it, so the initial model is the same for any TP."""
     dtype = TORCH_DTYPES[cfg.params_dtype]
-    decoder = cfg.kind == "decoder"
+    decoder = cfg.require_kind() == "decoder"
     recompute = {}
     if cfg.recompute_granularity == "full":
         recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
@@ -113,10 +114,15 @@ class PretrainModel(MegatronModule):
                                                           dtype=tconfig.params_dtype)
             tconfig.embedding_init_method(emb.tokentype_embeddings.weight)
         dtype = tconfig.params_dtype
-        self.sbo = (SpanBoundaryHead(cfg.hidden_size, cfg.sbo_max_offset, cfg.init_method_std, cfg.norm_epsilon, dtype)
-                    if cfg.sbo_head and post_process else None)
-        self.sop = SentenceHead(cfg.hidden_size, cfg.init_method_std, dtype) if cfg.sop_head and post_process else None
-        self.nsp = SentenceHead(cfg.hidden_size, cfg.init_method_std, dtype) if cfg.nsp_head and post_process else None
+        # loss name -> module, for the heads that have parameters (token heads use the tied embedding)
+        self.heads = torch.nn.ModuleDict()
+        if post_process:
+            for name, kind in cfg.head_kinds.items():
+                if kind == "span_boundary":
+                    self.heads[name] = SpanBoundaryHead(cfg.hidden_size, cfg.sbo_max_offset, cfg.init_method_std,
+                                                        cfg.norm_epsilon, dtype)
+                elif kind == "sequence":
+                    self.heads[name] = SentenceHead(cfg.hidden_size, cfg.init_method_std, dtype)
 
     # megatron pipeline schedules hand activations to non-first stages through this
     def set_input_tensor(self, input_tensor) -> None:
@@ -158,51 +164,46 @@ class PretrainModel(MegatronModule):
         return logits.transpose(0, 1)
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        """Per-objective sums for the objectives whose fields are in ``batch``
-        (see module docstring); on a non-last pipeline stage, the hidden states."""
-        wants = self._objectives(batch)
+        """Per-loss sums for the heads whose fields are in ``batch`` (see module docstring);
+        on a non-last pipeline stage, the hidden states."""
+        wants = self._losses(batch)
         hidden = self.hidden_states(batch)
         if not self.lm.post_process:
             return hidden
         out = {}
-        if "lm" in wants:
-            if self.cfg.kind == "decoder":  # most positions count: project them all
+        full = None
+        for name, kind in wants.items():
+            if kind == "token" and self.cfg.kind == "decoder":  # most positions count: project them all
                 logits, _ = self.lm.output_layer(hidden, weight=self.tied_weight())
-                out["lm"] = vocab_parallel_sums(logits, batch["labels"].t(), batch["loss_mask"].t(), self.tp_group)
-            else:  # cloze: project only the predicted positions
+                out[name] = vocab_parallel_sums(logits, batch["labels"].t(), batch["loss_mask"].t(), self.tp_group)
+                continue
+            if full is None:
                 full = self._full_sequence(hidden).transpose(0, 1)  # [b, s, h]
+            if kind == "token":  # cloze: project only the predicted positions
                 rows, cols = torch.nonzero(batch["loss_mask"] > 0, as_tuple=True)
-                out["lm"] = vocab_parallel_sums(self._project(full[rows, cols]), batch["labels"][rows, cols],
+                out[name] = vocab_parallel_sums(self._project(full[rows, cols]), batch["labels"][rows, cols],
                                                 batch["loss_mask"][rows, cols], self.tp_group)
-        if wants & {"sbo", "sop", "nsp"}:
-            full = self._full_sequence(hidden).transpose(0, 1)
-            if "sbo" in wants:
-                rows, cols = torch.nonzero(batch["sbo_offset"] > 0, as_tuple=True)
-                y = self.sbo(full, rows, batch["sbo_left"][rows, cols].long(), batch["sbo_right"][rows, cols].long(),
-                             batch["sbo_offset"][rows, cols].long())
+            elif kind == "span_boundary":
+                left, right, offset = (batch[f] for f in span_fields(name))
+                rows, cols = torch.nonzero(offset > 0, as_tuple=True)
+                y = self.heads[name](full, rows, left[rows, cols].long(), right[rows, cols].long(),
+                                     offset[rows, cols].long())
                 weight = torch.ones(rows.shape[0], device=full.device)
-                out["sbo"] = vocab_parallel_sums(self._project(y), batch["labels"][rows, cols], weight, self.tp_group)
-            for name in ("sop", "nsp"):
-                if name in wants:
-                    head = getattr(self, name)
-                    out[name] = classification_sums(head(full[:, 0]), batch[f"{name}_label"].reshape(-1))
+                out[name] = vocab_parallel_sums(self._project(y), batch["labels"][rows, cols], weight, self.tp_group)
+            else:  # sequence: classify from the first position ([CLS])
+                out[name] = classification_sums(self.heads[name](full[:, 0]), batch[f"{name}_label"].reshape(-1))
         return out
 
-    def _objectives(self, batch) -> set[str]:
-        cfg, wants = self.cfg, set()
-        for name, field, flag in (("lm", "labels", "lm_head"), ("sbo", "sbo_offset", "sbo_head"),
-                                  ("sop", "sop_label", "sop_head"), ("nsp", "nsp_label", "nsp_head")):
-            if field in batch:
-                if not getattr(cfg, flag):
-                    raise ValueError(f"batch has {field!r} but ModelConfig.{flag} is False")
-                wants.add(name)
-        need = {"lm": ("loss_mask",), "sbo": ("labels", "sbo_left", "sbo_right")}
-        for name in wants:
-            missing = [f for f in need.get(name, ()) if f not in batch]
-            if missing:
-                raise ValueError(f"objective {name!r}: batch lacks field(s) {missing}")
+    def _losses(self, batch) -> dict[str, str]:
+        """The configured heads whose target fields are in ``batch`` (an evaluation batch may
+        hold only some of them)."""
+        heads = self.cfg.head_kinds
+        stray = unclaimed_targets(heads, batch)
+        if stray:
+            raise ValueError(f"batch has target field(s) {stray} of no head; ModelConfig.heads is {heads}")
+        wants = {name: kind for name, kind in heads.items() if head_present(name, kind, batch)}
         if not wants:
-            raise ValueError(f"batch has no objective fields (labels / sbo_offset / sop_label / nsp_label); "
+            raise ValueError(f"batch has the target fields of none of the heads {self.cfg.head_kinds}; "
                              f"it has {sorted(batch)}")
         return wants
 
@@ -230,6 +231,7 @@ def build_model(cfg: ModelConfig, pg_collection=None, *, device: str | torch.dev
 
     if pg_collection is None:
         pg_collection = ProcessGroupCollection.use_mpu_process_groups()
+    cfg.require_kind()
     tp = pg_collection.tp.size()
     pp = pg_collection.pp.size()
     if cfg.vocab_size % tp:

@@ -23,12 +23,12 @@ def doc_segments(rng: np.random.Generator, seq_length: int, mean_doc: int) -> np
 
 
 def synthetic_batch(batch_size: int, seq_length: int, vocab_size: int, *, kind: str = "decoder",
-                    mask: str = "causal", mean_doc: int | None = None, heads: tuple[str, ...] = ("lm",),
+                    mask: str = "causal", mean_doc: int | None = None, heads: dict[str, str] | None = None,
                     first_regular: int = 16, seed: int = 0, device="cpu") -> dict[str, torch.Tensor]:
     """``mask``: "causal" (one document per row unless ``mean_doc``), "bidirectional",
     or "fim_docs" (packed documents of ~``mean_doc`` tokens, causal inside each: the
-    attention pattern of context-level FIM). ``heads`` adds fields for "sbo",
-    "sop", "nsp" (encoder)."""
+    attention pattern of context-level FIM). ``heads`` (loss name -> head kind, as
+    ``ModelConfig.heads``) adds the fields of span-boundary and sequence heads."""
     if mask not in MASKS:
         raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
     rng = np.random.default_rng(seed)
@@ -53,15 +53,15 @@ def synthetic_batch(batch_size: int, seq_length: int, vocab_size: int, *, kind: 
     }
     if kind == "encoder":
         batch["loss_mask"][:, 0] = 1.0  # at least one cloze target per row
-    if "sbo" in heads:  # spans of 3 targets at 2..4 with boundaries 1 and 5, per row
-        offset = np.zeros((batch_size, seq_length), np.int32)
-        offset[:, 2:5] = [1, 2, 3]
-        batch["sbo_offset"] = offset
-        batch["sbo_left"] = np.where(offset > 0, 1, -1).astype(np.int32)
-        batch["sbo_right"] = np.where(offset > 0, 5, -1).astype(np.int32)
-        batch["loss_mask"][:, 2:5] = 1.0
-    for name in ("sop", "nsp"):
-        if name in heads:
+    for name, head in (heads or {}).items():
+        if head == "span_boundary":  # spans of 3 targets at 2..4 with boundaries 1 and 5, per row
+            offset = np.zeros((batch_size, seq_length), np.int32)
+            offset[:, 2:5] = [1, 2, 3]
+            batch[f"{name}_offset"] = offset
+            batch[f"{name}_left"] = np.where(offset > 0, 1, -1).astype(np.int32)
+            batch[f"{name}_right"] = np.where(offset > 0, 5, -1).astype(np.int32)
+            batch["loss_mask"][:, 2:5] = 1.0
+        elif head == "sequence":
             batch[f"{name}_label"] = rng.integers(0, 2, size=batch_size)
     out = {}
     for key, value in batch.items():

@@ -23,6 +23,7 @@ import numpy as np
 
 from objectives import intervals
 from objectives.sample import CONTRACT_FIELDS, Sample, SpecialTokens, require_fields
+from objectives.task import Task
 
 
 @dataclass(frozen=True)
@@ -129,3 +130,10 @@ class CausalLM:
             )
         )
         return out
+
+
+TASKS = (
+    Task("causal_lm", CausalLM, CausalLMConfig, model="decoder", sampler="packed",
+         input_length=lambda c: c.seq_length + 1, evals=lambda c: {"ltr": ("causal_lm", c)},
+         special=("eot", "pad")),
+)

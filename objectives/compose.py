@@ -7,18 +7,10 @@ through, so the result is still a pure function of (sample, seed).
 rng (one uniform draw, before the chosen transform draws anything), so a mix is
 as deterministic as its members. Batches only collate when every sample has the
 same fields, so a mix fills the fields its chosen member did not write with
-*neutral* values that no loss reads:
-
-==============================  ==================================  ===============
-field                           neutral value                       why neutral
-==============================  ==================================  ===============
-``sop_label``, ``nsp_label``    int32 scalar ``-1``                 heads skip -1
-``sbo_left``, ``sbo_right``     int32 [S] ``-1``                    "not a target"
-``sbo_offset``                  int32 [S] ``0``                     "not a target"
-==============================  ==================================  ===============
-
-Other extras need an entry in ``fill={field: (kind, value, dtype)}`` with kind
-``"scalar"`` or ``"per_token"`` (length of the sample's ``tokens``); a member
+*neutral* values that no loss reads, given as ``fill={field: (kind, value)}``
+with kind ``"scalar"`` or ``"per_token"`` (int32, length of the sample's
+``tokens``). :func:`objectives.registry.build_spec` passes the values the
+objectives' Task declarations define (``objectives.task.HEAD_KINDS``); a member
 whose output misses a field with no neutral value raises ``ValueError`` naming it.
 
 ``MixByWeight.batch(samples, rng)`` is the vectorised form: it runs each member's
@@ -33,13 +25,11 @@ import numpy as np
 
 from objectives.sample import Sample
 
-NEUTRAL_FILL: dict[str, tuple[str, int, type]] = {
-    "sop_label": ("scalar", -1, np.int32),
-    "nsp_label": ("scalar", -1, np.int32),
-    "sbo_left": ("per_token", -1, np.int32),
-    "sbo_right": ("per_token", -1, np.int32),
-    "sbo_offset": ("per_token", 0, np.int32),
-}
+def _fill_entry(field: str, entry) -> tuple[str, int, type]:
+    kind, value = entry[0], entry[1]
+    if kind not in ("scalar", "per_token"):
+        raise ValueError(f"MixByWeight: fill kind for {field!r} must be 'scalar' or 'per_token', got {kind!r}")
+    return kind, int(value), np.int32
 
 
 class Compose:
@@ -83,8 +73,7 @@ class MixByWeight:
         self.cumulative = np.cumsum(self.weights)
         self.cumulative[-1] = 1.0
         self.transforms = [t for _, t in members]
-        self.fill = dict(NEUTRAL_FILL)
-        self.fill.update(fill or {})
+        self.fill = {f: _fill_entry(f, v) for f, v in (fill or {}).items()}
         self.tag_field = tag_field
         self.reads = tuple(dict.fromkeys(f for t in self.transforms for f in getattr(t, "reads", ())))
         self.writes = tuple(dict.fromkeys(f for t in self.transforms for f in getattr(t, "writes", ())))
@@ -92,7 +81,7 @@ class MixByWeight:
                    if f not in getattr(t, "writes", ()) and f not in self.fill]
         if missing:
             raise ValueError(f"MixByWeight: no neutral value for field(s) {sorted(set(missing))} that only "
-                             f"some members write; pass fill={{field: (kind, value, dtype)}}")
+                             f"some members write; pass fill={{field: (kind, value)}}")
 
     def choose(self, rng: np.random.Generator) -> int:
         return int(np.searchsorted(self.cumulative, rng.random(), side="right"))

@@ -67,13 +67,14 @@ the output. With the project tokenizer the fragments go through
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import numpy as np
 
-from objectives.causal_lm import check_context, pack_fields
+from objectives.causal_lm import CausalLMConfig, check_context, pack_fields
 from objectives.sample import CONTRACT_FIELDS, Sample, SpecialTokens, check_rate, require_fields
+from objectives.task import Task
 
 SCOPES = ("context", "document")
 SPLIT_LEVELS = ("character", "token", "line")
@@ -445,3 +446,24 @@ def _token_split(doc: np.ndarray, u: list):
     c1, c2 = min(int(u[2] * (n + 1)), n), min(int(u[3] * (n + 1)), n)
     lo, hi = min(c1, c2), max(c1, c2)
     return doc[:lo], doc[lo:hi], doc[hi:]
+
+
+def _context_length(config: FIMConfig) -> int:
+    if config.scope != "context":
+        raise ValueError(f"fim: scope {config.scope!r} rewrites documents before packing, which the training "
+                         "pipeline does not do; train with scope 'context'")
+    return config.seq_length + 1
+
+
+def _fim_evals(config: FIMConfig) -> dict:
+    """Left-to-right loss on plain contexts (FIM should leave it unchanged) and the loss on
+    contexts that are all FIM-transformed."""
+    return {"ltr": ("causal_lm", CausalLMConfig(seq_length=config.seq_length)),
+            "fim": ("fim", replace(config, fim_rate=1.0))}
+
+
+TASKS = (
+    Task("fim", FIM, FIMConfig, model="decoder", sampler="packed", input_length=_context_length,
+         evals=_fim_evals, special=("eot", "pad", "fim_prefix", "fim_middle", "fim_suffix", "fim_pad"),
+         needs_tokenizer=True, infilling=True),
+)

@@ -44,6 +44,7 @@ from objectives.similar_words import (
     from_embedding_file,
     from_synonym_file,
 )
+from objectives.task import Task
 
 SIMILAR = 0
 RANDOM_WORD = 1
@@ -374,3 +375,9 @@ def _stack_segments(samples: Sequence[Mapping[str, np.ndarray]], width: int, who
     if width:
         grids[1][:, 0] = True
     return (grids[0], grids[1], n, *grids[2:])
+
+
+TASKS = (
+    Task("macbert", MacBERT, MacBERTConfig, model="encoder", sampler="segment",
+         input_length=lambda c: c.seq_length - 2, special=("cls", "sep", "pad")),
+)

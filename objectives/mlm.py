@@ -34,6 +34,7 @@ import numpy as np
 
 from objectives import masking
 from objectives.sample import Sample, SpecialTokens, check_rate, require_fields, check_transform_args
+from objectives.task import Task
 
 
 @dataclass(frozen=True)
@@ -324,3 +325,9 @@ class MLM:
 
     def __repr__(self) -> str:
         return f"MLM({self.config!r})"
+
+
+TASKS = (
+    Task("mlm", MLM, MLMConfig, model="encoder", sampler="segment", input_length=lambda c: c.seq_length - 2,
+         special=("cls", "sep", "mask", "pad")),
+)

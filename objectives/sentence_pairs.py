@@ -48,6 +48,7 @@ import numpy as np
 from objectives import masking
 from objectives.macbert import MacBERT, MacBERTConfig, _segment_row, _stack_segments
 from objectives.sample import Sample, SpecialTokens, check_rate, check_transform_args
+from objectives.task import Task
 
 MASKINGS = ("mlm", "macbert", "none")
 
@@ -454,3 +455,17 @@ class NSP(_SentencePair):
 
     def _swap_row(self, rng):
         return False
+
+
+def _pair_losses(name: str):
+    return lambda c: {"lm": "token", name: "sequence"} if c.masking != "none" else {name: "sequence"}
+
+
+_PAIR_SPECIAL = ("cls", "sep", "mask", "pad")
+
+TASKS = (
+    Task("sop", SOP, SOPConfig, model="encoder", sampler="segment_pair", input_length=lambda c: c.seq_length - 3,
+         losses=_pair_losses("sop"), segment_types=2, special=_PAIR_SPECIAL),
+    Task("nsp", NSP, NSPConfig, model="encoder", sampler="segment_pair", input_length=lambda c: c.seq_length - 3,
+         losses=_pair_losses("nsp"), segment_types=2, special=_PAIR_SPECIAL),
+)

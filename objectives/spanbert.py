@@ -48,6 +48,7 @@ from objectives.mlm import (
     stack_segments,
 )
 from objectives.sample import Sample, SpecialTokens, check_rate, check_transform_args
+from objectives.task import Task
 
 
 @dataclass(frozen=True)
@@ -165,3 +166,10 @@ class SpanBERT:
 
     def __repr__(self) -> str:
         return f"SpanBERT({self.config!r})"
+
+
+TASKS = (
+    Task("spanbert", SpanBERT, SpanBERTConfig, model="encoder", sampler="segment",
+         input_length=lambda c: c.seq_length - 2, losses={"lm": "token", "sbo": "span_boundary"},
+         special=("cls", "sep", "mask", "pad")),
+)

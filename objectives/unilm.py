@@ -53,6 +53,7 @@ import numpy as np
 from objectives import intervals, masking
 from objectives.mlm import check_grid, maskable, one_row, set_targets, stack_segments
 from objectives.sample import Sample, SpecialTokens, check_rate, check_transform_args
+from objectives.task import Task
 
 MODES = ("bidirectional", "left_to_right", "right_to_left", "seq2seq")
 BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT, SEQ2SEQ = range(4)
@@ -316,3 +317,17 @@ class UniLM:
 
     def __repr__(self) -> str:
         return f"UniLM({self.config!r})"
+
+
+def _body_length(config: UniLMConfig) -> int:
+    """[CLS] A [SEP] B [SEP] holds seq_length - 3 tokens; when no mode draws two parts,
+    [CLS] x [SEP] holds seq_length - 2."""
+    p = config.mode_probs
+    two_parts = p[SEQ2SEQ] > 0 or (config.bidirectional_pairs and p[BIDIRECTIONAL] > 0)
+    return config.seq_length - (3 if two_parts else 2)
+
+
+TASKS = (
+    Task("unilm", UniLM, UniLMConfig, model="encoder", sampler="segment", input_length=_body_length,
+         segment_types=NUM_SEGMENT_TYPES, special=("cls", "sep", "mask", "pad")),
+)

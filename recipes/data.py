@@ -1,24 +1,22 @@
 """Wire data_pipeline and objectives into the datasets a run reads.
 
 * the corpus is prepared once (rank 0 first, the others reuse the cache);
-* the objective spec gets ``seq_length`` filled in where its configs want it;
+* the sampler and its sample length come from the objective's plan
+  (``cfg.plan``, derived from the Task declarations when the config was built);
 * train / held-out :class:`data_pipeline.dataset.ObjectiveDataset` objects map a
   global sample position to a transformed sample, deterministically;
-* evaluation sets follow the objective: left-to-right loss for decoders, FIM
-  loss on 100% FIM-transformed data when FIM is trained, and the training
-  transform itself (cloze / SOP / NSP accuracy) for encoders.
+* held-out suites are the ones the objectives declare (e.g. FIM: left-to-right
+  loss on plain contexts and the loss on all-FIM contexts; encoders: the
+  training transform itself, for cloze / SOP / NSP accuracy).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from recipes.distributed import DistInfo
 from recipes.train_config import TrainConfig
-
-DECODER_OBJECTIVES = {"causal_lm", "fim"}
 
 
 @dataclass
@@ -27,7 +25,6 @@ class RunData:
     tokenizer: Any
     train: Any  # ObjectiveDataset
     evals: dict[str, Any] = field(default_factory=dict)  # name -> ObjectiveDataset (held-out)
-    spec: dict = field(default_factory=dict)  # resolved objective spec
 
 
 def prepare(cfg: TrainConfig, info: DistInfo, progress: bool = True):
@@ -43,67 +40,18 @@ def prepare(cfg: TrainConfig, info: DistInfo, progress: bool = True):
     return prepared
 
 
-def leaves(spec: Mapping[str, Any]) -> list[dict]:
-    """The ``{name, config}`` leaves of a (compose / mix) spec, in order."""
-    if "compose" in spec:
-        return [leaf for s in spec["compose"] for leaf in leaves(s)]
-    if "mix" in spec:
-        return [leaf for s in spec["mix"] for leaf in leaves(s)]
-    return [dict(spec)]
-
-
-def with_seq_length(spec: Mapping[str, Any], seq_length: int) -> dict:
-    """Copy of ``spec`` whose leaf configs get ``seq_length`` where their class has that field."""
-    import dataclasses
-
-    from objectives import registry
-
-    spec = copy.deepcopy(dict(spec))
-    if "compose" in spec:
-        spec["compose"] = [with_seq_length(s, seq_length) for s in spec["compose"]]
-        return spec
-    if "mix" in spec:
-        spec["mix"] = [with_seq_length(s, seq_length) for s in spec["mix"]]
-        return spec
-    if "name" not in spec:
-        raise ValueError(f"objective.spec: need 'name', 'compose' or 'mix', got keys {sorted(spec)}")
-    cls = registry.config_class(spec["name"])
-    config = dict(spec.get("config") or {})
-    if "seq_length" in {f.name for f in dataclasses.fields(cls)}:
-        given = config.get("seq_length")
-        if given is None:
-            config["seq_length"] = seq_length
-        elif int(given) != seq_length:
-            raise ValueError(f"objective.spec: {spec['name']}.seq_length={given} differs from data.seq_length={seq_length}")
-    spec["config"] = config
-    return spec
-
-
-def eval_specs(spec: Mapping[str, Any], model_kind: str, seq_length: int) -> dict[str, dict]:
-    """Held-out evaluation suites for a training spec (name -> spec)."""
-    if model_kind == "decoder":
-        out = {"ltr": {"name": "causal_lm", "config": {"seq_length": seq_length}}}
-        fim_leaves = [leaf for leaf in leaves(spec) if leaf.get("name") == "fim"]
-        if fim_leaves:
-            config = dict(fim_leaves[0].get("config") or {})
-            config["fim_rate"] = 1.0
-            out["fim"] = {"name": "fim", "config": config}
-        return out
-    return {"heldout": dict(spec)}
-
-
-def sampler_for(cfg: TrainConfig, token_data, seed: int, special, shuffle: bool = True):
+def sampler_for(plan, token_data, seed: int, special, shuffle: bool = True):
+    """The sampler an objective's plan asks for, cutting ``plan.input_length`` tokens."""
     from data_pipeline import samplers
 
-    S = cfg.data.seq_length
-    kind = cfg.data.sampler
-    if kind == "packed":
-        return samplers.PackedContextSampler(token_data, S, seed=seed, shuffle=shuffle, special=special)
-    if kind == "segment":
-        return samplers.SegmentSampler(token_data, max(1, S - 2), seed=seed, shuffle=shuffle)
-    if kind == "segment_pair":
-        return samplers.SegmentPairSampler(token_data, max(2, S - 3), seed=seed, shuffle=shuffle)
-    raise ValueError(f"data.sampler: unknown kind {kind!r}")
+    n = plan.input_length
+    if plan.sampler == "packed":
+        return samplers.PackedContextSampler(token_data, n - 1, seed=seed, shuffle=shuffle, special=special)
+    if plan.sampler == "segment":
+        return samplers.SegmentSampler(token_data, n, seed=seed, shuffle=shuffle)
+    if plan.sampler == "segment_pair":
+        return samplers.SegmentPairSampler(token_data, n, seed=seed, shuffle=shuffle)
+    raise ValueError(f"objective plan: unknown sampler {plan.sampler!r}")
 
 
 def build_run_data(cfg: TrainConfig, info: DistInfo, progress: bool = True) -> RunData:
@@ -113,19 +61,19 @@ def build_run_data(cfg: TrainConfig, info: DistInfo, progress: bool = True) -> R
     prepared = prepare(cfg, info, progress=progress)
     tok = prepared.tokenizer
     special = tok.special
-    S = cfg.data.seq_length
-    spec = with_seq_length(cfg.objective.spec, S)
     kw = dict(special=special, vocab_size=tok.vocab_size, tokenizer=tok)
     try:
-        transform = registry.build_spec(spec, **kw)
+        transform = registry.build_spec(cfg.objective_spec, **kw)
     except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"objective.spec: {exc}") from exc
+        raise ValueError(f"objective: {exc}") from exc
     seed = cfg.schedule.seed
-    train = ObjectiveDataset(sampler_for(cfg, prepared.train, seed, special), transform, seed=seed)
+    plan = cfg.plan
+    train = ObjectiveDataset(sampler_for(plan, prepared.train, seed, special), transform, seed=seed)
     evals = {}
     if prepared.valid is not None:
-        for name, espec in eval_specs(spec, cfg.model.kind, S).items():
-            et = registry.build_spec(with_seq_length(espec, S), **kw)
+        for name, spec in plan.evals.items():
+            suite = registry.plan(spec)
             # a fixed held-out stream: same samples at every evaluation
-            evals[name] = ObjectiveDataset(sampler_for(cfg, prepared.valid, seed + 1, special), et, seed=seed + 1)
-    return RunData(prepared=prepared, tokenizer=tok, train=train, evals=evals, spec=spec)
+            evals[name] = ObjectiveDataset(sampler_for(suite, prepared.valid, seed + 1, special),
+                                           registry.build_spec(spec, **kw), seed=seed + 1)
+    return RunData(prepared=prepared, tokenizer=tok, train=train, evals=evals)

@@ -14,24 +14,21 @@ from typing import Iterable, Mapping
 
 import torch
 
-# loss -> how many targets a batch holds for it
-def target_counts(batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    counts: dict[str, float] = {}
-    if "loss_mask" in batch:
-        counts["lm"] = float(batch["loss_mask"].float().sum())
-    if "sbo_offset" in batch:
-        counts["sbo"] = float((batch["sbo_offset"] > 0).sum())
-    for name in ("sop", "nsp"):
-        if f"{name}_label" in batch:
-            counts[name] = float((batch[f"{name}_label"] >= 0).sum())
-    return counts
+from models.heads import head_present, target_count
 
 
-def step_counts(micro_batches: Iterable[Mapping[str, torch.Tensor]], all_reduce) -> dict[str, float]:
+def target_counts(batch: Mapping[str, torch.Tensor], heads: Mapping[str, str]) -> dict[str, float]:
+    """Per loss (``heads``: loss name -> head kind), how many targets ``batch`` holds."""
+    return {name: float(target_count(name, kind, batch)) for name, kind in heads.items()
+            if head_present(name, kind, batch)}
+
+
+def step_counts(micro_batches: Iterable[Mapping[str, torch.Tensor]], heads: Mapping[str, str],
+                all_reduce) -> dict[str, float]:
     """Counts summed over the step's micro-batches and (via ``all_reduce(t) -> t``) the DP group."""
     total: dict[str, float] = {}
     for mb in micro_batches:
-        for k, v in target_counts(mb).items():
+        for k, v in target_counts(mb, heads).items():
             total[k] = total.get(k, 0.0) + v
     names = sorted(total)
     if not names:
@@ -56,9 +53,10 @@ def weighted_loss(outputs: Mapping[str, Mapping[str, torch.Tensor]], counts: Map
     return total, parts
 
 
-def check_counts(outputs: Mapping[str, Mapping[str, torch.Tensor]], batch: Mapping[str, torch.Tensor]) -> None:
+def check_counts(outputs: Mapping[str, Mapping[str, torch.Tensor]], batch: Mapping[str, torch.Tensor],
+                 heads: Mapping[str, str]) -> None:
     """Raise if the model counted targets differently from :func:`target_counts`."""
-    ours = target_counts(batch)
+    ours = target_counts(batch, heads)
     for name, sums in outputs.items():
         if name not in ours:
             raise RuntimeError(f"model returned loss {name!r} but the batch has no field that counts its targets")

@@ -94,21 +94,6 @@ def resolve_model_config(cfg: TrainConfig, tokenizer, device: torch.device):
         raise ConfigError(f"model: {exc}") from exc
 
 
-def check_heads(cfg: TrainConfig, model_cfg) -> None:
-    from recipes.data import leaves
-
-    names = {leaf.get("name") for leaf in leaves(cfg.objective.spec)}
-    needs = {"spanbert": "sbo_head", "sop": "sop_head", "nsp": "nsp_head"}
-    for objective, head in needs.items():
-        if objective in names and not getattr(model_cfg, head):
-            raise ConfigError(f"model.{head}: objective {objective!r} needs it set to true")
-    decoder_only = names & {"causal_lm", "fim"}
-    if decoder_only and model_cfg.kind != "decoder":
-        raise ConfigError(f"model.kind: objective(s) {sorted(decoder_only)} need kind=decoder")
-    if not decoder_only and model_cfg.kind == "decoder":
-        raise ConfigError(f"model.kind: objective(s) {sorted(names)} are encoder objectives; set kind=encoder")
-
-
 class Session:
     """Everything a run holds: process groups, data, model, optimizer, schedule."""
 
@@ -124,7 +109,6 @@ class Session:
         self.data = build_run_data(cfg, self.info, progress=progress and self.info.is_main)
         self.tokenizer = self.data.tokenizer
         self.model_cfg = resolve_model_config(cfg, self.tokenizer, self.info.device)
-        check_heads(cfg, self.model_cfg)
         self.precision = resolve_precision(cfg, self.info.device)
         self.model = build_model(self.model_cfg, self.info.pg_collection, device=self.info.device)
         from recipes.optim import build_optimizer
@@ -198,8 +182,9 @@ class Session:
         rank's (loss, per-objective losses, grad norm); raises :class:`NonFiniteLoss`
         before the optimizer step when a loss or the gradient norm is not finite."""
         info = self.info
-        weights = {k: self.cfg.objective.weight(k) for k in ("lm", "sbo", "sop", "nsp")}
-        counts = step_counts(mbs, lambda t: info.all_reduce_dp(t.to(info.device)).cpu())
+        heads = self.model_cfg.head_kinds
+        weights = {k: self.cfg.objective.weight(k) for k in heads}
+        counts = step_counts(mbs, heads, lambda t: info.all_reduce_dp(t.to(info.device)).cpu())
         self.optimizer.zero_grad()
         parts_sum: dict[str, float] = {}
         loss_sum = 0.0
@@ -211,7 +196,7 @@ class Session:
             else:
                 out = self.wrapped(mb)
             if not self._checked_counts:
-                check_counts(out, mb)
+                check_counts(out, mb, heads)
             loss, parts = weighted_loss(out, counts, weights)
             if loss_hook is not None:
                 loss = loss_hook(step + 1, loss)
@@ -388,10 +373,9 @@ def _fmt(parts: dict) -> str:
 
 
 def _infill(sess: Session):
-    from recipes.data import leaves
     from recipes.infill import Infill, greedy_infill, pick_snippet
 
-    if sess.model_cfg.kind != "decoder" or "fim" not in {l.get("name") for l in leaves(sess.data.spec)}:
+    if not sess.cfg.plan.infilling:
         return None
     valid = sess.data.prepared.valid or sess.data.prepared.train
     picked = pick_snippet(valid, sess.tokenizer)

@@ -5,19 +5,25 @@ Sections that configure another package reuse that package's own dataclass
 ``data.tokenizer`` are data_pipeline's); the rest live here because only the
 recipe builds them. ``model.vocab_size`` and ``model.seq_length`` are filled in
 from the tokenizer and ``data.seq_length`` at run time.
+
+The ``objective`` section names the objective and its config; everything that
+follows from that choice comes from the objective's Task declaration
+(:mod:`objectives.task`) when the config is built, once: the typed spec
+(``TrainConfig.objective_spec``, with ``seq_length`` from ``data``) and its
+plan (``TrainConfig.plan``: sampler and input length, model kind and heads,
+losses, held-out suites). ``model.kind`` / ``model.heads`` may be left out;
+a value that contradicts the declaration is an error naming the field.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from data_pipeline.config import CorpusConfig, TokenizerConfig
 from models.config import ModelConfig
 from recipes.config import ConfigError, load_config
-
-LOSS_NAMES = ("lm", "sbo", "sop", "nsp")
 
 
 @dataclass(frozen=True)
@@ -27,8 +33,7 @@ class DataConfig:
     # prepared corpora are cached here, keyed by corpus + tokenizer settings (git-ignored)
     cache_dir: str = ".cache"
     prepare_workers: int = 1
-    # packed: GPT contexts of seq_length+1 tokens; segment: one document span; segment_pair: SOP/NSP
-    sampler: Literal["packed", "segment", "segment_pair"] = "packed"
+    # the model's sequence length; how samples are cut follows from the objective
     seq_length: int = 128
     # the model's vocabulary is the tokenizer's, padded up to a multiple of this
     vocab_multiple: int = 64
@@ -46,18 +51,42 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    # an objectives.registry spec: {name, config} | {compose: [...]} | {mix: [{weight, name, config}]};
-    # leaf configs with a seq_length field get data.seq_length unless they set it
-    spec: dict[str, Any] = field(default_factory=lambda: {"name": "causal_lm"})
-    # weight of each model loss (lm, sbo, sop, nsp) in the total; missing ones weigh 1.0
+    """What to train: ``name`` + ``config`` (one objective), or ``mix`` (a list of ``{weight,
+    name, config}``, one objective drawn per sample) or ``compose`` (a list of specs run in
+    order); see :mod:`objectives.registry`. Config fields named ``seq_length`` default to
+    ``data.seq_length``. Nothing given: plain causal LM."""
+
+    name: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    mix: list[Any] | None = None
+    compose: list[Any] | None = None
+    # int32 field recording which mix member made each sample (for per-objective logging)
+    tag_field: str | None = None
+    # weight of each loss the objective declares (e.g. lm, sbo, sop) in the total; missing ones weigh 1.0
     loss_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
-        unknown = sorted(set(self.loss_weights) - set(LOSS_NAMES))
-        if unknown:
-            raise ValueError(f"loss_weights: unknown loss(es) {unknown}; known: {list(LOSS_NAMES)}")
-        if any(w < 0 for w in self.loss_weights.values()):
-            raise ValueError(f"loss_weights must be >= 0, got {self.loss_weights}")
+        given = [k for k in ("name", "mix", "compose") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"objective: give one of name / mix / compose, got {given}")
+        if self.config and self.name is None:
+            raise ConfigError("objective.config: needs objective.name")
+        if self.tag_field is not None and self.mix is None:
+            raise ConfigError("objective.tag_field: only a mix tags its samples")
+        for loss, w in self.loss_weights.items():
+            if not w >= 0:
+                raise ConfigError(f"objective.loss_weights.{loss}: must be >= 0, got {w}")
+
+    def spec_data(self) -> dict:
+        """The spec as plain data (what ``objectives.registry.parse`` reads)."""
+        if self.mix is not None:
+            out = {"mix": list(self.mix)}
+            if self.tag_field is not None:
+                out["tag_field"] = self.tag_field
+            return out
+        if self.compose is not None:
+            return {"compose": list(self.compose)}
+        return {"name": self.name or "causal_lm", "config": dict(self.config)}
 
     def weight(self, loss: str) -> float:
         return float(self.loss_weights.get(loss, 1.0))
@@ -161,6 +190,33 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    # derived from ``objective`` once, here (not part of the YAML)
+    objective_spec: Any = field(init=False, repr=False, compare=False)  # objectives.registry typed spec
+    plan: Any = field(init=False, repr=False, compare=False)            # objectives.registry.Plan
+
+    def __post_init__(self):
+        from objectives import registry
+
+        try:
+            spec = registry.parse(self.objective.spec_data(), defaults={"seq_length": self.data.seq_length})
+            plan = registry.plan(spec)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(str(exc.args[0]) if exc.args else str(exc)) from exc
+        m = self.model
+        names = ", ".join(leaf.name for leaf in registry.leaves(spec))
+        if m.kind is not None and m.kind != plan.model:
+            raise ConfigError(f"model.kind: {m.kind!r} contradicts the objective ({names}: a {plan.model}); "
+                              "leave it out")
+        if m.heads is not None and dict(m.heads) != plan.losses:
+            raise ConfigError(f"model.heads: {dict(m.heads)} contradicts the objective ({names}: {plan.losses}); "
+                              "leave it out")
+        for loss in self.objective.loss_weights:
+            if loss not in plan.losses:
+                raise ConfigError(f"objective.loss_weights.{loss}: the objective ({names}) has no such loss; "
+                                  f"its losses are {sorted(plan.losses)}")
+        object.__setattr__(self, "model", replace(m, kind=plan.model, heads=dict(plan.losses)))
+        object.__setattr__(self, "objective_spec", spec)
+        object.__setattr__(self, "plan", plan)
 
     @property
     def run_dir(self) -> Path:
@@ -173,21 +229,6 @@ class TrainConfig:
 
 def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     try:
-        cfg = load_config(TrainConfig, path, overrides)
-        check_objective_spec(cfg)
+        return load_config(TrainConfig, path, overrides)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    return cfg
-
-
-def check_objective_spec(cfg: TrainConfig) -> None:
-    """Build every objective config of the spec now (numpy only, no corpus needed), so a bad
-    value fails at load time, naming the field, instead of after the corpus is prepared."""
-    from objectives import registry
-    from recipes.data import leaves, with_seq_length
-
-    try:
-        for leaf in leaves(with_seq_length(cfg.objective.spec, cfg.data.seq_length)):
-            registry.make_config(leaf["name"], leaf.get("config"))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ConfigError(f"objective.spec: {exc}") from exc

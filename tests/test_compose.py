@@ -1,8 +1,8 @@
 """Compose, MixByWeight and the registry."""
 
+import dataclasses
 import subprocess
 import sys
-import importlib.util
 
 import numpy as np
 import pytest
@@ -12,9 +12,13 @@ from objectives.compose import Compose, MixByWeight
 from objectives.macbert import MacBERT, MacBERTConfig
 from objectives.sample import SpecialTokens
 from objectives.sentence_pairs import SOP, SOPConfig
+from objectives.task import Task
 
 SP = SpecialTokens()
 V = 500
+# the neutral sop_label a mix writes for members without it, as the SOP declaration gives it
+SOP_FILL = {f.name: ("per_token" if f.per_token else "scalar", f.neutral)
+            for f in registry.task("sop").fields_for(SOPConfig())}
 
 
 class AddDraw:
@@ -50,8 +54,7 @@ def test_compose_threads_one_rng_in_order():
 
 
 def test_mix_choice_shares_and_determinism():
-    m = MixByWeight([(3, AddDraw("x")), (1, AddDraw("y"))], fill={"x": ("scalar", -1.0, np.float64),
-                                                                   "y": ("scalar", -1.0, np.float64)},
+    m = MixByWeight([(3, AddDraw("x")), (1, AddDraw("y"))], fill={"x": ("scalar", -1), "y": ("scalar", -1)},
                     tag_field="objective_id")
     picks = np.array([int(m({"tokens": np.zeros(1)}, np.random.default_rng(i))["objective_id"]) for i in range(4000)])
     assert abs((picks == 0).mean() - 0.75) < 5 * np.sqrt(0.75 * 0.25 / 4000)
@@ -64,7 +67,8 @@ def test_mix_choice_shares_and_determinism():
 def test_mix_of_macbert_and_sop_has_one_field_set():
     mac = MacBERT(MacBERTConfig(seq_length=32), special=SP, vocab_size=V)
     sop = SOP(SOPConfig(seq_length=32), special=SP, vocab_size=V)
-    m = MixByWeight([(0.5, mac), (0.5, sop)])
+    assert SOP_FILL == {"sop_label": ("scalar", -1)}
+    m = MixByWeight([(0.5, mac), (0.5, sop)], fill=SOP_FILL)
     rng = np.random.default_rng(0)
     outs = [m(segment(rng), np.random.default_rng(i)) for i in range(40)]
     keys = {frozenset(o) for o in outs}
@@ -81,7 +85,10 @@ def test_mix_rejects_bad_weights_and_unfillable_fields():
     with pytest.raises(ValueError, match="weights"):
         MixByWeight([(-1, AddDraw("a")), (2, AddDraw("a"))])
     with pytest.raises(ValueError, match="'zz'"):
-        MixByWeight([(1, AddDraw("a")), (1, AddDraw("zz"))], fill={"a": ("scalar", 0, np.int32)})
+        MixByWeight([(1, AddDraw("a")), (1, AddDraw("zz"))], fill={"a": ("scalar", 0)})
+    with pytest.raises(ValueError, match="'sop_label'"):   # no declaration-given fill: refused, named
+        MixByWeight([(0.5, MacBERT(MacBERTConfig(seq_length=32), special=SP, vocab_size=V)),
+                     (0.5, SOP(SOPConfig(seq_length=32), special=SP, vocab_size=V))])
 
 
 # ------------------------------------------------------------------ registry
@@ -103,24 +110,46 @@ def test_registry_rejects_unknown_key_and_name():
         registry.build("macbert", {"mask_ratee": 0.2}, vocab_size=V)
     with pytest.raises(ValueError, match="mask_rate"):
         registry.build("sop", {"mask_rate": 7}, vocab_size=V)
-    with pytest.raises(KeyError, match="t5"):
-        registry.build("t5", {}, vocab_size=V)
-    with pytest.raises(ValueError, match="module:Class"):
-        registry.register("mine", "nocolon", "x:y")
+    with pytest.raises(KeyError, match="no_such_objective"):
+        registry.build("no_such_objective", {}, vocab_size=V)
+    with pytest.raises(TypeError, match="Task"):
+        registry.register("mine")
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
-def test_every_registered_config_class_resolves(name):
-    module = registry._REGISTRY[name][0].partition(":")[0]
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} not written yet")
-    import dataclasses
-
-    base = {"seq_length": 32} if "seq_length" in {f.name for f in dataclasses.fields(registry.config_class(name))} else {}
+def test_every_registered_objective_declares_a_task(name):
+    t = registry.task(name)
+    fields = {f.name for f in dataclasses.fields(t.config)}
+    base = {"seq_length": 32} if "seq_length" in fields else {}
     cfg = registry.make_config(name, base)
-    assert type(cfg).__name__ == registry._REGISTRY[name][1].partition(":")[2]
+    assert isinstance(cfg, t.config)
+    assert t.transform.__module__ == t.config.__module__      # declared beside its transform
     with pytest.raises(ValueError, match="surely_not_a_key"):
         registry.make_config(name, {**base, "surely_not_a_key": 1})
+
+
+def test_registering_an_objective_of_ones_own():
+    class Echo:
+        writes = ("tokens",)
+
+        def __init__(self, config, *, special, vocab_size, tokenizer=None):
+            self.config = config
+
+        def __call__(self, sample, rng):
+            return dict(sample)
+
+    @dataclasses.dataclass(frozen=True)
+    class EchoConfig:
+        seq_length: int = 8
+
+    registry.register(Task("echo_for_test", Echo, EchoConfig, model="decoder", sampler="packed",
+                           input_length=lambda c: c.seq_length + 1))
+    try:
+        spec = registry.parse({"name": "echo_for_test"}, defaults={"seq_length": 12})
+        assert spec.config == EchoConfig(12) and registry.plan(spec).input_length == 13
+        assert isinstance(registry.build_spec(spec, vocab_size=V), Echo)
+    finally:
+        registry._TASKS.pop("echo_for_test")
 
 
 def test_build_spec_compose_and_mix():
@@ -138,10 +167,36 @@ def test_build_spec_compose_and_mix():
         registry.build_spec({"nme": "sop"}, vocab_size=V)
 
 
+def test_parse_names_the_bad_path_and_plan_refuses_disagreeing_parts():
+    with pytest.raises(ValueError, match=r"objective\.mix\.1\.config: mask_rate"):
+        registry.parse({"mix": [{"weight": 1, "name": "mlm"}, {"weight": 1, "name": "spanbert",
+                                                               "config": {"mask_rate": 2.0}}]})
+    with pytest.raises(ValueError, match=r"objective\.config\.seq_length=64 differs"):
+        registry.parse({"name": "mlm", "config": {"seq_length": 64}}, defaults={"seq_length": 32})
+    mixed = registry.parse({"mix": [{"weight": 1, "name": "mlm"}, {"weight": 1, "name": "fim"}]},
+                           defaults={"seq_length": 32})
+    with pytest.raises(ValueError, match="model kind: mlm -> 'encoder', fim -> 'decoder'"):
+        registry.plan(mixed)
+
+
+def test_plan_of_a_mix_unites_losses_fields_and_suites():
+    spec = registry.parse({"mix": [{"weight": 1, "name": "spanbert"}, {"weight": 1, "name": "sop"}]},
+                          defaults={"seq_length": 32})
+    p = registry.plan(spec)
+    assert p.model == "encoder" and p.losses == {"lm": "token", "sbo": "span_boundary", "sop": "sequence"}
+    assert {f.name: f.neutral for f in p.fields} == {"sbo_left": -1, "sbo_right": -1, "sbo_offset": 0,
+                                                     "sop_label": -1}
+    assert p.evals == {"heldout": spec}
+    # the least body any member holds: SOP's [CLS] a [SEP] b [SEP]
+    assert p.input_length == 32 - 3
+    assert registry.parse(registry.to_dict(spec)) == spec
+
+
 def test_registry_imports_lazily():
     code = ("import sys, objectives.registry as r; "
             "assert 'objectives.macbert' not in sys.modules and 'objectives.sentence_pairs' not in sys.modules; "
-            "r.config_class('sop'); assert 'objectives.sentence_pairs' in sys.modules; print('ok')")
+            "r.config_class('sop'); assert 'objectives.sentence_pairs' in sys.modules; "
+            "assert 'torch' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
@@ -158,7 +213,7 @@ def test_package_exports_lazily():
 def test_mix_batch_form_keeps_rows_in_order_and_fills_neutral_values():
     mac = MacBERT(MacBERTConfig(seq_length=32), special=SP, vocab_size=V)
     sop = SOP(SOPConfig(seq_length=32, masking="none", swap_rate=0.0), special=SP, vocab_size=V)
-    m = MixByWeight([(0.5, mac), (0.5, sop)], tag_field="objective_id")
+    m = MixByWeight([(0.5, mac), (0.5, sop)], fill=SOP_FILL, tag_field="objective_id")
     rng = np.random.default_rng(3)
     samples = [segment(rng, 20) for _ in range(40)]
     out = m.batch(samples, np.random.default_rng(4))

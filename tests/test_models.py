@@ -22,15 +22,18 @@ def pg():
     destroy_parallel()
 
 
+ENCODER_HEADS = {"lm": "token", "sbo": "span_boundary", "sop": "sequence", "nsp": "sequence"}
+
+
 def tiny(kind: str, **overrides) -> ModelConfig:
-    heads = dict(sbo_head=True, sop_head=True, nsp_head=True) if kind == "encoder" else {}
-    return preset("tiny", kind=kind, **{**heads, **overrides})
+    heads = ENCODER_HEADS if kind == "encoder" else {"lm": "token"}
+    return preset("tiny", kind=kind, **{"heads": heads, **overrides})
 
 
 def batch_for(kind: str, seed: int = 0, b: int = 2, s: int = 32):
     from models.synthetic import synthetic_batch
 
-    heads = ("lm", "sbo", "sop", "nsp") if kind == "encoder" else ("lm",)
+    heads = ENCODER_HEADS if kind == "encoder" else {"lm": "token"}
     mask = "bidirectional" if kind == "encoder" else "fim_docs"
     return synthetic_batch(b, s, 256, kind=kind, mask=mask, mean_doc=12, heads=heads, seed=seed)
 
@@ -38,7 +41,8 @@ def batch_for(kind: str, seed: int = 0, b: int = 2, s: int = 32):
 # --------------------------------------------------------------------------- config
 @pytest.mark.parametrize("field, value", [
     ("kind", "seq2seq"), ("hidden_size", 66), ("num_query_groups", 3), ("num_layers", 0),
-    ("params_dtype", "int8"), ("seq_length", 100000), ("sbo_head", True), ("init_method_std", 0.0),
+    ("params_dtype", "int8"), ("seq_length", 100000), ("heads", {"sbo": "span_boundary"}),
+    ("heads", {"x": "regression"}), ("heads", {}), ("init_method_std", 0.0),
     ("recompute_granularity", "some"),
 ])
 def test_bad_config_names_the_field(field, value):
@@ -92,9 +96,20 @@ def test_forward_backward_every_head(pg, kind):
 def test_objective_fields_need_their_head(pg):
     from models.model import build_model
 
-    model = build_model(tiny("encoder", sop_head=False), pg)
-    with pytest.raises(ValueError, match="sop_head"):
+    heads = {k: v for k, v in ENCODER_HEADS.items() if k != "sop"}
+    model = build_model(tiny("encoder", heads=heads), pg)
+    with pytest.raises(ValueError, match="sop_label"):
         model(batch_for("encoder"))
+    batch = {k: v for k, v in batch_for("encoder").items() if k not in ("sop_label", "nsp_label")}
+    # a configured head may sit out a batch without its targets (nsp here)
+    assert set(model(batch)) == {"lm", "sbo"}
+
+
+def test_kind_must_be_chosen_before_building(pg):
+    from models.model import build_model
+
+    with pytest.raises(ValueError, match="ModelConfig.kind"):
+        build_model(dataclasses.replace(tiny("decoder"), kind=None), pg)
 
 
 @pytest.mark.parametrize("kind", ["decoder", "encoder"])

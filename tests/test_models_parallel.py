@@ -18,14 +18,14 @@ def _config(kind: str):
     from models.config import preset
 
     if kind == "encoder":
-        return preset("tiny", kind=kind, sbo_head=True, sop_head=True, nsp_head=True)
+        return preset("tiny", kind=kind, heads={"lm": "token", "sbo": "span_boundary", "sop": "sequence", "nsp": "sequence"})
     return preset("tiny", kind=kind)  # 4 heads, 2 query groups: GQA split over 2 ranks
 
 
 def _batch(kind: str):
     from models.synthetic import synthetic_batch
 
-    heads = ("lm", "sbo", "sop", "nsp") if kind == "encoder" else ("lm",)
+    heads = _config(kind).head_kinds
     mask = "bidirectional" if kind == "encoder" else "fim_docs"
     return synthetic_batch(2, 32, 256, kind=kind, mask=mask, mean_doc=10, heads=heads, seed=11)
 
