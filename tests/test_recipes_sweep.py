@@ -14,14 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_grid_is_crossed_per_config(tmp_path):
-    grid = parse_grid(["optim.lr=[1e-3, 3e-3]", "objective.spec.config.fim_rate=[0.0, 0.5, 1.0]",
+    grid = parse_grid(["optim.lr=[1e-3, 3e-3]", "objective.config.fim_rate=[0.0, 0.5, 1.0]",
                        "model.num_layers=2"])
     assert grid[0] == ("optim.lr", ["1e-3", "3e-3"]) and grid[2] == ("model.num_layers", ["2"])
     runs = plan(["a.yaml", "b.yaml"], grid, ["schedule.train_steps=5"], tmp_path)
     assert len(runs) == 2 * 2 * 3 * 1
     assert len({r.run_dir for r in runs}) == len(runs)
     assert all(r.overrides[0] == "schedule.train_steps=5" for r in runs)
-    assert runs[0].overrides[1:] == ["optim.lr=1e-3", "objective.spec.config.fim_rate=0.0", "model.num_layers=2"]
+    assert runs[0].overrides[1:] == ["optim.lr=1e-3", "objective.config.fim_rate=0.0", "model.num_layers=2"]
     with pytest.raises(SystemExit, match="expected key="):
         parse_grid(["optim.lr"])
 
