@@ -7,8 +7,9 @@ cheap and ``objectives.registry`` can resolve names on demand.
 
 import importlib
 
-from objectives.sample import CONTRACT_FIELDS, Sample, SpecialTokens, Transform
-from objectives import intervals
+from objectives.sample import CONTRACT_FIELDS, Batch, Sample, SpecialTokens, Transform, row, stack
+from objectives.streams import RowStreams
+from objectives import intervals, streams
 
 _LAZY = {
     "Compose": "objectives.compose",
@@ -48,5 +49,6 @@ def __dir__():
 
 
 # ``import *`` takes the eager names and this part's transforms (the other lazy names on demand)
-__all__ = ["CONTRACT_FIELDS", "Sample", "SpecialTokens", "Transform", "intervals", "Compose", "MixByWeight",
+__all__ = ["CONTRACT_FIELDS", "Batch", "Sample", "SpecialTokens", "Transform", "RowStreams", "row", "stack",
+           "intervals", "streams", "Compose", "MixByWeight",
            "MacBERT", "MacBERTConfig", "SimilarWords", "SOP", "SOPConfig", "NSP", "NSPConfig", "build", "build_spec"]
