@@ -254,6 +254,7 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
         save_hooks: dict | None = None) -> RunResult:
     """Train per ``cfg``. ``loss_hook(step, loss) -> loss`` and ``save_hooks`` (passed
     to :func:`recipes.checkpoint.save_checkpoint`) exist for fault-injection tests."""
+    from data_pipeline.build import TOKENIZER_FILE
     from recipes.logger import RunLogger, flops_per_token, format_line, peak_flops
 
     sess = Session(cfg, progress=cfg.logging.progress_bar if progress is None else progress)
@@ -262,6 +263,7 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        sess.tokenizer.save(run_dir / TOKENIZER_FILE)  # the run keeps its tokenizer (recipes.export reads it)
         (run_dir / "model_config.json").write_text(json.dumps(dataclasses.asdict(sess.model_cfg), indent=1))
         ckpt.remove_partial_saves(cfg.checkpoint_dir)
     info.barrier()

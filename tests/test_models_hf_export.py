@@ -1,4 +1,5 @@
-"""HF export: a tiny GQA decoder exported to LlamaForCausalLM gives our logits."""
+"""HF export: a tiny GQA decoder exported to LlamaForCausalLM gives our logits; the folder
+carries what Hugging Face tools read (architectures, special ids, dtype, generation defaults)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def test_split_qkv_follows_megatron_group_interleaving():
 def test_export_loads_in_transformers_with_matching_logits(pg, tmp_path):
     from transformers import LlamaForCausalLM
 
-    from models.hf_export import export_llama
+    from models.hf_export import export
     from models.model import build_model
 
     torch.manual_seed(0)
@@ -44,7 +45,7 @@ def test_export_loads_in_transformers_with_matching_logits(pg, tmp_path):
         for name, p in model.named_parameters():
             if "layernorm" in name:
                 p.copy_(1 + 0.3 * torch.randn_like(p))
-    export_llama(model, cfg, tmp_path / "hf")
+    export(model, cfg, tmp_path / "hf")
     hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     assert hf.config.num_key_value_heads == 2
 
@@ -68,12 +69,12 @@ def test_exported_tokenizer_gives_our_ids(pg, tmp_path):
     from transformers import AutoTokenizer
 
     from data_pipeline.tokenizer import SentencePieceTokenizer
-    from models.hf_export import export_llama
+    from models.hf_export import export
     from models.model import build_model
 
     ours = SentencePieceTokenizer.train(TEXTS * 20, 340, model_path=tmp_path / "sp.model")
     cfg = preset("tiny", vocab_size=ours.padded_vocab_size(64))
-    export_llama(build_model(cfg, pg), cfg, tmp_path / "hf", tokenizer_model=tmp_path / "sp.model")
+    export(build_model(cfg, pg), cfg, tmp_path / "hf", tokenizer_model=tmp_path / "sp.model")
     assert (tmp_path / "hf" / "sentencepiece.model").read_bytes() == (tmp_path / "sp.model").read_bytes()
     hf = AutoTokenizer.from_pretrained(tmp_path / "hf")
     samples = ["Hello  world 2024!\n\n  x", "The lazy dog 😀 ñ Ω", "中文 test", " leading", "tab\tx", "zzqqxx ~~"]
@@ -84,3 +85,45 @@ def test_exported_tokenizer_gives_our_ids(pg, tmp_path):
     special = ours.special
     assert (hf.eos_token_id, hf.pad_token_id, hf.mask_token_id) == (special.eot, special.pad, special.mask)
     assert hf.convert_tokens_to_ids("<fim_middle>") == special.fim_middle
+
+
+def test_config_carries_what_hf_tools_read(pg, tmp_path):
+    import json
+
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from data_pipeline.tokenizer import SentencePieceTokenizer
+    from models.hf_export import export
+    from models.model import build_model
+
+    ours = SentencePieceTokenizer.train(TEXTS * 20, 340, model_path=tmp_path / "sp.model")
+    cfg = preset("tiny", vocab_size=ours.padded_vocab_size(64), rotary_base=5000)
+    export(build_model(cfg, pg), cfg, tmp_path / "hf", tokenizer_model=tmp_path / "sp.model", dtype=torch.bfloat16)
+    raw = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert raw["architectures"] == ["LlamaForCausalLM"]
+    assert raw["torch_dtype"] == raw["dtype"] == "bfloat16"
+    assert raw["rope_theta"] == 5000.0
+    config = AutoConfig.from_pretrained(tmp_path / "hf")
+    assert getattr(transformers, config.architectures[0]).__name__ == "LlamaForCausalLM"  # how TRL picks the class
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    gen = GenerationConfig.from_pretrained(tmp_path / "hf")
+    special = ours.special
+    assert (config.eos_token_id, config.pad_token_id, config.bos_token_id) == (special.eot, special.pad, None)
+    assert (tok.eos_token_id, tok.pad_token_id, tok.bos_token_id) == (special.eot, special.pad, None)
+    assert (gen.eos_token_id, gen.pad_token_id, gen.bos_token_id) == (special.eot, special.pad, None)
+    assert tok.convert_ids_to_tokens(special.eot) == "<|endoftext|>"
+    assert tok.model_max_length == cfg.max_position_embeddings
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+
+
+def test_encoders_are_refused_naming_the_kind(pg, tmp_path):
+    from models.hf_export import export
+
+    cfg = preset("tiny", kind="encoder")
+    with pytest.raises(NotImplementedError, match=r"kind='encoder'.*not supported yet.*decoder \(LlamaForCausalLM\)"):
+        export({}, cfg, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

@@ -1,0 +1,274 @@
+"""Export a trained run to a Hugging Face folder:
+``python -m recipes.export RUN_DIR OUT_DIR [--step N] [--dtype bf16]``.
+
+The run is rebuilt with the training recipe's own code (``RUN_DIR/config.yaml``
+through :func:`recipes.train_config.load_train_config`, the model through
+:func:`recipes.train.resolve_model_config` and ``build_model``), a checkpoint is
+loaded (the newest complete one unless ``--step``), and
+:func:`models.hf_export.export` writes the weights, configs and the run's
+tokenizer (``RUN_DIR/tokenizer.model``, kept there by ``recipes.train``).
+The folder is written under a temporary name, checked (transformers loads it
+and its logits and token ids equal ours), and only then renamed to OUT_DIR.
+
+A run trained with ``parallel.tensor_parallel=T`` exports under
+``torchrun --nproc-per-node T -m recipes.export ...``: each rank loads its
+shard, the shards are gathered, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from recipes import checkpoint as ckpt
+from recipes.config import ConfigError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROBE_SHAPE = (2, 64)  # token ids the check runs through both models (length capped by seq_length)
+PROBE_TEXT = "def add(a, b):\n    return a + b  # sum\n\nThe quick brown fox, 2024."
+TOLERANCE = 1e-3  # largest |logit difference| / max(1, largest |logit|) the check accepts
+
+
+class CheckFailed(RuntimeError):
+    """The written folder does not reproduce our model; it is removed, never renamed into place."""
+
+
+@dataclass
+class Exported:
+    out_dir: Path
+    checkpoint: Path
+    step: int
+    architecture: str
+    dtype: str
+    max_abs_diff: float | None = None  # |transformers logits - ours|, fp32, on the probe tokens
+    max_abs_logit: float | None = None
+
+
+# ----------------------------------------------------------------------------- finding the run's files
+
+
+def load_run_config(run_dir: Path):
+    """The run's saved config, with its run directory where it is now (runs move)."""
+    from recipes.train_config import load_train_config
+
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {run_dir} a run directory written by recipes.train?")
+    cfg = load_train_config(path)
+    return dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, run_dir=str(run_dir)))
+
+
+def find_tokenizer(run_dir: Path, given: str | Path | None = None) -> Path:
+    from data_pipeline.build import TOKENIZER_FILE
+
+    path = Path(given) if given else run_dir / TOKENIZER_FILE
+    if not path.is_file():
+        hint = "" if given else (" (recipes.train keeps the run's tokenizer there; for an older run pass "
+                                 "--tokenizer with the prepared corpus's tokenizer.model under data.cache_dir)")
+        raise FileNotFoundError(f"{path}: tokenizer not found{hint}")
+    return path
+
+
+def find_checkpoint(ckpt_dir: Path, step: int | None) -> Path:
+    if step is None:
+        found = ckpt.latest_checkpoint(ckpt_dir)
+        if found is None:
+            raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint")
+        return found
+    path = ckpt_dir / ckpt.step_dir_name(step)
+    if not ckpt.is_complete(path):
+        have = sorted(int(p.name.removeprefix("step_")) for p in ckpt_dir.glob("step_*") if ckpt.is_complete(p))
+        raise FileNotFoundError(f"{path}: not a complete checkpoint; complete steps: {have or 'none'}")
+    return path
+
+
+# ----------------------------------------------------------------------------- the export
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, *, step: int | None = None, dtype: str = "auto",
+               tokenizer: str | Path | None = None, device: str = "cpu", check: bool = True) -> Exported:
+    """Export ``run_dir``'s checkpoint to ``out_dir`` (which must not exist or be empty).
+    Call on every rank of a ``torchrun`` launch of ``tensor_parallel`` processes."""
+    from data_pipeline.tokenizer import SentencePieceTokenizer
+    from models.hf_export import export, hf_format
+    from models.sharding import full_state_dict
+    from recipes.distributed import init_distributed
+    from recipes.train import resolve_model_config
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ValueError(f"dtype: expected auto or one of {sorted(DTYPES)}, got {dtype!r}")
+    cfg = load_run_config(run_dir)
+    tok_path = find_tokenizer(run_dir, tokenizer)
+    tok = SentencePieceTokenizer.load(tok_path)
+    # fp32 weights on the export device whatever the run trained in: bf16 checkpoints load exactly
+    cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, device=device, backend="auto",
+                                                                precision="fp32"))
+    model_cfg = resolve_model_config(cfg, tok, torch.device(device))
+    fmt = hf_format(model_cfg)  # encoders stop here
+    step_dir = find_checkpoint(cfg.checkpoint_dir, step)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir}: exists and is not an empty folder; choose a new one")
+    tp = cfg.parallel.tensor_parallel
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != tp:
+        raise ValueError(f"{run_dir} was trained with parallel.tensor_parallel={tp}, this launch has {world} "
+                         f"process(es): run `torchrun --nproc-per-node {tp} -m recipes.export ...`")
+
+    info = init_distributed(device, "auto", tp, 1, seed=cfg.schedule.seed)
+    say = print if info.is_main else (lambda *a, **k: None)
+    say(f"[export] {run_dir}: {model_cfg.kind}, loading {step_dir}")
+    model, step_done, saved_dtype = load_model(model_cfg, step_dir, info,
+                                               fits=f"{run_dir / 'config.yaml'} and tokenizer {tok_path}")
+    out_dtype = saved_dtype if dtype == "auto" else DTYPES[dtype]
+    result = Exported(out_dir=out_dir, checkpoint=step_dir, step=step_done, architecture=fmt.architecture,
+                      dtype=str(out_dtype).removeprefix("torch."))
+    full = full_state_dict(model, info.pg_collection.tp)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    try:
+        if info.is_main:
+            say(f"[export] writing {fmt.architecture} ({result.dtype})")
+            shutil.rmtree(tmp, ignore_errors=True)
+            export(full, model_cfg, tmp, tokenizer_model=tok_path, special=tok.special, dtype=out_dtype)
+        del full
+        info.barrier()
+        if check:
+            say("[export] checking: transformers loads the folder and gives our logits")
+            _check(model, fmt, tmp, tok, cfg.data.seq_length, out_dtype, info, result)
+        if info.is_main:  # only a checked folder gets its name
+            if out_dir.is_dir():
+                out_dir.rmdir()  # empty, checked above
+            os.rename(tmp, out_dir)
+    finally:
+        if info.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+    info.barrier()
+    return result
+
+
+def load_model(model_cfg, step_dir: Path, info, *, fits: str):
+    """This rank's model with its checkpoint shard (TP rank r reads training rank r's file,
+    data-parallel rank 0's copy): (model, step, dtype the weights were saved in)."""
+    from models.model import build_model
+
+    model = build_model(model_cfg, info.pg_collection, device=info.device).eval()
+    state = ckpt.load_checkpoint(step_dir, rank=info.tp_rank, map_location="cpu")
+    saved_dtype = next(v.dtype for v in state["model"].values()
+                       if isinstance(v, torch.Tensor) and v.is_floating_point())
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{step_dir / ckpt.rank_file_name(info.tp_rank)}: does not fit the model rebuilt from "
+                         f"{fits} (vocabulary {model_cfg.vocab_size}): {exc}") from None
+    return model, int(state["step"]), saved_dtype
+
+
+@torch.no_grad()
+def _check(model, fmt, folder: Path, tok, seq_length: int, dtype: torch.dtype, info, result: Exported) -> None:
+    """transformers' logits for the folder vs ours on random tokens, both in fp32 from the
+    same (``dtype``-rounded) weights; and the folder's tokenizer vs ours on a text."""
+    for p in model.parameters():  # what the folder holds; the model is not used afterwards
+        p.copy_(p.to(dtype))
+    gen = torch.Generator().manual_seed(0)
+    b, s = PROBE_SHAPE
+    tokens = torch.randint(tok.special.first_regular, tok.vocab_size, (b, min(s, seq_length)), generator=gen)
+    batch = {k: v.to(info.device) for k, v in fmt.probe_batch(tokens).items()}
+    ours = _gathered_logits(model, batch, info.pg_collection.tp)  # every TP rank takes part
+    if not info.is_main:
+        return
+    import transformers
+
+    hf = getattr(transformers, fmt.auto_class).from_pretrained(folder, dtype=torch.float32).eval()
+    theirs = hf(input_ids=tokens).logits.float()
+    if theirs.shape != ours.shape:
+        raise CheckFailed(f"{folder}: transformers logits have shape {tuple(theirs.shape)}, ours {tuple(ours.shape)}")
+    result.max_abs_diff = float((theirs - ours).abs().max())
+    result.max_abs_logit = float(ours.abs().max())
+    if not result.max_abs_diff <= TOLERANCE * max(1.0, result.max_abs_logit):
+        raise CheckFailed(f"transformers logits differ from ours by up to {result.max_abs_diff:.3g} "
+                          f"(largest |logit| {result.max_abs_logit:.3g}); the export is not written")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = hf_tok(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    if ids != tok.encode(PROBE_TEXT):
+        raise CheckFailed(f"{folder}: AutoTokenizer ids {ids} differ from ours {tok.encode(PROBE_TEXT)}")
+
+
+def _gathered_logits(model, batch: dict, tp_group) -> torch.Tensor:
+    """``model.logits`` over the whole vocabulary. megatron's own gather allocates on CUDA,
+    so the vocabulary slices are gathered here (on any device)."""
+    from models.sharding import unshard_tensors
+
+    local = model.logits(batch, gather=False).float().contiguous()
+    size = torch.distributed.get_world_size(tp_group)
+    if size == 1:
+        return local.cpu()
+    shards = [torch.empty_like(local) for _ in range(size)]
+    torch.distributed.all_gather(shards, local, group=tp_group)
+    return unshard_tensors([s.cpu() for s in shards], dim=-1, stride=1)
+
+
+def how_to_load(result: Exported) -> str:
+    from models.hf_export import FORMATS
+
+    fmt = next(f for f in FORMATS.values() if f.architecture == result.architecture)
+    where = str(result.out_dir)
+    lines = [f"[export] step {result.step} of {result.checkpoint.parent.parent} -> {where}: "
+             f"{result.architecture}, {result.dtype}"]
+    if result.max_abs_diff is not None:
+        lines.append(f"[export] checked: transformers logits match ours to {result.max_abs_diff:.2g} "
+                     f"(largest |logit| {result.max_abs_logit:.3g}, fp32, {PROBE_SHAPE[0]}x{PROBE_SHAPE[1]} "
+                     f"tokens at most); tokenizer ids equal ours")
+    lines += ["Load it with:",
+              f"    from transformers import {fmt.auto_class}, AutoTokenizer",
+              f"    model = {fmt.auto_class}.from_pretrained({where!r})",
+              f"    tokenizer = AutoTokenizer.from_pretrained({where!r})",
+              f"or: transformers.pipeline({fmt.pipeline_task!r}, model={where!r})"]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from recipes.distributed import shutdown
+
+    p = argparse.ArgumentParser(prog="python -m recipes.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a run directory written by recipes.train (config.yaml, checkpoints/)")
+    p.add_argument("out_dir", help="the Hugging Face folder to write (must not exist, or be empty)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest complete one)")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="weights' dtype on disk (default: as the checkpoint holds them)")
+    p.add_argument("--tokenizer", default=None, help="sentencepiece model (default: the run's own, RUN_DIR/tokenizer.model)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to rebuild the model")
+    p.add_argument("--no-check", action="store_true", help="skip loading the folder back with transformers")
+    a = p.parse_args(argv)
+    try:
+        result = export_run(a.run_dir, a.out_dir, step=a.step, dtype=a.dtype, tokenizer=a.tokenizer,
+                            device=a.device, check=not a.no_check)
+    except (FileNotFoundError, FileExistsError, NotImplementedError, ConfigError, ValueError) as exc:
+        print(f"export error: {exc}", file=sys.stderr)
+        return 2
+    except CheckFailed as exc:
+        print(f"export check failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(how_to_load(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

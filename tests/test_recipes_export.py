@@ -1,0 +1,206 @@
+"""``python -m recipes.export RUN_DIR OUT_DIR``: a trained tiny run becomes a folder that
+transformers' Auto classes and pipeline load, with our logits and our greedy continuation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_CORPUS, TINY_TOKENIZER
+from recipes import checkpoint as ckpt
+from recipes.export import CheckFailed, export_run, main
+from recipes.train import run
+from recipes.train_config import load_train_config
+from test_recipes_train import CONFIGS, shrink
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "def main(args):\n    return"
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus, tmp_path_factory):
+    """A tiny FIM decoder run with checkpoints at steps 3 and 6."""
+    run_dir = tmp_path_factory.mktemp("export") / "run"
+    cfg = shrink(load_train_config(CONFIGS / "gpt_fim_tiny.yaml"), tiny_corpus, run_dir, steps=6, every=3)
+    run(cfg, progress=False)
+    return run_dir
+
+
+def ours_from_checkpoint(run_dir: Path, step_dir: Path):
+    """Our model as training built it (model_config.json) with the checkpoint's weights."""
+    from models.config import ModelConfig
+    from models.model import build_model
+    from models.parallel import init_parallel
+
+    cfg = ModelConfig.from_dict(json.loads((run_dir / "model_config.json").read_text()))
+    model = build_model(cfg, init_parallel(tp=1, pp=1, backend="gloo")).eval()
+    model.load_state_dict(ckpt.load_checkpoint(step_dir)["model"])
+    return model
+
+
+@torch.no_grad()
+def our_logits(model, ids: list[int]) -> torch.Tensor:
+    s = len(ids)
+    batch = {"tokens": torch.tensor([ids]), "kv_start": torch.zeros(1, s, dtype=torch.int32),
+             "kv_end": torch.arange(1, s + 1, dtype=torch.int32)[None]}
+    return model.logits(batch)[0]
+
+
+def test_exported_run_loads_through_auto_classes_and_pipeline(trained, tmp_path):
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from data_pipeline.tokenizer import SentencePieceTokenizer
+
+    from recipes.sweep import run_env  # without the rendezvous settings of this (pytest) process
+
+    out = tmp_path / "hf"
+    done = subprocess.run([sys.executable, "-m", "recipes.export", str(trained), str(out)], cwd=ROOT,
+                          env=run_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "checked: transformers logits match ours" in done.stdout
+    assert f"AutoModelForCausalLM.from_pretrained({str(out)!r})" in done.stdout
+
+    config = AutoConfig.from_pretrained(out)
+    assert config.architectures == ["LlamaForCausalLM"]
+    assert getattr(transformers, config.architectures[0]) is transformers.LlamaForCausalLM  # TRL's DPO lookup
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    ours_tok = SentencePieceTokenizer.load(trained / "tokenizer.model")
+    ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
+    assert ids == ours_tok.encode(PROMPT)
+    assert (config.eos_token_id, tok.eos_token_id, hf.generation_config.eos_token_id) == (1, 1, 1)  # EOT
+
+    model = ours_from_checkpoint(trained, ckpt.latest_checkpoint(trained / "checkpoints"))
+    ours = our_logits(model, ids)
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.tensor([ids])).logits[0]
+    assert ours.abs().max() > 0.5  # a trained model, not a degenerate comparison
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+
+    # the pipeline's greedy continuation is ours
+    new = 8
+    greedy = list(ids)
+    for _ in range(new):
+        nxt = int(our_logits(model, greedy)[-1].argmax())
+        greedy.append(nxt)
+        if nxt == ours_tok.special.eot:
+            break
+    gen = transformers.pipeline("text-generation", model=str(out), tokenizer=str(out), device="cpu")
+    text = gen(PROMPT, max_new_tokens=new, do_sample=False)[0]["generated_text"]
+    assert text == PROMPT + ours_tok.decode([t for t in greedy[len(ids):] if t != ours_tok.special.eot])
+
+
+def test_step_and_dtype_choose_what_is_written(trained, tmp_path):
+    from safetensors import safe_open
+
+    result = export_run(trained, tmp_path / "hf", step=3, dtype="bf16")
+    assert (result.step, result.dtype) == (3, "bfloat16")
+    assert result.max_abs_diff is not None and result.max_abs_diff < 1e-4  # same rounded weights on both sides
+    raw = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert raw["torch_dtype"] == raw["dtype"] == "bfloat16"
+    saved = ckpt.load_checkpoint(trained / "checkpoints" / "step_00000003")["model"]
+    newest = ckpt.load_checkpoint(ckpt.latest_checkpoint(trained / "checkpoints"))["model"]
+    name = "lm.embedding.word_embeddings.weight"
+    assert not torch.equal(saved[name], newest[name])
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as f:
+        torch.testing.assert_close(f.get_tensor("model.embed_tokens.weight"), saved[name].to(torch.bfloat16),
+                                   atol=0, rtol=0)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary folder left
+
+
+def test_missing_files_are_named(trained, tmp_path):
+    with pytest.raises(FileNotFoundError, match="run directory not found: .*nowhere"):
+        export_run(tmp_path / "nowhere", tmp_path / "hf")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"moved/config.yaml: not found"):
+        export_run(moved, tmp_path / "hf")
+    shutil.copy(trained / "config.yaml", moved)
+    with pytest.raises(FileNotFoundError, match=r"moved/tokenizer.model: tokenizer not found"):
+        export_run(moved, tmp_path / "hf")
+    shutil.copy(trained / "tokenizer.model", moved)
+    with pytest.raises(FileNotFoundError, match=r"moved/checkpoints: no complete checkpoint"):
+        export_run(moved, tmp_path / "hf")
+    shutil.copytree(trained / "checkpoints", moved / "checkpoints")  # a run found where it is now
+    with pytest.raises(FileNotFoundError, match=r"step_00000005: not a complete checkpoint; complete steps: \[3, 6\]"):
+        export_run(moved, tmp_path / "hf", step=5)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    with pytest.raises(FileExistsError, match="taken: exists and is not an empty folder"):
+        export_run(moved, tmp_path / "taken")
+    assert export_run(moved, tmp_path / "fresh", step=6).step == 6
+
+
+def test_a_wrong_export_is_caught_and_not_written(trained, tmp_path, monkeypatch):
+    import models.hf_export as hf_export
+
+    right = hf_export.split_qkv
+
+    def swapped(qkv, cfg):  # query and key rows exchanged: loads fine, computes the wrong thing
+        q, k, v = right(qkv, cfg)
+        return k, q, v
+
+    monkeypatch.setattr(hf_export, "split_qkv", swapped)
+    with pytest.raises(CheckFailed, match="logits differ from ours"):
+        export_run(trained, tmp_path / "hf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_encoder_runs_are_refused_naming_the_kind(tiny_corpus, tmp_path, capsys):
+    from recipes.config import save_config
+
+    run_dir = tmp_path / "bert"
+    cfg = load_train_config(CONFIGS / "bert_mlm_tiny.yaml")
+    save_config(cfg, run_dir / "config.yaml")
+    shutil.copy(next(Path(tiny_corpus[2]).glob("*/tokenizer.model")), run_dir / "tokenizer.model")
+    assert main([str(run_dir), str(tmp_path / "hf")]) == 2
+    assert "kind='encoder': Hugging Face export of encoders is not supported yet" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_tensor_parallel_run_asks_for_torchrun(trained, tmp_path):
+    from recipes.config import save_config
+
+    run_dir = tmp_path / "tp2"
+    save_config(load_train_config(trained / "config.yaml", ["parallel.tensor_parallel=2"]), run_dir / "config.yaml")
+    shutil.copytree(trained / "checkpoints", run_dir / "checkpoints")
+    with pytest.raises(ValueError, match=r"tensor_parallel=2, this launch has 1 process.*torchrun --nproc-per-node 2"):
+        export_run(run_dir, tmp_path / "hf", tokenizer=trained / "tokenizer.model")
+
+
+@pytest.mark.slow
+def test_tensor_parallel_2_run_exports_under_torchrun(tiny_corpus, tmp_path):
+    """Trained with TP=2 (two gloo processes), exported with TP=2: the shards are gathered."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from recipes.sweep import run_env
+
+    run_dir, out = tmp_path / "tp2", tmp_path / "hf"
+    overrides = [f"data.cache_dir={tiny_corpus[2]}", "data.seq_length=64", "schedule.train_steps=2",
+                 "schedule.warmup_steps=1", "schedule.micro_batch_size=2", f"logging.run_dir={run_dir}",
+                 "logging.progress_bar=false", "logging.tensorboard=false", "eval.at_end=false",
+                 "eval.infill_sample=false", "parallel.device=cpu", "parallel.tensor_parallel=2"]
+    overrides += [f"data.corpus.{k}={v}" for k, v in TINY_CORPUS.items()]
+    overrides += [f"data.tokenizer.{k}={v}" for k, v in TINY_TOKENIZER.items()]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
+    env = {**run_env(), "OMP_NUM_THREADS": "1"}
+    train = subprocess.run([*torchrun, "recipes.train", str(CONFIGS / "gpt_fim_tiny.yaml"), *overrides],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-3000:]
+    export = subprocess.run([*torchrun, "recipes.export", str(run_dir), str(out)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert export.stdout.count("checked: transformers logits match ours") == 1  # rank 0 alone reports
+    step_dir = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    shards = [ckpt.load_checkpoint(step_dir, rank=r)["model"]["lm.embedding.word_embeddings.weight"] for r in (0, 1)]
+    assert shards[0].shape[0] * 2 == AutoModelForCausalLM.from_pretrained(out).config.vocab_size
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        torch.testing.assert_close(f.get_tensor("model.embed_tokens.weight"), torch.cat(shards), atol=0, rtol=0)
