@@ -23,7 +23,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -31,7 +31,7 @@ from recipes import checkpoint as ckpt
 from recipes.config import ConfigError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PROBE_SHAPE = (2, 64)  # token ids the check runs through both models (length capped by seq_length)
+PROBE_SHAPE = (2, 64)  # token ids the check runs through both models (length capped at seq_length)
 PROBE_TEXT = "def add(a, b):\n    return a + b  # sum\n\nThe quick brown fox, 2024."
 TOLERANCE = 1e-3  # largest |logit difference| / max(1, largest |logit|) the check accepts
 
@@ -42,11 +42,13 @@ class CheckFailed(RuntimeError):
 
 @dataclass
 class Exported:
+    run_dir: Path
     out_dir: Path
     checkpoint: Path
     step: int
-    architecture: str
+    hf: Any  # models.hf_export.HFFormat
     dtype: str
+    probe_shape: tuple[int, int] | None = None  # token ids [b, s] the check compared logits on
     max_abs_diff: float | None = None  # |transformers logits - ours|, fp32, on the probe tokens
     max_abs_logit: float | None = None
 
@@ -130,7 +132,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, step: int | None = N
     model, step_done, saved_dtype = load_model(model_cfg, step_dir, info,
                                                fits=f"{run_dir / 'config.yaml'} and tokenizer {tok_path}")
     out_dtype = saved_dtype if dtype == "auto" else DTYPES[dtype]
-    result = Exported(out_dir=out_dir, checkpoint=step_dir, step=step_done, architecture=fmt.architecture,
+    result = Exported(run_dir=run_dir, out_dir=out_dir, checkpoint=step_dir, step=step_done, hf=fmt,
                       dtype=str(out_dtype).removeprefix("torch."))
     full = full_state_dict(model, info.pg_collection.tp)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -191,6 +193,7 @@ def _check(model, fmt, folder: Path, tok, seq_length: int, dtype: torch.dtype, i
     theirs = hf(input_ids=tokens).logits.float()
     if theirs.shape != ours.shape:
         raise CheckFailed(f"{folder}: transformers logits have shape {tuple(theirs.shape)}, ours {tuple(ours.shape)}")
+    result.probe_shape = tuple(tokens.shape)
     result.max_abs_diff = float((theirs - ours).abs().max())
     result.max_abs_logit = float(ours.abs().max())
     if not result.max_abs_diff <= TOLERANCE * max(1.0, result.max_abs_logit):
@@ -217,16 +220,13 @@ def _gathered_logits(model, batch: dict, tp_group) -> torch.Tensor:
 
 
 def how_to_load(result: Exported) -> str:
-    from models.hf_export import FORMATS
-
-    fmt = next(f for f in FORMATS.values() if f.architecture == result.architecture)
-    where = str(result.out_dir)
-    lines = [f"[export] step {result.step} of {result.checkpoint.parent.parent} -> {where}: "
-             f"{result.architecture}, {result.dtype}"]
+    fmt, where = result.hf, str(result.out_dir)
+    lines = [f"[export] step {result.step} of {result.run_dir} -> {where}: {fmt.architecture}, {result.dtype}"]
     if result.max_abs_diff is not None:
+        b, s = result.probe_shape
         lines.append(f"[export] checked: transformers logits match ours to {result.max_abs_diff:.2g} "
-                     f"(largest |logit| {result.max_abs_logit:.3g}, fp32, {PROBE_SHAPE[0]}x{PROBE_SHAPE[1]} "
-                     f"tokens at most); tokenizer ids equal ours")
+                     f"(largest |logit| {result.max_abs_logit:.3g}, fp32, {b}x{s} tokens); "
+                     "tokenizer ids equal ours")
     lines += ["Load it with:",
               f"    from transformers import {fmt.auto_class}, AutoTokenizer",
               f"    model = {fmt.auto_class}.from_pretrained({where!r})",
