@@ -22,6 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from objectives.extras import require
+
+# the megatron indexed datasets need torch; name [train] (which includes [data]) at once
+require("train", "torch", "megatron", "sentencepiece", by=__name__)
+
 from data_pipeline.config import CorpusConfig, TokenizerConfig
 from data_pipeline.corpus import Corpus, CorpusError, _file_identity, is_valid_document, open_corpus
 from data_pipeline.encode import encode_documents
@@ -139,6 +144,7 @@ def _build(corpus, corpus_cfg, tok_cfg, tmp: Path, workers, chunk_documents, pro
                               workers=workers, chunk_documents=chunk_documents)
     bar = None
     if progress:
+        require("data", "tqdm", by=__name__)
         from tqdm import tqdm
         bar = tqdm(desc=f"tokenising {corpus.name}", unit="doc")
     t1 = time.perf_counter()

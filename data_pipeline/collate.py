@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from objectives.extras import require
+
+require("train", "torch", by=__name__)
+
 import numpy as np
 import torch
 

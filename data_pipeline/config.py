@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from objectives.extras import require
+
 STDLIB_SOURCES = ("stdlib-code", "stdlib-prose")
 SENTENCE_MODES = ("auto", "prose", "code")
 
@@ -118,6 +120,7 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, where: str = "") -> Any
 
 def load_prepare_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> PrepareConfig:
     """Read a YAML file whose top level has ``corpus``, ``tokenizer``, ``out``, ``workers``."""
+    require("data", "yaml", by=__name__)
     import yaml
 
     path = Path(path)

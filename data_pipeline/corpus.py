@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from data_pipeline.config import CorpusConfig
+from objectives.extras import require
 
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".text": "text"}
 # stdlib folders left out: tests (huge, repetitive), vendored/third-party code, GUI demos
@@ -99,6 +100,7 @@ def _stdlib_corpus(cfg: CorpusConfig) -> Corpus:
 
 def _hf_documents(builder: str, kwargs: dict, text_field: str, label: str,
                   cache_dir: str | None) -> Iterator[str]:
+    require("data", "datasets", by=__name__)
     import datasets
 
     datasets.disable_progress_bars()

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
+from objectives.extras import require
+
+require("train", "torch", by=__name__)
+
 import numpy as np
 import torch
 

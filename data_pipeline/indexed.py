@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from objectives.extras import require
+
+require("train", "torch", "megatron", by=__name__)
+
 import numpy as np
 from megatron.core.datasets.indexed_dataset import (
     DType,

@@ -15,6 +15,10 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from objectives.extras import require
+
+require("data", "sentencepiece", by=__name__)
+
 import numpy as np
 import sentencepiece as spm
 

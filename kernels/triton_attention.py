@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import math
 
+from objectives.extras import require
+
+require("train", "torch", "triton", by=__name__)
+
 import torch
 import triton
 import triton.language as tl

@@ -1,7 +1,11 @@
 """megatron-core decoders/encoders with our interval attention, objective heads, HF export.
 
-``models.config`` imports without torch; the rest needs torch and megatron-core.
+Needs the ``[train]`` extra (torch, megatron-core).
 """
+
+from objectives.extras import require
+
+require("train", "torch", "megatron", "transformers", "safetensors", "tokenizers", "sentencepiece", by=__name__)
 
 from models.config import PRESETS, ModelConfig, preset
 

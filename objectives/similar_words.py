@@ -29,6 +29,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from objectives.extras import require
+
 Word = tuple[int, ...]
 
 MAX_WORD_TOKENS = 16
@@ -391,6 +393,7 @@ def chinese_word_starts(text: str, tokens: Sequence[int], tokenizer, cut=None) -
     a word. Not a hot path: run it once when preparing data.
     """
     if cut is None:
+        require("data", "jieba", by="chinese_word_starts")
         import jieba  # lazy: objectives import with numpy alone
 
         jieba.setLogLevel(60)

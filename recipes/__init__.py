@@ -1,7 +1,12 @@
 """Training recipes: ``python -m recipes.train CONFIG.yaml [dotted.key=value ...]``.
 
 Also ``recipes.sweep`` (ablation grids) and ``recipes.evaluate`` (re-evaluate a run).
+Needs the ``[train]`` extra.
 """
+
+from objectives.extras import require
+
+require("train", "torch", "megatron", "yaml", "tqdm", by=__name__)
 
 import warnings as _warnings
 
