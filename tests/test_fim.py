@@ -317,7 +317,7 @@ class SentencePieceAdapter:
 
 @pytest.fixture(scope="module")
 def sp_tok():
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
     rnd = random.Random(0)
     lines = [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 15))) for _ in range(500)]
     buf = io.BytesIO()
@@ -404,7 +404,7 @@ def test_context_level_fim_share():
 
 
 def test_with_the_project_tokenizer():
-    tokenizer = pytest.importorskip("data_pipeline.tokenizer")
+    from data_pipeline import tokenizer
     rnd = random.Random(1)
     lines = [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 15))) for _ in range(400)]
     tok = tokenizer.SentencePieceTokenizer.train(lines, 300)
@@ -427,8 +427,8 @@ def test_capped_reencode_regions_still_add_up(sp_tok, text_seed, seed, cap, leve
 def test_project_tokenizer_encode_array_matches_encode(tmp_path):
     # FIM re-encodes through encode_array (a fast path for short fragments): it must give
     # encode's ids, unk remapped to special.unk, for short and long texts alike
-    spm = pytest.importorskip("sentencepiece")
-    tokenizer = pytest.importorskip("data_pipeline.tokenizer")
+    import sentencepiece as spm
+    from data_pipeline import tokenizer
     rnd = random.Random(3)
     lines = [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 15))) for _ in range(300)]
     buf = io.BytesIO()  # no byte fallback: unseen characters become unk

@@ -21,14 +21,12 @@ if not HAS_CUDA:
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-triton = pytest.importorskip("triton")
-
 from kernels import masked_attention, masked_attention_reference, masks  # noqa: E402
 from kernels import triton_attention  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-pytestmark = pytest.mark.skipif(not HAS_CUDA and not triton_attention.INTERPRET,
-                                reason="no GPU and triton was imported without TRITON_INTERPRET=1")
+if not HAS_CUDA and not triton_attention.INTERPRET:  # nothing below could run: fail, never skip
+    raise RuntimeError("no GPU and triton was imported without TRITON_INTERPRET=1")
 FLOOR = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
@@ -164,6 +162,10 @@ def test_launcher_rejects_float32_and_mismatched_devices():
     kv = torch.zeros(8, dtype=torch.int32)
     with pytest.raises(TypeError, match="float16 or bfloat16"):
         masked_attention(q, q, q, kv, kv + 1, backend="triton")
+    q = q.to(torch.bfloat16)
+    k = torch.empty_like(q, device="meta")  # a second device on any machine
+    with pytest.raises(ValueError, match="one device"):
+        masked_attention(q, k, k, kv, kv + 1, backend="triton")
 
 
 gpu = pytest.mark.gpu

@@ -101,7 +101,7 @@ def test_every_objective_imports_and_builds_with_numpy_alone():
 
 # ------------------------------------------------------------------ Hugging Face datasets.map
 def test_datasets_map_is_deterministic_per_index():
-    datasets = pytest.importorskip("datasets")
+    import datasets
     docs = raw_corpus()
     ds = datasets.Dataset.from_dict({k: [d[k].tolist() for d in docs] for k in ("tokens", "word_start", "sentence_start")})
     t = make_transform()
@@ -144,7 +144,7 @@ class PretrainDataset:
 
 
 def _epoch(num_workers, epoch):
-    torch = pytest.importorskip("torch")
+    import torch
     ds = PretrainDataset(raw_corpus(), make_transform())
     ds.set_epoch(epoch)
     loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=num_workers, shuffle=False)
@@ -177,7 +177,7 @@ class BatchPretrainDataset(PretrainDataset):
 
 @pytest.mark.slow
 def test_batch_form_dataloader_determinism_independent_of_worker_count():
-    torch = pytest.importorskip("torch")
+    import torch
     from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
     table = SimilarWords.from_neighbours({(w,): [(w + 1,)] for w in range(16, V - 1)})
