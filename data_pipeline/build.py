@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from itertools import islice
@@ -31,7 +32,7 @@ from data_pipeline.config import CorpusConfig, TokenizerConfig
 from data_pipeline.corpus import Corpus, CorpusError, _file_identity, is_valid_document, open_corpus
 from data_pipeline.encode import encode_documents
 from data_pipeline.indexed import IndexedDataError, SplitWriter, TokenData, split_files
-from data_pipeline.tokenizer import SentencePieceTokenizer
+from data_pipeline.tokenizer import SentencePieceTokenizer, vocabulary_shortfall
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -56,6 +57,7 @@ class PreparedCorpus:
 # ---- caching ---------------------------------------------------------------------------
 def cache_key(corpus: Corpus, corpus_cfg: CorpusConfig, tok_cfg: TokenizerConfig) -> str:
     tok_identity = dataclasses.asdict(tok_cfg)
+    tok_identity.pop("exact_vocab_size")  # a check on the result, checked again on reuse
     if tok_cfg.model_path:
         tok_identity = {"model": _file_identity([Path(tok_cfg.model_path).resolve()])}
     payload = json.dumps(
@@ -85,7 +87,21 @@ def _get_tokenizer(corpus: Corpus, corpus_cfg: CorpusConfig, tok_cfg: TokenizerC
     return SentencePieceTokenizer.train(
         itertools.chain([first], train_docs), tok_cfg.vocab_size, model_path=save_to, model_type=tok_cfg.model_type,
         character_coverage=tok_cfg.character_coverage, add_dummy_prefix=tok_cfg.add_dummy_prefix,
-        max_sentences=tok_cfg.max_training_sentences)
+        max_sentences=tok_cfg.max_training_sentences, exact_vocab_size=tok_cfg.exact_vocab_size)
+
+
+def check_vocabulary(prepared: PreparedCorpus, tok_cfg: TokenizerConfig) -> None:
+    """A reused directory whose tokenizer has fewer pieces than asked: log it again, or
+    fail with ``exact_vocab_size`` (a fresh one was checked while training)."""
+    if tok_cfg.model_path:
+        return
+    asked, got = tok_cfg.vocab_size, prepared.tokenizer.num_pieces
+    if got < asked and tok_cfg.exact_vocab_size:
+        raise ValueError(f"tokenizer.vocab_size={asked} with exact_vocab_size: the prepared corpus "
+                         f"{prepared.path} has {got} pieces; ask for fewer or train on more text")
+    note = vocabulary_shortfall(asked, got)
+    if note:
+        print(f"[data_pipeline] {note} ({prepared.path})", file=sys.stderr)
 
 
 def _limited(docs: Iterator[str], cfg: CorpusConfig) -> Iterator[str]:
@@ -107,10 +123,13 @@ def prepare_corpus(corpus_cfg: CorpusConfig, tokenizer_cfg: TokenizerConfig, out
     final = out_dir / key
     if final.is_dir() and not force:
         try:
-            return _load(final, reused=True)
+            prepared = _load(final, reused=True)
         except (OSError, ValueError, KeyError) as exc:  # damaged cache: rebuild it
             print(f"[data_pipeline] cached dataset {final} unusable ({exc}); rebuilding")
             shutil.rmtree(final, ignore_errors=True)
+        else:
+            check_vocabulary(prepared, tokenizer_cfg)
+            return prepared
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".tmp-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -122,7 +141,9 @@ def prepare_corpus(corpus_cfg: CorpusConfig, tokenizer_cfg: TokenizerConfig, out
         if final.exists() and not force:
             # another process finished the same key first: keep its copy (it may be in use)
             shutil.rmtree(tmp)
-            return _load(final, reused=True)
+            prepared = _load(final, reused=True)
+            check_vocabulary(prepared, tokenizer_cfg)
+            return prepared
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -182,6 +203,9 @@ def _build(corpus, corpus_cfg, tok_cfg, tmp: Path, workers, chunk_documents, pro
         "corpus": dataclasses.asdict(corpus_cfg),
         "tokenizer": dataclasses.asdict(tok_cfg),
         "vocab_size": tokenizer.vocab_size,
+        # sentencepiece pieces asked for and trained (asked is None for a loaded model)
+        "tokenizer_pieces": {"asked": None if tok_cfg.model_path else tok_cfg.vocab_size,
+                             "got": tokenizer.num_pieces},
         "splits": splits,
         "skipped_documents": skipped,
         "characters": chars,

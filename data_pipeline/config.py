@@ -68,6 +68,9 @@ class TokenizerConfig:
     character_coverage: float = 1.0
     max_training_sentences: int = 200_000
     add_dummy_prefix: bool = False  # False keeps decode(encode(x)) == x for code
+    # fail when the corpus cannot fill vocab_size pieces (by default fewer are kept, logged and
+    # recorded in the manifest); set it when runs must share one vocabulary size, as in a sweep
+    exact_vocab_size: bool = False
 
     def __post_init__(self) -> None:
         if not self.model_path and self.vocab_size < 300:
@@ -76,6 +79,8 @@ class TokenizerConfig:
             )
         if self.model_type not in ("unigram", "bpe"):
             raise ValueError(f"tokenizer.model_type must be 'unigram' or 'bpe', got {self.model_type!r}")
+        if not isinstance(self.exact_vocab_size, bool):
+            raise ValueError(f"tokenizer.exact_vocab_size must be a bool, got {self.exact_vocab_size!r}")
         if not 0.0 < self.character_coverage <= 1.0:
             raise ValueError(f"tokenizer.character_coverage must lie in (0, 1], got {self.character_coverage!r}")
 

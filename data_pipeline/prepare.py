@@ -28,6 +28,8 @@ def parse_args(argv=None) -> PrepareConfig:
     p.add_argument("--valid-fraction", type=float, help="held-out fraction, by document hash")
     p.add_argument("--max-bytes", type=int, help="cap on the embedded stdlib corpora")
     p.add_argument("--vocab-size", type=int, help="sentencepiece pieces to train")
+    p.add_argument("--exact-vocab-size", action="store_true",
+                   help="fail when the corpus cannot fill --vocab-size pieces (default: keep fewer, say so)")
     p.add_argument("--tokenizer-model", help="load this sentencepiece model instead of training one")
     p.add_argument("--out", help="output folder (the dataset goes to OUT/<cache key>/)")
     p.add_argument("--workers", type=int, help="tokenising processes")
@@ -38,6 +40,7 @@ def parse_args(argv=None) -> PrepareConfig:
         "corpus.split": a.split, "corpus.subset": a.subset, "corpus.sentences": a.sentences,
         "corpus.valid_fraction": a.valid_fraction, "corpus.max_bytes": a.max_bytes,
         "tokenizer.vocab_size": a.vocab_size, "tokenizer.model_path": a.tokenizer_model,
+        "tokenizer.exact_vocab_size": True if a.exact_vocab_size else None,
         "out": a.out, "workers": a.workers, "progress": False if a.no_progress else None,
     }.items() if v is not None}
     if a.config:
@@ -72,6 +75,8 @@ def main(argv=None) -> int:
         "reused_cache": prepared.reused,
         "files": sorted(p.name for p in prepared.path.iterdir()),
         "vocab_size": prepared.tokenizer.vocab_size,
+        "tokenizer_pieces": {"asked": None if cfg.tokenizer.model_path else cfg.tokenizer.vocab_size,
+                             "got": prepared.tokenizer.num_pieces},
         "splits": m["splits"],
         "skipped_empty_documents": m["skipped_documents"],
         "seconds": round(time.perf_counter() - t0, 3),

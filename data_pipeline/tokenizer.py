@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -41,6 +43,7 @@ class SentencePieceTokenizer:
         boundary = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in WORD_BOUNDARY.encode()]
         self._boundary_ids = boundary if all(self._sp.is_byte(i) for i in boundary) else None
         n = self._sp.get_piece_size()
+        self.num_pieces = n  # sentencepiece pieces (what TokenizerConfig.vocab_size asks for)
         self.vocab_size = self._offset + n
         # per-id facts for word_start(): reserved ids count as word starts and end a word
         pieces = [self._piece_text(i) for i in range(n)]
@@ -75,9 +78,15 @@ class SentencePieceTokenizer:
         character_coverage: float = 1.0,
         add_dummy_prefix: bool = False,
         max_sentences: int = 200_000,
+        exact_vocab_size: bool = False,
         special: SpecialTokens | None = None,
     ) -> "SentencePieceTokenizer":
-        """Train on ``texts`` (one training line per non-blank line); save atomically to ``model_path``."""
+        """Train on ``texts`` (one training line per non-blank line); save atomically to ``model_path``.
+
+        sentencepiece stops short of ``vocab_size`` pieces when the text holds no more; the
+        shortfall is printed (stderr), or with ``exact_vocab_size`` it is an error
+        (sentencepiece's hard vocabulary limit), for runs that must share one vocabulary size.
+        """
 
         def lines() -> Iterable[str]:
             count = 0
@@ -108,11 +117,17 @@ class SentencePieceTokenizer:
                 bos_id=-1,
                 eos_id=-1,
                 pad_id=-1,
-                hard_vocab_limit=False,
+                hard_vocab_limit=bool(exact_vocab_size),
                 minloglevel=2,
                 num_threads=max(1, min(4, os.cpu_count() or 1)),
             )
         except RuntimeError as exc:
+            most = re.search(r"Vocabulary size too high.*<= (\d+)", str(exc))
+            if exact_vocab_size and most:
+                raise ValueError(
+                    f"vocab_size={vocab_size} with exact_vocab_size: the training text gives at most "
+                    f"{most.group(1)} pieces; ask for fewer, train on more text, or set "
+                    f"exact_vocab_size=false to accept fewer") from exc
             raise ValueError(f"sentencepiece training failed (vocab_size={vocab_size}): {exc}") from exc
         proto = buf.getvalue()
         path = None
@@ -123,7 +138,11 @@ class SentencePieceTokenizer:
             tmp.write_bytes(proto)
             os.replace(tmp, path)
             path = str(path)
-        return cls(proto, special, path)
+        tok = cls(proto, special, path)
+        note = vocabulary_shortfall(vocab_size, tok.num_pieces)
+        if note:
+            print(f"[data_pipeline] {note}", file=sys.stderr)
+        return tok
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
@@ -228,6 +247,15 @@ class SentencePieceTokenizer:
         out[1:] |= arr[:-1] < self._offset
         out[0] = True
         return out
+
+
+def vocabulary_shortfall(asked: int, got: int) -> str | None:
+    """The line to log when training gave fewer pieces than asked, else None."""
+    if got >= asked:
+        return None
+    return (f"tokenizer: asked for {asked} pieces, the training text gave {got} (sentencepiece stops "
+            f"when it finds no more); the model's vocabulary follows what came back. Set "
+            f"tokenizer.exact_vocab_size=true to make this an error.")
 
 
 def _direct_encoder(sp: spm.SentencePieceProcessor):

@@ -243,6 +243,29 @@ def test_cli_flags_and_config_print_what_was_written(tmp_path, capsys):
     assert "corpus.sorce" in capsys.readouterr().err
 
 
+def test_vocabulary_shortfall_is_logged_recorded_and_can_be_an_error(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "c.jsonl", make_documents(12))
+    cfg = CorpusConfig(source=str(src), valid_fraction=0.0)
+    p = prepare_corpus(cfg, TokenizerConfig(vocab_size=3000), tmp_path / "out")
+    got = p.tokenizer.num_pieces
+    assert got < 3000 and p.manifest["tokenizer_pieces"] == {"asked": 3000, "got": got}
+    assert json.loads((p.path / "manifest.json").read_text())["tokenizer_pieces"] == {"asked": 3000, "got": got}
+    assert f"asked for 3000 pieces, the training text gave {got}" in capsys.readouterr().err
+    again = prepare_corpus(cfg, TokenizerConfig(vocab_size=3000), tmp_path / "out")  # reused: said again
+    assert again.reused and f"asked for 3000 pieces, the training text gave {got}" in capsys.readouterr().err
+    exact = TokenizerConfig(vocab_size=3000, exact_vocab_size=True)
+    with pytest.raises(ValueError, match=f"{again.path} has {got} pieces"):
+        prepare_corpus(cfg, exact, tmp_path / "out")
+    with pytest.raises(ValueError, match=f"at most {got} pieces"):
+        prepare_corpus(cfg, exact, tmp_path / "fresh")
+    assert [f.name for f in (tmp_path / "fresh").iterdir() if f.name != ".hf-cache"] == []  # nothing half-written
+    rc = prepare_main(["--corpus", str(src), "--vocab-size", "3000", "--exact-vocab-size", "--out",
+                       str(tmp_path / "cli"), "--valid-fraction", "0", "--no-progress"])
+    assert rc == 1 and f"at most {got} pieces" in capsys.readouterr().err
+    full = prepare_corpus(cfg, TokenizerConfig(vocab_size=got, exact_vocab_size=True), tmp_path / "out")
+    assert full.manifest["tokenizer_pieces"] == {"asked": got, "got": got} and "asked for" not in capsys.readouterr().err
+
+
 def test_embedded_stdlib_corpora_are_deterministic():
     code = list(open_corpus(CorpusConfig(source="stdlib-code", max_bytes=15_000)).documents())
     assert code and sum(map(len, code)) <= 15_000

@@ -117,3 +117,14 @@ def test_literal_word_boundary_mark_survives(tok):
     assert tok.encode_batch([text, "plain"]) == [ids, tok.encode("plain")]
     flat, lengths = tok.encode_flat([text])
     assert flat.tolist() == ids and lengths.tolist() == [len(ids)]
+
+
+def test_fewer_pieces_than_asked_are_said_or_an_error(capsys):
+    tok = SentencePieceTokenizer.train(TEXT, vocab_size=2000)  # TEXT holds a few hundred pieces
+    got = tok.num_pieces
+    assert 320 <= got < 2000 and tok.vocab_size == got + SpecialTokens().first_regular
+    assert f"asked for 2000 pieces, the training text gave {got}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=f"vocab_size=2000 with exact_vocab_size: the training text gives at most {got} pieces"):
+        SentencePieceTokenizer.train(TEXT, vocab_size=2000, exact_vocab_size=True)
+    exact = SentencePieceTokenizer.train(TEXT, vocab_size=320, exact_vocab_size=True)
+    assert exact.num_pieces == 320 and "asked for" not in capsys.readouterr().err
