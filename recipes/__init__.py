@@ -6,7 +6,7 @@ Needs the ``[train]`` extra.
 
 from objectives.extras import require
 
-require("train", "torch", "megatron", "yaml", "tqdm", by=__name__)
+require("train", "torch", "megatron", "yaml", "tqdm", "transformers", by=__name__)
 
 import warnings as _warnings
 
