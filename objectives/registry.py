@@ -225,6 +225,7 @@ class Plan:
     segment_types: int
     evals: dict                         # held-out suite name -> typed spec
     special: tuple[str, ...]
+    sentinels: int                      # span sentinels the tokenizer must reserve
     needs_tokenizer: bool
     infilling: bool
 
@@ -284,6 +285,7 @@ def plan(spec: Spec) -> Plan:
     return Plan(model=model, sampler=sampler, input_length=length, losses=losses, fields=tuple(fields.values()),
                 segment_types=max(t.segment_types for _, t in tasks), evals=evals,
                 special=tuple(dict.fromkeys(s for _, t in tasks for s in t.special)),
+                sentinels=max(t.sentinels_for(leaf.config) for leaf, t in tasks),
                 needs_tokenizer=any(t.needs_tokenizer for _, t in tasks),
                 infilling=any(t.infilling for _, t in tasks))
 
@@ -293,10 +295,11 @@ def plan(spec: Spec) -> Plan:
 
 def build(name: str, config: Mapping[str, Any] | Any = None, *, special: SpecialTokens | None = None,
           vocab_size: int, tokenizer=None, **extra):
-    """Build the named objective. ``extra`` goes to the constructor (e.g. MacBERT's ``similar``)."""
+    """Build the named objective. ``extra`` goes to the constructor (e.g. MacBERT's ``similar``).
+    Without ``special``, the default reserved ids with the sentinels the objective declares."""
     cfg = make_config(name, config)
-    return transform_class(name)(cfg, special=special or SpecialTokens(), vocab_size=vocab_size,
-                                 tokenizer=tokenizer, **extra)
+    special = special or SpecialTokens(num_sentinels=task(name).sentinels_for(cfg))
+    return transform_class(name)(cfg, special=special, vocab_size=vocab_size, tokenizer=tokenizer, **extra)
 
 
 def build_spec(spec: Mapping[str, Any] | Spec, *, special: SpecialTokens | None = None, vocab_size: int,

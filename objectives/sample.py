@@ -72,7 +72,12 @@ CONTRACT_FIELDS = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids
 
 @dataclass(frozen=True)
 class SpecialTokens:
-    """Reserved ids the pipeline emits; raw text can never encode to them."""
+    """Reserved ids the pipeline emits; raw text can never encode to them.
+
+    Layout: the named ids below ``sentinel_base`` (16), then ``num_sentinels``
+    span sentinels (T5's ``<extra_id_i>`` = ``sentinel_base + i``), then the
+    tokenizer's pieces from ``first_regular`` (= ``sentinel_base + num_sentinels``
+    unless given)."""
 
     pad: int = 0
     eot: int = 1
@@ -84,8 +89,28 @@ class SpecialTokens:
     fim_suffix: int = 7
     fim_pad: int = 8
     unk: int = 9
+    sentinel_base: int = 16
+    num_sentinels: int = 0
     # ids below this are reserved for the pipeline; tokenizer pieces start here
-    first_regular: int = 16
+    first_regular: int | None = None
+
+    def __post_init__(self):
+        if int(self.num_sentinels) < 0:
+            raise ValueError(f"SpecialTokens.num_sentinels must be >= 0, got {self.num_sentinels}")
+        need = int(self.sentinel_base) + int(self.num_sentinels)
+        if self.first_regular is None:
+            object.__setattr__(self, "first_regular", need)
+        elif self.first_regular < need:
+            raise ValueError(f"SpecialTokens.first_regular={self.first_regular} leaves no room for "
+                             f"{self.num_sentinels} sentinels from {self.sentinel_base}")
+
+    def sentinels(self, count: int | None = None) -> np.ndarray:
+        """The first ``count`` sentinel ids (all of them by default), int32."""
+        n = self.num_sentinels if count is None else int(count)
+        if n > self.num_sentinels:
+            raise ValueError(f"{n} sentinel ids wanted, the tokenizer reserves {self.num_sentinels} "
+                             "(data.tokenizer.sentinels)")
+        return np.arange(self.sentinel_base, self.sentinel_base + n, dtype=np.int32)
 
     def is_special(self, ids: np.ndarray) -> np.ndarray:
         return np.asarray(ids) < self.first_regular

@@ -88,12 +88,14 @@ class Task:
     input_length: Callable[[Any], int]
     losses: Mapping[str, str] | Callable[[Any], Mapping[str, str]] = field(
         default_factory=lambda: {"lm": "token"})  # loss name -> head kind
-    # segment_ids values the transform writes (0..n-1): the encoder's segment embeddings
+    # segment_ids values an encoder objective writes (0..n-1): the encoder's segment embeddings
     segment_types: int = 1
     # held-out suites: config -> {suite: (objective name, its config)}; None = the training objective
     evals: Callable[[Any], Mapping[str, tuple[str, Any]]] | None = None
     # SpecialTokens fields the transform emits (the tokenizer must reserve them)
     special: tuple[str, ...] = ()
+    # how many span sentinels (SpecialTokens.sentinels) the transform numbers its spans with
+    sentinels: int | Callable[[Any], int] = 0
     # the transform re-tokenises text (pass the corpus tokenizer)
     needs_tokenizer: bool = False
     # the trained model can fill in the middle (the recipe shows a held-out infill at the end)
@@ -109,6 +111,9 @@ class Task:
         if not callable(self.losses):
             for loss, kind in self.losses.items():
                 head_fields(loss, kind)
+
+    def sentinels_for(self, config) -> int:
+        return int(_resolve(self.sentinels, config))
 
     def losses_for(self, config) -> dict[str, str]:
         out = dict(_resolve(self.losses, config))

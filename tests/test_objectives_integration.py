@@ -75,13 +75,15 @@ for name in registry.names():
     cfg = {"seq_length": 32} if "seq_length" in fields else {}
     if "split_level" in fields:
         cfg["split_level"] = "token"   # character-level FIM needs a tokenizer
-    t = registry.build(name, cfg, special=special, vocab_size=300)
+    t = registry.build(name, cfg, vocab_size=300)   # default reserved ids + the sentinels it declares
     built.append(name)
     sample = dict(seg)
     if registry.task(name).sampler == "packed":
         sample = {"tokens": rng.integers(16, 300, 33).astype(np.int32)}
     if all(f in sample for f in getattr(t, "reads", ())):
-        out = t(sample, np.random.default_rng(1))
+        # objectives on the batch contract take a key; those being moved still a Generator
+        from objectives.sample import Transform
+        out = t(sample, 1) if isinstance(t, Transform) else t(sample, np.random.default_rng(1))
         assert out["tokens"].shape == (32,), (name, out["tokens"].shape)
         called.append(name)
 bad = [m for m in %(blocked)r if sys.modules.get(m) is not None]
