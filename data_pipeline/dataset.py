@@ -19,6 +19,8 @@ require("train", "torch", by=__name__)
 import numpy as np
 import torch
 
+from objectives.sample import Transform as BatchTransform
+
 Transform = Callable[[dict, np.random.Generator], dict]
 
 
@@ -42,7 +44,9 @@ class ObjectiveDataset(torch.utils.data.Dataset):
     def __getitem__(self, position: int) -> dict[str, np.ndarray]:
         epoch, index = self.locate(position)
         sample = self.sampler.sample(epoch, index)
-        if self.transform is not None:
+        if isinstance(self.transform, BatchTransform):  # the batch contract: a sample and its key
+            sample = self.transform(sample, self.seed, epoch=epoch, index=index)
+        elif self.transform is not None:
             sample = self.transform(sample, np.random.default_rng([self.seed, epoch, index]))
         return sample
 

@@ -298,7 +298,7 @@ def build(name: str, config: Mapping[str, Any] | Any = None, *, special: Special
     """Build the named objective. ``extra`` goes to the constructor (e.g. MacBERT's ``similar``).
     Without ``special``, the default reserved ids with the sentinels the objective declares."""
     cfg = make_config(name, config)
-    special = special or SpecialTokens(num_sentinels=task(name).sentinels_for(cfg))
+    special = special or SpecialTokens().with_sentinels(vocab_size, task(name).sentinels_for(cfg))
     return transform_class(name)(cfg, special=special, vocab_size=vocab_size, tokenizer=tokenizer, **extra)
 
 

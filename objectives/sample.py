@@ -74,10 +74,11 @@ CONTRACT_FIELDS = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids
 class SpecialTokens:
     """Reserved ids the pipeline emits; raw text can never encode to them.
 
-    Layout: the named ids below ``sentinel_base`` (16), then ``num_sentinels``
-    span sentinels (T5's ``<extra_id_i>`` = ``sentinel_base + i``), then the
-    tokenizer's pieces from ``first_regular`` (= ``sentinel_base + num_sentinels``
-    unless given)."""
+    The named ids sit below ``first_regular``, where the tokenizer's pieces start.
+    Span sentinels (T5's ``<extra_id_i>`` = ``sentinel_base + i``) sit after the
+    pieces, as in T5, so one prepared corpus serves objectives with and without
+    them: a run that needs ``n`` sentinels sets ``sentinel_base`` to the
+    tokenizer's vocabulary size and grows the model's vocabulary by ``n``."""
 
     pad: int = 0
     eot: int = 1
@@ -89,31 +90,38 @@ class SpecialTokens:
     fim_suffix: int = 7
     fim_pad: int = 8
     unk: int = 9
-    sentinel_base: int = 16
-    num_sentinels: int = 0
     # ids below this are reserved for the pipeline; tokenizer pieces start here
-    first_regular: int | None = None
+    first_regular: int = 16
+    sentinel_base: int = 0
+    num_sentinels: int = 0
 
     def __post_init__(self):
         if int(self.num_sentinels) < 0:
             raise ValueError(f"SpecialTokens.num_sentinels must be >= 0, got {self.num_sentinels}")
-        need = int(self.sentinel_base) + int(self.num_sentinels)
-        if self.first_regular is None:
-            object.__setattr__(self, "first_regular", need)
-        elif self.first_regular < need:
-            raise ValueError(f"SpecialTokens.first_regular={self.first_regular} leaves no room for "
-                             f"{self.num_sentinels} sentinels from {self.sentinel_base}")
+        if self.num_sentinels and self.sentinel_base < self.first_regular:
+            raise ValueError(f"SpecialTokens.sentinel_base={self.sentinel_base} must lie after the tokenizer's "
+                             f"pieces (>= first_regular={self.first_regular})")
 
     def sentinels(self, count: int | None = None) -> np.ndarray:
         """The first ``count`` sentinel ids (all of them by default), int32."""
         n = self.num_sentinels if count is None else int(count)
         if n > self.num_sentinels:
-            raise ValueError(f"{n} sentinel ids wanted, the tokenizer reserves {self.num_sentinels} "
-                             "(data.tokenizer.sentinels)")
+            raise ValueError(f"{n} sentinel ids wanted, these special tokens reserve {self.num_sentinels} "
+                             "(recipes reserve what the objective's Task declares)")
         return np.arange(self.sentinel_base, self.sentinel_base + n, dtype=np.int32)
 
+    def with_sentinels(self, vocab_size: int, count: int) -> "SpecialTokens":
+        """These ids plus ``count`` sentinels after a vocabulary of ``vocab_size`` ids."""
+        import dataclasses
+
+        return dataclasses.replace(self, sentinel_base=int(vocab_size), num_sentinels=int(count))
+
     def is_special(self, ids: np.ndarray) -> np.ndarray:
-        return np.asarray(ids) < self.first_regular
+        ids = np.asarray(ids)
+        out = ids < self.first_regular
+        if self.num_sentinels:
+            out |= (ids >= self.sentinel_base) & (ids < self.sentinel_base + self.num_sentinels)
+        return out
 
     def ids(self) -> np.ndarray:
         return np.arange(self.first_regular, dtype=np.int32)

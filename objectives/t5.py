@@ -9,7 +9,8 @@ concatenated documents):
    random composition, and the runs alternate, non-noise first (T5's
    ``random_spans_noise_mask``);
 2. source: the text with each noise span replaced by one sentinel
-   (``<extra_id_i>`` = ``special.sentinels()[i]``, numbered in order);
+   (``<extra_id_i>`` = ``special.sentinels()[i]``, numbered in order; the
+   sentinels sit after the tokenizer's pieces, as in T5);
    target: each sentinel followed by the span it replaced;
 3. the row is ``source [SEP] target [EOT]`` (:mod:`objectives.seq2seq`): the
    source is seen bidirectionally, the target causally, and the loss covers the
@@ -17,8 +18,8 @@ concatenated documents):
 
 The sampler cuts ``n`` = the longest input whose corrupted row still fits
 ``seq_length + 1`` ids (``input_length``): ``n + 2 * spans(n) + 2``; for
-``seq_length`` 512 that is 465 tokens with 70 noise tokens in 23 spans. The tokenizer must reserve
-that many sentinels (the Task declares it, so the recipe asks for them).
+``seq_length`` 512 that is 465 tokens with 70 noise tokens in 23 spans. The Task declares
+that many sentinels, so the recipe reserves them and grows the model's vocabulary.
 """
 
 from __future__ import annotations

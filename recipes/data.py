@@ -25,6 +25,12 @@ class RunData:
     tokenizer: Any
     train: Any  # ObjectiveDataset
     evals: dict[str, Any] = field(default_factory=dict)  # name -> ObjectiveDataset (held-out)
+    # the tokenizer's reserved ids plus the span sentinels the objective declares, after its pieces
+    special: Any = None
+    vocab_size: int = 0  # ids the model embeds: the tokenizer's and the sentinels
+
+    def padded_vocab_size(self, multiple: int) -> int:
+        return -(-self.vocab_size // multiple) * multiple
 
 
 def prepare(cfg: TrainConfig, info: DistInfo, progress: bool = True):
@@ -60,14 +66,14 @@ def build_run_data(cfg: TrainConfig, info: DistInfo, progress: bool = True) -> R
 
     prepared = prepare(cfg, info, progress=progress)
     tok = prepared.tokenizer
-    special = tok.special
+    plan = cfg.plan
+    special = tok.special.with_sentinels(tok.vocab_size, plan.sentinels)
     kw = dict(special=special, vocab_size=tok.vocab_size, tokenizer=tok)
     try:
         transform = registry.build_spec(cfg.objective_spec, **kw)
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"objective: {exc}") from exc
     seed = cfg.schedule.seed
-    plan = cfg.plan
     train = ObjectiveDataset(sampler_for(plan, prepared.train, seed, special), transform, seed=seed)
     evals = {}
     if prepared.valid is not None:
@@ -76,4 +82,5 @@ def build_run_data(cfg: TrainConfig, info: DistInfo, progress: bool = True) -> R
             # a fixed held-out stream: same samples at every evaluation
             evals[name] = ObjectiveDataset(sampler_for(suite, prepared.valid, seed + 1, special),
                                            registry.build_spec(spec, **kw), seed=seed + 1)
-    return RunData(prepared=prepared, tokenizer=tok, train=train, evals=evals)
+    return RunData(prepared=prepared, tokenizer=tok, train=train, evals=evals, special=special,
+                   vocab_size=tok.vocab_size + plan.sentinels)

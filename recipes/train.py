@@ -79,8 +79,9 @@ def uses_distributed_optimizer(cfg: TrainConfig, device: torch.device) -> bool:
     return d == "on" or (d == "auto" and device.type == "cuda")
 
 
-def resolve_model_config(cfg: TrainConfig, tokenizer, device: torch.device):
-    """The model config as built: vocabulary from the tokenizer, seq_length from data,
+def resolve_model_config(cfg: TrainConfig, data, device: torch.device):
+    """The model config as built: vocabulary from the run's data (the tokenizer's ids and the
+    objective's sentinels), seq_length from data,
     params dtype from the precision policy (bf16 weights only under megatron's
     distributed optimizer, which keeps fp32 main weights; otherwise fp32 weights
     and bf16 autocast)."""
@@ -88,7 +89,7 @@ def resolve_model_config(cfg: TrainConfig, tokenizer, device: torch.device):
     bf16_params = precision == "bf16" and uses_distributed_optimizer(cfg, device)
     try:
         return dataclasses.replace(
-            cfg.model, vocab_size=tokenizer.padded_vocab_size(cfg.data.vocab_multiple * cfg.parallel.tensor_parallel),
+            cfg.model, vocab_size=data.padded_vocab_size(cfg.data.vocab_multiple * cfg.parallel.tensor_parallel),
             seq_length=cfg.data.seq_length, params_dtype="bfloat16" if bf16_params else "float32")
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from exc
@@ -108,7 +109,7 @@ class Session:
 
         self.data = build_run_data(cfg, self.info, progress=progress and self.info.is_main)
         self.tokenizer = self.data.tokenizer
-        self.model_cfg = resolve_model_config(cfg, self.tokenizer, self.info.device)
+        self.model_cfg = resolve_model_config(cfg, self.data, self.info.device)
         self.precision = resolve_precision(cfg, self.info.device)
         self.model = build_model(self.model_cfg, self.info.pg_collection, device=self.info.device)
         from recipes.optim import build_optimizer
@@ -119,7 +120,7 @@ class Session:
                                      cfg.optim.min_lr)
         from data_pipeline.collate import collate
 
-        self.collate = functools.partial(collate, special=self.tokenizer.special)
+        self.collate = functools.partial(collate, special=self.data.special)
         self.per_step = samples_per_step(grad_accum=cfg.schedule.grad_accum_steps, dp_size=self.info.dp_size,
                                          micro_batch_size=cfg.schedule.micro_batch_size)
         self._checked_counts = False

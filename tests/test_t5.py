@@ -10,8 +10,8 @@ from objectives.sample import SpecialTokens, stack
 from objectives.streams import RowStreams
 from objectives.t5 import T5Config, T5SpanCorruption, input_length, noise_counts, sentinels_needed
 
-SP = SpecialTokens(num_sentinels=40)
 V = 4000
+SP = SpecialTokens().with_sentinels(V, 40)
 
 
 def build(S: int, **kw) -> T5SpanCorruption:
@@ -30,14 +30,14 @@ def reassemble(source: list[int], target: list[int]) -> list[int]:
     """Put each sentinel's span back where the sentinel stands in the source."""
     spans, cur = {}, None
     for t in target:
-        if SP.sentinel_base <= t < SP.first_regular:
+        if t >= SP.sentinel_base:
             cur = t
             spans[cur] = []
         else:
             spans[cur].append(t)
     out = []
     for t in source:
-        out.extend(spans[t] if SP.sentinel_base <= t < SP.first_regular else [t])
+        out.extend(spans[t] if t >= SP.sentinel_base else [t])
     return out
 
 
@@ -49,7 +49,7 @@ def test_literal_layout():
     source, target = split_row(out)
     s0, s1 = SP.sentinel_base, SP.sentinel_base + 1
     # two noise spans, replaced by <extra_id_0>, <extra_id_1> in order; the text ends in noise
-    assert [x for x in source if x < SP.first_regular] == [s0, s1] and source[-1] == s1
+    assert [x for x in source if SP.is_special(x)] == [s0, s1] and source[-1] == s1
     assert target[0] == s0 and target.count(s0) == 1 and target.count(s1) == 1
     assert len(target) == 5 + 2 and len(source) == 35 - 5 + 2
     assert reassemble(source, target) == text.tolist()
@@ -67,11 +67,11 @@ def test_every_row_reassembles_and_spans_alternate(S):
         text = rng.integers(SP.first_regular, V, n).astype(np.int32)
         source, target = split_row(t({"tokens": text}, 7, index=i))
         assert reassemble(source, target) == text.tolist()
-        sentinels = [x for x in source if x < SP.first_regular]
+        sentinels = [x for x in source if x >= SP.sentinel_base]
         assert sentinels == list(range(SP.sentinel_base, SP.sentinel_base + len(sentinels)))
         # never two sentinels side by side (a non-noise run between spans) and none first
-        assert source[0] >= SP.first_regular
-        assert all(not (a < SP.first_regular and b < SP.first_regular) for a, b in zip(source, source[1:]))
+        assert source[0] < SP.sentinel_base
+        assert all(not (a >= SP.sentinel_base and b >= SP.sentinel_base) for a, b in zip(source, source[1:]))
 
 
 def test_input_length_is_the_longest_that_fits():
@@ -92,7 +92,7 @@ def test_noise_density_and_mean_span_length_hold():
     lengths = []
     for b in range(B):
         _, target = split_row({k: v[b] for k, v in out.items()})
-        is_sentinel = np.array(target) < SP.first_regular
+        is_sentinel = np.array(target) >= SP.sentinel_base
         noise += int((~is_sentinel).sum())
         spans += int(is_sentinel.sum())
         lengths += np.diff(np.flatnonzero(np.concatenate([is_sentinel, [True]]))).tolist()
@@ -136,8 +136,10 @@ def test_row_does_not_depend_on_its_batch():
 
 
 def test_too_few_sentinels_is_an_error_naming_the_setting():
-    with pytest.raises(ValueError, match=r"data\.tokenizer\.sentinels"):
-        T5SpanCorruption(T5Config(seq_length=512), special=SpecialTokens(num_sentinels=5), vocab_size=V)
+    with pytest.raises(ValueError, match=r"23 sentinel ids wanted, these special tokens reserve 5"):
+        T5SpanCorruption(T5Config(seq_length=512), special=SpecialTokens().with_sentinels(V, 5), vocab_size=V)
+    t = registry.build("t5", {"seq_length": 512}, vocab_size=V)   # without special tokens: the declared ones
+    assert t.sentinel_ids.tolist() == list(range(V, V + 23))
 
 
 def test_declaration():

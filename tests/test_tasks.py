@@ -10,7 +10,7 @@ import pytest
 from objectives import registry
 from objectives.sample import SpecialTokens, Transform
 
-SP = SpecialTokens(num_sentinels=64)
+SP = SpecialTokens()
 V = 5000
 S = 40
 SEGMENT_TASKS = [n for n in registry.names() if registry.task(n).sampler != "packed"]
@@ -85,7 +85,7 @@ def test_declared_losses_are_the_fields_the_transform_writes(name):
     cfg = _config(name)
     if "split_level" in {f.name for f in dataclasses.fields(cfg)}:
         cfg = dataclasses.replace(cfg, split_level="token")   # no tokenizer here
-    t = registry.build(name, cfg, special=SP, vocab_size=V)
+    t = registry.build(name, cfg, vocab_size=V)     # default special ids + the sentinels it declares
     rng = np.random.default_rng(1)
     sample = ({"tokens": rng.integers(SP.first_regular, V, task.input_length(cfg)).astype(np.int32)}
               if task.sampler == "packed" else _segment(task.input_length(cfg), rng))
