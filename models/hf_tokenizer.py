@@ -34,6 +34,11 @@ def reserved_names(special: SpecialTokens) -> list[str]:
     return names
 
 
+def sentinel_names(special: SpecialTokens) -> list[str]:
+    """T5's names for the span sentinels (ids ``sentinel_base + i``, after the pieces)."""
+    return [f"<extra_id_{i}>" for i in range(special.num_sentinels)]
+
+
 def build_tokenizer(sp_model_path: str | Path, special: SpecialTokens | None = None):
     """A ``tokenizers.Tokenizer`` with our id numbering."""
     import sentencepiece as spm
@@ -48,11 +53,15 @@ def build_tokenizer(sp_model_path: str | Path, special: SpecialTokens | None = N
         if sp.is_unknown(i) or sp.is_control(i):
             piece, score = f"<sp_unused_{i}>", NEVER
         vocab.append((piece, float(score)))
+    if special.num_sentinels and special.sentinel_base != len(vocab):
+        raise ValueError(f"sentinels start at {special.sentinel_base}, but {sp_model_path} ends at id {len(vocab)}")
+    sentinels = sentinel_names(special)
+    vocab += [(name, NEVER) for name in sentinels]
     tok = Tokenizer(models.Unigram(vocab, unk_id=special.unk, byte_fallback=True))
     # sentencepiece with the identity rule still escapes spaces as '▁' (no dummy prefix)
     tok.normalizer = normalizers.Replace(Regex(" "), WORD_BOUNDARY)
     tok.decoder = decoders.Sequence([decoders.Replace(WORD_BOUNDARY, " "), decoders.ByteFallback(), decoders.Fuse()])
-    tok.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in reserved])
+    tok.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in reserved + sentinels])
     return tok
 
 
@@ -69,7 +78,8 @@ def write_hf_tokenizer(sp_model_path: str | Path, out_dir: str | Path, special: 
         "eos_token": names[special.eot], "pad_token": names[special.pad], "unk_token": names[special.unk],
         "mask_token": names[special.mask], "cls_token": names[special.cls], "sep_token": names[special.sep],
         "additional_special_tokens": [names[getattr(special, f)] for f in
-                                      ("fim_prefix", "fim_middle", "fim_suffix", "fim_pad")],
+                                      ("fim_prefix", "fim_middle", "fim_suffix", "fim_pad")]
+                                     + sentinel_names(special),
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length or 10**9,
     }

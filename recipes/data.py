@@ -29,9 +29,6 @@ class RunData:
     special: Any = None
     vocab_size: int = 0  # ids the model embeds: the tokenizer's and the sentinels
 
-    def padded_vocab_size(self, multiple: int) -> int:
-        return -(-self.vocab_size // multiple) * multiple
-
 
 def prepare(cfg: TrainConfig, info: DistInfo, progress: bool = True):
     from data_pipeline.build import prepare_corpus

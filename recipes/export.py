@@ -115,7 +115,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, step: int | None = N
     # fp32 weights on the export device whatever the run trained in: bf16 checkpoints load exactly
     cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, device=device, backend="auto",
                                                                 precision="fp32"))
-    model_cfg = resolve_model_config(cfg, tok, torch.device(device))
+    special = tok.special.with_sentinels(tok.vocab_size, cfg.plan.sentinels)   # the run's reserved ids
+    model_cfg = resolve_model_config(cfg, tok.vocab_size + cfg.plan.sentinels, torch.device(device))
     fmt = hf_format(model_cfg)  # encoders stop here
     step_dir = find_checkpoint(cfg.checkpoint_dir, step)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -140,7 +141,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, step: int | None = N
         if info.is_main:
             say(f"[export] writing {fmt.architecture} ({result.dtype})")
             shutil.rmtree(tmp, ignore_errors=True)
-            export(full, model_cfg, tmp, tokenizer_model=tok_path, special=tok.special, dtype=out_dtype)
+            export(full, model_cfg, tmp, tokenizer_model=tok_path, special=special, dtype=out_dtype)
         del full
         info.barrier()
         if check:

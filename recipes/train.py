@@ -79,9 +79,13 @@ def uses_distributed_optimizer(cfg: TrainConfig, device: torch.device) -> bool:
     return d == "on" or (d == "auto" and device.type == "cuda")
 
 
-def resolve_model_config(cfg: TrainConfig, data, device: torch.device):
-    """The model config as built: vocabulary from the run's data (the tokenizer's ids and the
-    objective's sentinels), seq_length from data,
+def padded(n: int, multiple: int) -> int:
+    return -(-int(n) // multiple) * multiple
+
+
+def resolve_model_config(cfg: TrainConfig, vocab_size: int, device: torch.device):
+    """The model config as built: ``vocab_size`` ids (the tokenizer's and the objective's
+    sentinels) padded to ``data.vocab_multiple`` x tensor parallel, seq_length from data,
     params dtype from the precision policy (bf16 weights only under megatron's
     distributed optimizer, which keeps fp32 main weights; otherwise fp32 weights
     and bf16 autocast)."""
@@ -89,7 +93,7 @@ def resolve_model_config(cfg: TrainConfig, data, device: torch.device):
     bf16_params = precision == "bf16" and uses_distributed_optimizer(cfg, device)
     try:
         return dataclasses.replace(
-            cfg.model, vocab_size=data.padded_vocab_size(cfg.data.vocab_multiple * cfg.parallel.tensor_parallel),
+            cfg.model, vocab_size=padded(vocab_size, cfg.data.vocab_multiple * cfg.parallel.tensor_parallel),
             seq_length=cfg.data.seq_length, params_dtype="bfloat16" if bf16_params else "float32")
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from exc
@@ -109,7 +113,7 @@ class Session:
 
         self.data = build_run_data(cfg, self.info, progress=progress and self.info.is_main)
         self.tokenizer = self.data.tokenizer
-        self.model_cfg = resolve_model_config(cfg, self.data, self.info.device)
+        self.model_cfg = resolve_model_config(cfg, self.data.vocab_size, self.info.device)
         self.precision = resolve_precision(cfg, self.info.device)
         self.model = build_model(self.model_cfg, self.info.pg_collection, device=self.info.device)
         from recipes.optim import build_optimizer

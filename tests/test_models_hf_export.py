@@ -87,6 +87,24 @@ def test_exported_tokenizer_gives_our_ids(pg, tmp_path):
     assert hf.convert_tokens_to_ids("<fim_middle>") == special.fim_middle
 
 
+def test_span_sentinels_follow_the_pieces_in_the_exported_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from data_pipeline.tokenizer import SentencePieceTokenizer
+    from models.hf_tokenizer import write_hf_tokenizer
+
+    ours = SentencePieceTokenizer.train(TEXTS * 20, 340, model_path=tmp_path / "sp.model")
+    special = ours.special.with_sentinels(ours.vocab_size, 5)
+    write_hf_tokenizer(tmp_path / "sp.model", tmp_path / "hf", special)
+    hf = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert len(hf) == ours.vocab_size + 5
+    assert hf.convert_tokens_to_ids(["<extra_id_0>", "<extra_id_4>"]) == special.sentinels()[[0, 4]].tolist()
+    # raw text spelling a sentinel is special to HF tools, never to our pipeline
+    assert ours.encode("<extra_id_0>") != [special.sentinel_base]
+    with pytest.raises(ValueError, match="sentinels start at"):
+        write_hf_tokenizer(tmp_path / "sp.model", tmp_path / "bad", ours.special.with_sentinels(ours.vocab_size + 1, 2))
+
+
 def test_config_carries_what_hf_tools_read(pg, tmp_path):
     import json
 

@@ -204,3 +204,21 @@ def test_tensor_parallel_2_run_exports_under_torchrun(tiny_corpus, tmp_path):
     assert shards[0].shape[0] * 2 == AutoModelForCausalLM.from_pretrained(out).config.vocab_size
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         torch.testing.assert_close(f.get_tensor("model.embed_tokens.weight"), torch.cat(shards), atol=0, rtol=0)
+
+
+def test_a_span_corruption_run_exports_its_sentinels(tiny_corpus, tmp_path):
+    """T5's sentinels sit after the tokenizer's pieces: the exported model embeds them and the
+    exported tokenizer names them."""
+    from transformers import AutoTokenizer
+
+    run_dir = tmp_path / "t5"
+    cfg = shrink(load_train_config(CONFIGS / "t5_tiny.yaml"), tiny_corpus, run_dir, steps=2)
+    run(cfg, progress=False)
+    result = export_run(run_dir, tmp_path / "hf")
+    assert result.max_abs_diff is not None and result.max_abs_diff < 1e-4   # checked against our logits
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    n = cfg.plan.sentinels
+    assert n > 0
+    vocab = json.loads((run_dir / "model_config.json").read_text())["vocab_size"]
+    first = len(tok) - n
+    assert tok.convert_tokens_to_ids(f"<extra_id_{n - 1}>") == first + n - 1 < vocab
