@@ -193,15 +193,20 @@ raw = {"tokens": ctx, "word_start": starts(ctx), "sentence_start": np.isin(np.ar
 ran = {}
 for name in registry.names():
     fields = {f.name for f in __import__("dataclasses").fields(registry.config_class(name))}
-    t = registry.build(name, {"seq_length": S} if "seq_length" in fields else {}, special=special,
-                       vocab_size=tok.vocab_size, tokenizer=tok)
+    cfg = registry.make_config(name, {"seq_length": S} if "seq_length" in fields else {})
+    # the reserved ids plus the span sentinels the objective declares, after the vocabulary
+    run_special = special.with_sentinels(tok.vocab_size, registry.task(name).sentinels_for(cfg))
+    t = registry.build(name, cfg, special=run_special, vocab_size=tok.vocab_size, tokenizer=tok)
     unknown = [f for f in t.reads if f not in raw]
     assert not unknown, f"{name} reads {unknown}: give this check a literal for it"
     sample = {f: raw[f] for f in t.reads}
     targets = 0
     for index in range(4):                   # a row may draw no target; four rows all empty is a fault
-        out = t(sample, np.random.default_rng([7, 0, index]))
-        again = t(sample, np.random.default_rng([7, 0, index]))
+        if isinstance(t, objectives.Transform):     # the batch contract: a sample and its key
+            out, again = t(sample, 7, index=index), t(sample, 7, index=index)
+        else:                                       # objectives still taking a Generator
+            out = t(sample, np.random.default_rng([7, 0, index]))
+            again = t(sample, np.random.default_rng([7, 0, index]))
         for f in CONTRACT_FIELDS:
             assert out[f].shape == (S,), (name, f, out[f].shape)
             assert np.array_equal(out[f], again[f]), (name, f)
