@@ -2,6 +2,7 @@
 
     from data_pipeline import prepare_corpus, CorpusConfig, TokenizerConfig
     prepared = prepare_corpus(CorpusConfig("stdlib-code"), TokenizerConfig(vocab_size=8000), "data/prepared")
+    again = open_prepared(prepared.path)     # a prepared directory, opened on its own
 
 Names are imported lazily, so ``import data_pipeline`` stays cheap.
 """
@@ -15,6 +16,7 @@ _EXPORTS = {
     "load_prepare_config": "data_pipeline.config",
     "SentencePieceTokenizer": "data_pipeline.tokenizer",
     "prepare_corpus": "data_pipeline.build",
+    "open_prepared": "data_pipeline.build",
     "PreparedCorpus": "data_pipeline.build",
     "TokenData": "data_pipeline.indexed",
     "PackedContextSampler": "data_pipeline.samplers",

@@ -66,8 +66,19 @@ def cache_key(corpus: Corpus, corpus_cfg: CorpusConfig, tok_cfg: TokenizerConfig
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def open_prepared(path: str | os.PathLike) -> PreparedCorpus:
+    """Open a prepared corpus directory (``out_dir/<key>/`` of :func:`prepare_corpus`): its
+    tokenizer, train and held-out token data and manifest. Errors name the missing file."""
+    return _load(Path(path), reused=True)
+
+
 def _load(path: Path, reused: bool) -> PreparedCorpus:
-    manifest = json.loads((path / MANIFEST).read_text())
+    if not (path / MANIFEST).is_file():
+        raise FileNotFoundError(f"{path}: not a prepared corpus (no {MANIFEST}); prepare_corpus writes one")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path / MANIFEST}: damaged ({exc})") from exc
     tokenizer = SentencePieceTokenizer.load(path / TOKENIZER_FILE)
     train = TokenData.open(path / "train")
     valid = TokenData.open(path / "valid") if manifest["splits"].get("valid") else None

@@ -89,6 +89,21 @@ def test_manifest_counts(prepared):
     assert m["skipped_documents"] == 0 and m["vocab_size"] == p.tokenizer.vocab_size
 
 
+def test_open_prepared_reads_a_directory_alone(prepared, tmp_path):
+    from data_pipeline import open_prepared
+
+    p, *_ = prepared
+    again = open_prepared(p.path)
+    assert again.manifest == p.manifest and again.tokenizer.vocab_size == p.tokenizer.vocab_size
+    np.testing.assert_array_equal(again.train.tokens, p.train.tokens)
+    assert again.valid.num_documents == p.valid.num_documents
+    with pytest.raises(FileNotFoundError, match=r"not a prepared corpus \(no manifest\.json\)"):
+        open_prepared(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"manifest\.json: damaged"):
+        open_prepared(tmp_path)
+
+
 def test_cache_reused_then_rebuilt_on_change(prepared):
     p, docs, cfg, root = prepared
     idx = p.path / "train.idx"
