@@ -54,6 +54,15 @@ def stdlib_files(max_bytes: int) -> list[Path]:
     return chosen
 
 
+def _has_content(path: Path) -> bool:
+    """Whether the file holds anything but whitespace (read until the first such byte)."""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 16):
+            if chunk.strip():
+                return True
+    return False
+
+
 def _file_identity(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
@@ -107,6 +116,8 @@ def _hf_documents(builder: str, kwargs: dict, text_field: str, label: str,
     try:
         ds = datasets.load_dataset(builder, cache_dir=cache_dir, **kwargs)
     except Exception as exc:  # datasets raises many types; name the input either way
+        if "corresponds to no data" in str(exc):  # datasets' words for a file without records
+            raise CorpusError(f"corpus {label} is empty: it holds no records") from exc
         raise CorpusError(f"cannot read corpus {label}: {type(exc).__name__}: {exc}") from exc
     columns = list(ds.column_names)
     if text_field not in columns:
@@ -136,10 +147,13 @@ def open_corpus(cfg: CorpusConfig, cache_dir: str | os.PathLike | None = None) -
         if suffix not in _FILE_BUILDERS:
             raise CorpusError(f"corpus file {path}: unsupported suffix {suffix!r}; use {sorted(_FILE_BUILDERS)}")
         try:
-            with open(path, "rb") as fh:
-                fh.read(1)
+            content = _has_content(path)
         except OSError as exc:
             raise CorpusError(f"corpus file {path} is unreadable: {exc}") from exc
+        if not content:
+            size = path.stat().st_size
+            raise CorpusError(f"corpus file {path} is empty: " + ("0 bytes" if size == 0 else
+                              f"{size} bytes of whitespace") + ", no records to read")
         builder = _FILE_BUILDERS[suffix]
         kwargs = {"data_files": str(path.resolve()), "split": "train"}
         if builder == "text":

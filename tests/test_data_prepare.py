@@ -170,12 +170,23 @@ def test_missing_text_field_names_the_field_and_file(tmp_path):
     _no_partial_output(tmp_path / "out")
 
 
-@pytest.mark.parametrize("docs", [[], ["", "  "]])
-def test_empty_corpus_fails(tmp_path, docs):
-    src = write_jsonl(tmp_path / "empty.jsonl", docs)
-    with pytest.raises(CorpusError, match="empty"):
+@pytest.mark.parametrize("docs, reason", [([], r"c\.jsonl is empty: 0 bytes, no records"),
+                                          (["", "  "], r"c\.jsonl is empty: no non-blank training document")])
+def test_empty_corpus_fails_naming_the_file_and_reason(tmp_path, docs, reason):
+    src = write_jsonl(tmp_path / "c.jsonl", docs)
+    with pytest.raises(CorpusError, match=reason):
         prepare_corpus(CorpusConfig(source=str(src), valid_fraction=0.0), TOK, tmp_path / "out")
     _no_partial_output(tmp_path / "out")
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("c.jsonl", "\n \n", r"c\.jsonl is empty: 3 bytes of whitespace"),
+    ("c.json", "[]", r"c\.json is empty: it holds no records")])
+def test_corpus_files_without_records_fail_naming_the_file_and_reason(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(CorpusError, match=reason):
+        prepare_corpus(CorpusConfig(source=str(path), valid_fraction=0.0), TOK, tmp_path / "out")
 
 
 def test_crash_midway_leaves_nothing_behind(tmp_path, monkeypatch):
