@@ -3,7 +3,10 @@ distributed optimizer (GPU), behind one small interface the loop uses.
 
 Both sum gradients over the data-parallel group (losses are already divided
 by the global target count), compute the gradient norm over the model-parallel
-group counting tensor-parallel duplicates once, clip, and step.
+group counting tensor-parallel duplicates once, clip, and step. The interface
+is two calls: ``prepare_step()`` returns the gradient norm before anything is
+updated (the same value on every rank; never a placeholder), and ``step()``
+applies the update, refusing a non-finite norm.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ class TorchAdamW:
         return self._norm
 
     def step(self) -> None:
+        if not math.isfinite(self._norm):
+            raise FloatingPointError(f"refusing an optimizer step with gradient norm {self._norm}")
         clip = self.cfg.clip_grad
         if clip > 0 and self._norm > clip:
             scale = clip / (self._norm + 1e-6)
@@ -127,20 +132,38 @@ class MegatronDistributedAdam:
         self.optimizer.zero_grad()
 
     def prepare_step(self) -> float:
+        """Reduce-scatter the gradients and return their global norm, before any update.
+
+        megatron's own ``optimizer.step()`` cannot be used as is: with bf16 (no loss
+        scaler) it applies a step whose gradient norm is NaN (its clip coefficient
+        ``clip / (nan + eps) < 1`` is False, so nothing stops it) and reports the norm
+        only afterwards; its only "unknown" norm is ``None``, returned when an fp16
+        loss scaler found inf/NaN and the step was skipped. So the step is taken
+        apart here: ``prepare_grads`` (the scaler's inf/NaN check), ``get_grad_norm``
+        (over the whole grad-stats group, so every rank sees the same value), and
+        :meth:`step` clips by that norm and applies ``step_with_ready_grads``.
+        """
         from megatron.core.distributed import finalize_model_grads
 
         finalize_model_grads([self.model])
-        self._norm = None
-        return float("nan")  # known only after optimizer.step (megatron computes it there)
+        if self.optimizer.prepare_grads():  # the loss scaler saw inf/NaN gradients
+            self._norm = math.inf
+        else:
+            self._norm = float(self.optimizer.get_grad_norm())
+        return self._norm
 
     def step(self) -> None:
-        ok, norm, _ = self.optimizer.step()
-        self._norm = norm
-        if not ok:
-            raise FloatingPointError("megatron optimizer skipped the step (non-finite gradients)")
+        from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 
-    def last_norm(self) -> float:
-        return float(self._norm) if self._norm is not None else float("nan")
+        if not math.isfinite(self._norm):
+            raise FloatingPointError(f"refusing an optimizer step with gradient norm {self._norm}")
+        if self.cfg.clip_grad > 0:
+            for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+                params = opt.get_parameters()
+                if params:
+                    clip_grad_by_total_norm_fp32(params, self.cfg.clip_grad, self._norm,
+                                                 opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+        self.optimizer.step_with_ready_grads()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(),

@@ -9,8 +9,9 @@ environment; gloo on CPU, nccl on GPU). One step:
    over the data-parallel group;
 3. per micro-batch, loss = sum_k weight_k * loss_sum_k / count_k; a
    non-finite loss stops the run here, before any optimizer step;
-4. gradients are summed over DP, clipped by the global norm, and AdamW steps
-   with the warmup + cosine learning rate.
+4. gradients are summed over DP and their global norm is measured; a
+   non-finite norm stops the run before any update; otherwise they are clipped
+   by it and AdamW steps with the warmup + cosine learning rate.
 
 Every ``logging.every_steps`` a line is logged (loss per objective, tokens/s,
 MFU on GPU, learning rate, grad norm); held-out evaluation and atomic
@@ -215,13 +216,11 @@ class Session:
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
         self._checked_counts = True
-        grad_norm = self.optimizer.prepare_step()
-        if not math.isnan(grad_norm) and not math.isfinite(grad_norm):
-            raise NonFiniteLoss(f"non-finite gradient norm at step {step + 1}; stopped before its optimizer step",
-                                step + 1)
+        grad_norm = self.optimizer.prepare_step()  # the same on every rank
+        if not math.isfinite(grad_norm):
+            raise NonFiniteLoss(f"non-finite gradient norm ({grad_norm}) at step {step + 1}; stopped before its "
+                                "optimizer step", step + 1)
         self.optimizer.step()
-        if hasattr(self.optimizer, "last_norm"):
-            grad_norm = self.optimizer.last_norm()
         return loss_sum, parts_sum, grad_norm
 
     # -- checkpoints -----------------------------------------------------------------------------

@@ -137,6 +137,64 @@ def test_non_finite_loss_stops_before_the_step(tiny_corpus, tmp_path):
     assert not sess.optimizer.state_dict()["state"]
 
 
+class _NaNGradient(torch.autograd.Function):
+    """The loss unchanged on the way forward, NaN gradients on the way back."""
+
+    @staticmethod
+    def forward(ctx, loss):
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def _all_finite(step_dir) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in ckpt.load_checkpoint(step_dir)["model"].values()
+               if isinstance(v, torch.Tensor) and v.is_floating_point())
+
+
+def test_non_finite_gradient_norm_stops_before_the_step(tiny_corpus, tmp_path):
+    """A finite loss whose gradients are NaN (as with optim.lr=1e6) is never applied: the run stops
+    naming the step, and the last good checkpoint it names (and `latest`) holds finite weights."""
+    def nan_grads_at_step_3(step, loss):
+        return _NaNGradient.apply(loss) if step == 3 else loss
+
+    cfg = _fim_cfg(tiny_corpus, tmp_path / "nangrad", steps=6, every=1)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite gradient norm \(nan\) at step 3; stopped before its "
+                                            r"optimizer step.*Last good checkpoint: .*step_00000002"):
+        run(cfg, progress=False, loss_hook=nan_grads_at_step_3)
+    cdir = tmp_path / "nangrad" / "checkpoints"
+    assert ckpt.latest_checkpoint(cdir).name == "step_00000002" and not (cdir / "step_00000003").exists()
+    assert _all_finite(cdir / "step_00000002")
+
+    sess = Session(cfg, progress=False)
+    before = {k: v.clone() for k, v in sess.model.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(NonFiniteLoss, match="gradient norm"):
+        sess.train_step(0, sess.micro_batches(0), loss_hook=lambda s, l: _NaNGradient.apply(l))
+    after = sess.model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert not sess.optimizer.state_dict()["state"]  # Adam never stepped
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (megatron's distributed optimizer)")
+def test_distributed_optimizer_never_applies_a_nan_gradient(tiny_corpus, tmp_path):
+    """megatron's own step() applies a NaN-norm update under bf16; ours measures the norm first."""
+    cfg = _fim_cfg(tiny_corpus, tmp_path / "gpu")
+    cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, device="cuda", precision="bf16"),
+                              optim=dataclasses.replace(cfg.optim, distributed_optimizer="on"))
+    sess = Session(cfg, progress=False)
+    assert sess.optimizer.kind == "megatron_distributed"
+    loss, _, norm = sess.train_step(0, sess.micro_batches(0))
+    assert math.isfinite(loss) and math.isfinite(norm) and norm > 0
+    before = {k: v.clone() for k, v in sess.model.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(NonFiniteLoss, match=r"gradient norm \(nan\) at step 2"):
+        sess.train_step(1, sess.micro_batches(1), loss_hook=lambda s, l: _NaNGradient.apply(l))
+    after = sess.model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
 def test_loss_is_normalised_over_the_whole_step(tiny_corpus, tmp_path):
     """One micro-batch of 4 and two accumulated micro-batches of 2 give the same loss and gradient."""
     results = []
