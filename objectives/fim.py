@@ -25,9 +25,13 @@ where Megatron drops it. Then the fields of ``objectives.causal_lm`` are
 emitted: one segment per document (sentinels included), position ids
 restarting per document and causal row intervals within documents.
 
-``document``: the sample is one document ``tokens[n]`` (no EOT), transformed
-before packing; the output ``tokens`` has the transformed length (the pipeline
-packs it afterwards).
+``document`` (the paper's document-level FIM): each document is transformed on
+its own *before* packing, by :meth:`FIM.documents` (a batch of documents, each
+keyed by ``(seed, epoch, document)``), and the FIM'd documents are then packed
+into contexts (``data_pipeline.packed_documents``), so a FIM'd document may be
+cut across two contexts, as in the paper. The transform's call on a packed
+context then only emits the decoder fields (the documents in it are FIM'd
+already). The Task declares the ``packed_documents`` sampler for this scope.
 
 Split points
 ------------
@@ -73,19 +77,21 @@ from typing import Mapping
 import numpy as np
 
 from objectives.causal_lm import CausalLMConfig, check_context, pack_fields
-from objectives.sample import CONTRACT_FIELDS, Sample, SpecialTokens, check_rate, require_fields
-from objectives.task import Task
+from objectives.sample import CONTRACT_FIELDS, Batch, Sample, SpecialTokens, check_rate, lengths, require_fields
+from objectives.streams import RowStreams, site
+from objectives.task import Evaluation, Task
 
 SCOPES = ("context", "document")
 SPLIT_LEVELS = ("character", "token", "line")
 # length given to ids without a clean text of their own: any document holding one sums above it
 _IRREGULAR = 1 << 40
 _PROBES = ("a b", " a", "a  b", "a\nb")
+_SITE_DOCUMENT = site("fim.document")
 
 
 @dataclass(frozen=True)
 class FIMConfig:
-    # context scope: the packed context has seq_length + 1 ids; unused for document scope
+    # the packed context has seq_length + 1 ids (document scope: the contexts FIM'd documents are packed into)
     seq_length: int | None = None
     fim_rate: float = 0.5
     spm_rate: float = 0.5
@@ -206,7 +212,7 @@ class FIM:
         sentinels = (special.fim_prefix, special.fim_middle, special.fim_suffix, special.fim_pad, special.eot)
         if len(set(sentinels)) != len(sentinels) or max(sentinels) >= special.first_regular:
             raise ValueError(f"FIM: special tokens prefix/middle/suffix/pad/eot must be distinct reserved ids, got {sentinels}")
-        self.writes = CONTRACT_FIELDS if config.scope == "context" else ("tokens",)
+        self.writes = CONTRACT_FIELDS
         self._pre, self._mid, self._suf = (
             np.array([x], np.int32) for x in (special.fim_prefix, special.fim_middle, special.fim_suffix))
         self.tokenizer = tokenizer
@@ -230,15 +236,15 @@ class FIM:
     def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
         require_fields(sample, self.reads, "FIM")
         c = self.config
+        if c.seq_length is None:
+            raise ValueError("FIM: a packed context needs FIMConfig.seq_length; FIM.documents() rewrites "
+                             "single documents without one")
         out = dict(sample)
-        if c.scope == "document":
-            doc = self._check_document(sample["tokens"])
-            out["tokens"] = self.transform_document(doc, rng.random(4))
-            return out
         ctx = check_context(sample["tokens"], c.seq_length + 1, self.vocab_size, "FIM")
         out.update(
             pack_fields(
-                self.transform_context(ctx, rng),
+                # document scope: the documents were FIM'd before packing (FIM.documents)
+                self.transform_context(ctx, rng) if c.scope == "context" else ctx,
                 self.special,
                 document_masking=c.document_masking,
                 reset_position_ids=c.reset_position_ids,
@@ -247,6 +253,27 @@ class FIM:
         )
         return out
 
+    def documents(self, batch: Batch, streams: RowStreams) -> Batch:
+        """Document-level FIM (the batch contract): ``{"tokens": [B, W], "length": [B]}``, one
+        document per row without EOT, -> the same form with each document FIM'd (with
+        probability ``fim_rate``) or kept. Row b draws from ``streams`` row b only (a pipeline
+        keys it by ``(seed, epoch, document)``), so a document's rewrite never depends on
+        the batch it came in."""
+        require_fields(batch, self.reads, "FIM.documents")
+        tokens = np.asarray(batch["tokens"])
+        if tokens.ndim != 2:
+            raise ValueError(f"FIM.documents: field 'tokens' must be [B, W], got shape {tokens.shape}")
+        n = lengths(batch)
+        if len(streams) != tokens.shape[0]:
+            raise ValueError(f"FIM.documents: {tokens.shape[0]} rows but {len(streams)} streams")
+        u = streams.uniform(_SITE_DOCUMENT, 4)
+        docs = [self.transform_document(self._check_document(tokens[b, : n[b]]), u[b]) for b in range(len(n))]
+        out_n = np.array([d.size for d in docs], np.int64)
+        grid = np.zeros((len(docs), int(out_n.max(initial=0))), np.int32)
+        for b, d in enumerate(docs):
+            grid[b, : d.size] = d
+        return {"tokens": grid, "length": out_n}
+
     def _check_document(self, tokens) -> np.ndarray:
         arr = np.asarray(tokens)
         if arr.ndim != 1 or arr.dtype.kind not in "iu":
@@ -254,7 +281,7 @@ class FIM:
         if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= self.vocab_size):
             raise ValueError(f"FIM: field 'tokens' has ids outside [0, {self.vocab_size})")
         if np.any(arr == self.special.eot):
-            raise ValueError("FIM: scope 'document' expects one document without EOT in field 'tokens'; use scope 'context' for packed contexts")
+            raise ValueError("FIM.documents: expects one document per row without EOT in field 'tokens'")
         return arr.astype(np.int32, copy=False)
 
     def transform_context(self, ctx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -448,22 +475,51 @@ def _token_split(doc: np.ndarray, u: list):
     return doc[:lo], doc[lo:hi], doc[hi:]
 
 
+def infill_prompt(prefix: np.ndarray, suffix: np.ndarray, mode: str, special: SpecialTokens,
+                  spm_variant: int = 2) -> np.ndarray:
+    """The prompt a FIM-trained model completes with the middle (then EOT), in the layout
+    training used: PSM ``<PRE> prefix <SUF> suffix <MID>``; SPM variant 2 ``<PRE> <SUF>
+    suffix <MID> prefix``; SPM variant 1 ``<SUF> suffix <PRE> prefix <MID>``."""
+    pre, mid, suf = (np.array([x], np.int32) for x in (special.fim_prefix, special.fim_middle, special.fim_suffix))
+    prefix, suffix = np.asarray(prefix, np.int32), np.asarray(suffix, np.int32)
+    if mode == "psm":
+        parts = [pre, prefix, suf, suffix, mid]
+    elif mode == "spm" and spm_variant == 2:
+        parts = [pre, suf, suffix, mid, prefix]
+    elif mode == "spm" and spm_variant == 1:
+        parts = [suf, suffix, pre, prefix, mid]
+    else:
+        raise ValueError(f"infill_prompt: mode must be 'psm' or 'spm' (spm_variant 1 or 2), got {mode!r}, "
+                         f"spm_variant={spm_variant!r}")
+    return np.concatenate(parts)
+
+
 def _context_length(config: FIMConfig) -> int:
-    if config.scope != "context":
-        raise ValueError(f"fim: scope {config.scope!r} rewrites documents before packing, which the training "
-                         "pipeline does not do; train with scope 'context'")
+    if config.seq_length is None:
+        raise ValueError(f"fim: scope {config.scope!r} packs contexts of seq_length + 1 ids; set seq_length")
     return config.seq_length + 1
+
+
+def _sampler(config: FIMConfig) -> str:
+    return "packed" if config.scope == "context" else "packed_documents"
 
 
 def _fim_evals(config: FIMConfig) -> dict:
     """Left-to-right loss on plain contexts (FIM should leave it unchanged) and the loss on
-    contexts that are all FIM-transformed."""
+    contexts whose documents are all FIM-transformed (context-level for either scope, so runs
+    of both scopes are measured on the same kind of data)."""
     return {"ltr": ("causal_lm", CausalLMConfig(seq_length=config.seq_length)),
-            "fim": ("fim", replace(config, fim_rate=1.0))}
+            "fim": ("fim", replace(config, fim_rate=1.0, scope="context"))}
+
+
+def _fim_evaluations(config: FIMConfig) -> dict:
+    """Infilling of held-out code (Bavarian et al. 2022), prompted in PSM and in SPM with the
+    SPM layout this config trains."""
+    return {"infill": Evaluation("infilling", {"modes": ("psm", "spm"), "spm_variant": config.spm_variant})}
 
 
 TASKS = (
-    Task("fim", FIM, FIMConfig, model="decoder", sampler="packed", input_length=_context_length,
+    Task("fim", FIM, FIMConfig, model="decoder", sampler=_sampler, input_length=_context_length,
          evals=_fim_evals, special=("eot", "pad", "fim_prefix", "fim_middle", "fim_suffix", "fim_pad"),
-         needs_tokenizer=True, infilling=True),
+         needs_tokenizer=True, evaluations=_fim_evaluations),
 )

@@ -227,7 +227,7 @@ class Plan:
     special: tuple[str, ...]
     sentinels: int                      # span sentinels the tokenizer must reserve
     needs_tokenizer: bool
-    infilling: bool
+    evaluations: dict                   # name -> objectives.task.Evaluation (beyond held-out losses)
 
 
 def _first_input(spec: Spec) -> list[Objective]:
@@ -255,11 +255,15 @@ def plan(spec: Spec) -> Plan:
     tasks = [(leaf, task(leaf.name)) for leaf in all_leaves]
     model = _agree({leaf.name: t.model for leaf, t in tasks}, "the model kind")
     readers = [(leaf, task(leaf.name)) for leaf in _first_input(spec)]
-    wanted = {leaf.name: t.sampler for leaf, t in readers}
+    wanted = {leaf.name: t.sampler_for(leaf.config) for leaf, t in readers}
     serving = [s for s, fed in SERVES.items() if set(wanted.values()) <= set(fed)]
     if not serving:
         _agree(wanted, "the sampler")
     sampler = min(serving, key=lambda s: len(SERVES[s]))  # the plainest sampler that feeds them all
+    if sampler == "packed_documents" and len(readers) != 1:
+        raise ValueError("objective: a document-level stage (sampler 'packed_documents') rewrites documents "
+                         "before packing for one objective; it cannot feed a mix "
+                         f"({', '.join(leaf.name for leaf, _ in readers)})")
     # the sampler cuts what every reader holds whole (a wider member pads instead of dropping tokens)
     length = min(int(t.input_length(leaf.config)) for leaf, t in readers)
     losses: dict[str, str] = {}
@@ -287,7 +291,7 @@ def plan(spec: Spec) -> Plan:
                 special=tuple(dict.fromkeys(s for _, t in tasks for s in t.special)),
                 sentinels=max(t.sentinels_for(leaf.config) for leaf, t in tasks),
                 needs_tokenizer=any(t.needs_tokenizer for _, t in tasks),
-                infilling=any(t.infilling for _, t in tasks))
+                evaluations={name: ev for leaf, t in tasks for name, ev in t.evaluations_for(leaf.config).items()})
 
 
 # ----------------------------------------------------------------------------- building

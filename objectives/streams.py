@@ -41,6 +41,8 @@ PURPOSES: dict[str, int] = {
     "transform": 1,        # a sample's objective transform, keyed by (seed, epoch, index)
     "sampler.order": 2,    # a sampler's per-epoch order, keyed by (seed, epoch)
     "sampler.pick": 3,     # a sampler's per-sample picks (NSP's other segment, a source/target cut)
+    "document": 4,         # a document-level transform before packing, keyed by (seed, epoch, document)
+    "infill.sample": 5,    # the infilling evaluation's token draws, keyed by (seed, task, sample)
 }
 
 

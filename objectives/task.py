@@ -37,11 +37,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 MODEL_KINDS = ("decoder", "encoder")
-# packed: documents joined by EOT, cut into contexts; segment: a span of one document (+ word and
-# sentence starts); segment_pair: a segment plus a segment of another document (NSP's negatives)
-SAMPLERS = ("packed", "segment", "segment_pair")
+# packed: documents joined by EOT, cut into contexts; packed_documents: the same, after the
+# objective rewrote each document on its own (its transform's ``documents(batch, streams)``, keyed
+# by (seed, epoch, document)); segment: a span of one document (+ word and sentence starts);
+# segment_pair: a segment plus a segment of another document (NSP's negatives)
+SAMPLERS = ("packed", "packed_documents", "segment", "segment_pair")
 # what each sampler's samples can feed: a segment pair is a segment (of >= 2 sentences) plus extras
-SERVES = {"packed": ("packed",), "segment": ("segment",), "segment_pair": ("segment", "segment_pair")}
+SERVES = {"packed": ("packed",), "packed_documents": ("packed_documents",), "segment": ("segment",),
+          "segment_pair": ("segment", "segment_pair")}
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,17 @@ def _resolve(value, config):
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """An evaluation beyond held-out losses that fits what an objective trains (e.g. a
+    FIM-trained decoder fills in the middle). ``kind`` names the implementation (the
+    recipes provide one per kind, ``recipes.evaluations``); ``params`` are its settings
+    that follow from the objective's config (e.g. the prompt layouts it was trained on)."""
+
+    kind: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Task:
     """One objective's declaration. ``transform(config, special=, vocab_size=, tokenizer=)`` builds
     it; the other fields say what it needs around it (constants, or callables of its config)."""
@@ -82,7 +96,7 @@ class Task:
     transform: type
     config: type
     model: str                                   # "decoder" | "encoder"
-    sampler: str                                 # one of SAMPLERS
+    sampler: str | Callable[[Any], str]          # one of SAMPLERS (or a callable of the config)
     # tokens per raw sample the sampler cuts (packed: the context, seq_length + 1 ids;
     # encoders: the body between [CLS] / [SEP] markers the transform adds)
     input_length: Callable[[Any], int]
@@ -98,19 +112,34 @@ class Task:
     sentinels: int | Callable[[Any], int] = 0
     # the transform re-tokenises text (pass the corpus tokenizer)
     needs_tokenizer: bool = False
-    # the trained model can fill in the middle (the recipe shows a held-out infill at the end)
-    infilling: bool = False
+    # evaluations that fit the trained model beyond held-out losses: config -> {name: Evaluation}
+    # (FIM: infilling of held-out code); the recipes run them at the end of training
+    evaluations: Callable[[Any], Mapping[str, Evaluation]] | None = None
 
     def __post_init__(self):
         if self.model not in MODEL_KINDS:
             raise ValueError(f"Task {self.name!r}: model must be one of {MODEL_KINDS}, got {self.model!r}")
-        if self.sampler not in SAMPLERS:
+        if not callable(self.sampler) and self.sampler not in SAMPLERS:
             raise ValueError(f"Task {self.name!r}: sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if not callable(self.input_length):
             raise TypeError(f"Task {self.name!r}: input_length must be a callable of the config")
         if not callable(self.losses):
             for loss, kind in self.losses.items():
                 head_fields(loss, kind)
+
+    def sampler_for(self, config) -> str:
+        sampler = _resolve(self.sampler, config)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"Task {self.name!r}: sampler must be one of {SAMPLERS}, got {sampler!r}")
+        return sampler
+
+    def evaluations_for(self, config) -> dict[str, Evaluation]:
+        out = dict(self.evaluations(config)) if self.evaluations is not None else {}
+        for name, ev in out.items():
+            if not isinstance(ev, Evaluation):
+                raise TypeError(f"Task {self.name!r}: evaluation {name!r} must be an objectives.task.Evaluation, "
+                                f"got {type(ev).__name__}")
+        return out
 
     def sentinels_for(self, config) -> int:
         return int(_resolve(self.sentinels, config))

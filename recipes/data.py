@@ -43,13 +43,22 @@ def prepare(cfg: TrainConfig, info: DistInfo, progress: bool = True):
     return prepared
 
 
-def sampler_for(plan, token_data, seed: int, special, shuffle: bool = True):
-    """The sampler an objective's plan asks for, cutting ``plan.input_length`` tokens."""
+def sampler_for(plan, token_data, seed: int, special, shuffle: bool = True, transform=None):
+    """The sampler an objective's plan asks for, cutting ``plan.input_length`` tokens
+    (``packed_documents``: packing what ``transform.documents`` makes of each document)."""
     from data_pipeline import samplers
 
     n = plan.input_length
     if plan.sampler == "packed":
         return samplers.PackedContextSampler(token_data, n - 1, seed=seed, shuffle=shuffle, special=special)
+    if plan.sampler == "packed_documents":
+        from data_pipeline.packed_documents import PackedDocumentSampler
+
+        if not callable(getattr(transform, "documents", None)):
+            raise ValueError(f"objective: sampler 'packed_documents' needs a transform with a document stage "
+                             f"(documents(batch, streams)); {type(transform).__name__} has none")
+        return PackedDocumentSampler(token_data, n - 1, transform.documents, seed=seed, shuffle=shuffle,
+                                     special=special)
     if plan.sampler == "segment":
         return samplers.SegmentSampler(token_data, n, seed=seed, shuffle=shuffle)
     if plan.sampler == "segment_pair":
@@ -71,13 +80,78 @@ def build_run_data(cfg: TrainConfig, info: DistInfo, progress: bool = True) -> R
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"objective: {exc}") from exc
     seed = cfg.schedule.seed
-    train = ObjectiveDataset(sampler_for(plan, prepared.train, seed, special), transform, seed=seed)
+    train = ObjectiveDataset(sampler_for(plan, prepared.train, seed, special, transform=transform), transform,
+                             seed=seed)
     evals = {}
     if prepared.valid is not None:
-        for name, spec in plan.evals.items():
-            suite = registry.plan(spec)
-            # a fixed held-out stream: same samples at every evaluation
-            evals[name] = ObjectiveDataset(sampler_for(suite, prepared.valid, seed + 1, special),
-                                           registry.build_spec(spec, **kw), seed=seed + 1)
+        # a fixed held-out stream: same samples at every evaluation (and, with eval.seed, in every run)
+        eval_seed = cfg.eval.seed if cfg.eval.seed is not None else seed + 1
+        for name, suite in eval_suites(cfg).items():
+            suite_plan = registry.plan(suite.spec)
+            suite_transform = registry.build_spec(suite.spec, **kw)
+            sampler = sampler_for(suite_plan, prepared.valid, eval_seed, special, transform=suite_transform)
+            evals[name] = ObjectiveDataset(sampler, suite_transform, seed=eval_seed)
+            own = {f.name for f in plan.fields}
+            if suite.fields or not {f.name for f in suite_plan.fields} <= own:
+                evals[name] = Feeding(evals[name], suite.fields, own)
     return RunData(prepared=prepared, tokenizer=tok, train=train, evals=evals, special=special,
                    vocab_size=tok.vocab_size + plan.sentinels)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A held-out suite: an objective spec, and the fields of its samples renamed for the model
+    (``{"nsp_label": "sop_label"}``: an SOP-trained model's head reads NSP's labels)."""
+
+    spec: Any
+    fields: dict = field(default_factory=dict)
+
+
+def eval_suites(cfg: TrainConfig) -> dict[str, Suite]:
+    """The held-out suites of a run: those the objective declares, plus ``eval.suites``."""
+    from objectives import registry
+    from recipes.config import ConfigError
+
+    out = {name: Suite(spec) for name, spec in cfg.plan.evals.items()}
+    for name, given in cfg.eval.suites.items():
+        where = f"eval.suites.{name}"
+        if not isinstance(given, dict):
+            raise ConfigError(f"{where}: expected an objective spec (name, config) with optional fields, got {given!r}")
+        given = dict(given)
+        fields = given.pop("fields", None) or {}
+        if not isinstance(fields, dict):
+            raise ConfigError(f"{where}.fields: expected a mapping of field renames, got {fields!r}")
+        try:
+            spec = registry.parse(given, defaults={"seq_length": cfg.data.seq_length}, where=where)
+            suite_plan = registry.plan(spec)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(str(exc.args[0]) if exc.args else str(exc)) from exc
+        if suite_plan.model != cfg.plan.model:
+            raise ConfigError(f"{where}: a {suite_plan.model} objective cannot evaluate this {cfg.plan.model}")
+        out[name] = Suite(spec, dict(fields))
+    return out
+
+
+class Feeding:
+    """A held-out dataset whose samples carry only what the trained model reads: the contract
+    fields and the extra fields of the model's own heads, after ``renames`` (so a model is
+    evaluated on another objective's data: ALBERT's NSP-trained model on SOP pairs)."""
+
+    def __init__(self, dataset, renames: dict, model_fields: set):
+        from objectives.sample import CONTRACT_FIELDS
+
+        self.dataset, self.renames = dataset, dict(renames)
+        self.keep = set(CONTRACT_FIELDS) | set(model_fields)
+
+    def _feed(self, sample: dict) -> dict:
+        out = {self.renames.get(k, k): v for k, v in sample.items()}
+        return {k: v for k, v in out.items() if k in self.keep}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, position):
+        return self._feed(self.dataset[position])
+
+    def read(self, positions):
+        return self._feed(self.dataset.read(positions))

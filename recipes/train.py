@@ -60,7 +60,8 @@ class RunResult:
     losses: dict[int, float] = field(default_factory=dict)  # step (1-based) -> total loss, this process
     eval_metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
-    infill: object | None = None
+    reports: list = field(default_factory=list)  # recipes.evaluations.Report of each declared evaluation
+    loss_plot: Path | None = None
 
 
 # ----------------------------------------------------------------------------- setup
@@ -360,14 +361,17 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
             result.eval_metrics = metrics
             log.info(format_line(result.final_step, total, {f"eval/{k}": v for k, v in metrics.items()}))
             log.record(result.final_step, metrics, kind="eval")
+        if finished and cfg.eval.at_end:  # the objective's evaluations beyond losses (FIM: infilling)
+            from recipes.evaluations import run_declared
+
+            result.reports = run_declared(sess)
         if finished and info.is_main:  # what a sweep collects
+            extra = {k: v for r in result.reports for k, v in r.metrics.items()}
             (run_dir / "final_metrics.json").write_text(json.dumps(
                 {"step": result.final_step, "train_loss": result.losses.get(result.final_step),
-                 **result.eval_metrics}, indent=1))
-        if finished and cfg.eval.infill_sample:
-            result.infill = _infill(sess)
-            if result.infill is not None:
-                log.info(result.infill.render())
+                 **result.eval_metrics, **extra}, indent=1))
+            result.loss_plot = _loss_plot(run_dir, cfg.name)
+            log.info(_summary(result))
     finally:
         stream.close()
         log.close()
@@ -378,20 +382,25 @@ def _fmt(parts: dict) -> str:
     return ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items()) or "-"
 
 
-def _infill(sess: Session):
-    from recipes.infill import Infill, greedy_infill, pick_snippet
+def _loss_plot(run_dir: Path, name: str) -> Path | None:
+    try:
+        from recipes.plots import run_curves
+    except ModuleNotFoundError:  # matplotlib comes with the [sweep] extra
+        return None
+    return run_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{name}: loss")
 
-    if not sess.cfg.plan.infilling:
-        return None
-    valid = sess.data.prepared.valid or sess.data.prepared.train
-    picked = pick_snippet(valid, sess.tokenizer)
-    if picked is None:
-        return None
-    prefix, middle, suffix = picked
-    text = greedy_infill(sess.model, sess.tokenizer, prefix, suffix, seq_length=sess.cfg.data.seq_length,
-                         max_new_tokens=sess.cfg.eval.infill_max_new_tokens, device=sess.info.device,
-                         autocast=sess.autocast if sess.autocast() is not None else None)
-    return Infill(prefix=prefix, suffix=suffix, reference=middle, generated=text)
+
+def _summary(result: RunResult) -> str:
+    """The end of a run: held-out losses, the declared evaluations' tables, the loss plot."""
+    bar = "-" * 72
+    lines = [bar, f"held-out evaluation at step {result.final_step}"]
+    for k, v in sorted(result.eval_metrics.items()):
+        if k.endswith("_loss"):
+            lines.append(f"  {k:<28} {v:.4f}")
+    lines += [r.text for r in result.reports if r.text]
+    lines.append(f"loss curve: {result.loss_plot}" if result.loss_plot else
+                 "loss curve: not drawn (matplotlib comes with the [sweep] extra)")
+    return "\n".join([*lines, bar])
 
 
 def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:

@@ -24,6 +24,7 @@ from typing import Any, Literal, Sequence
 from data_pipeline.config import CorpusConfig, TokenizerConfig
 from models.config import ModelConfig
 from recipes.config import ConfigError, load_config
+from recipes.infill_config import InfillConfig
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,14 @@ class EvalConfig:
     batches: int = 4
     micro_batch_size: int = 8
     at_end: bool = True
-    # decoders with a FIM objective: greedy-decode one infill of a held-out snippet at the end
-    infill_sample: bool = True
-    infill_max_new_tokens: int = 48
+    # the held-out streams' seed (None: schedule.seed + 1); fix it to compare runs of several seeds
+    # on the same held-out samples
+    seed: int | None = None
+    # held-out suites beyond the objective's own: {name: {name, config[, fields: {from: to}]}}; e.g. an
+    # SOP-trained encoder on NSP pairs: {nsp: {name: nsp, fields: {nsp_label: sop_label}}}
+    suites: dict[str, Any] = field(default_factory=dict)
+    # the objective's declared evaluations beyond losses (FIM: infilling of held-out code), at the end
+    infill: InfillConfig = field(default_factory=InfillConfig)
 
 
 @dataclass(frozen=True)
@@ -217,6 +223,10 @@ class TrainConfig:
         object.__setattr__(self, "model", replace(m, kind=plan.model, heads=dict(plan.losses)))
         object.__setattr__(self, "objective_spec", spec)
         object.__setattr__(self, "plan", plan)
+        if self.eval.suites:
+            from recipes.data import eval_suites
+
+            eval_suites(self)  # a bad held-out suite fails now, naming it
 
     @property
     def run_dir(self) -> Path:

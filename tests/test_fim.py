@@ -61,6 +61,11 @@ class Draws:
         return self.rows.reshape(shape)
 
 
+def doc1(t, doc, rng):
+    """One document through the document-level stage, with the 4 draws ``rng.random(4)``."""
+    return {"tokens": t.transform_document(t._check_document(np.asarray(doc)), rng.random(4))}
+
+
 def cut_u(c, n):
     """The uniform that puts a cut at character c of an n-character text."""
     return (c + 0.5) / (n + 1)
@@ -79,7 +84,7 @@ def test_literal_document(spm_rate, variant, expect):
     t = make(scope="document", fim_rate=1.0, spm_rate=spm_rate, spm_variant=variant)
     doc = np.array(ids("abcdef"), np.int32)
     # cuts at characters 2 and 4: prefix "ab", middle "cd", suffix "ef"
-    out = t({"tokens": doc}, Draws([0.0, 0.5, cut_u(4, 6), cut_u(2, 6)]))
+    out = doc1(t, doc, Draws([0.0, 0.5, cut_u(4, 6), cut_u(2, 6)]))
     assert out["tokens"].tolist() == expect
     assert TOK.decode(original_order(out["tokens"], SP)) == "abcdef"
 
@@ -119,7 +124,7 @@ def test_literal_pads_when_retokenised_pieces_are_shorter():
 def test_token_level_needs_no_tokenizer():
     t = FIM(FIMConfig(scope="document", fim_rate=1.0, spm_rate=0.0, split_level="token"), special=SP, vocab_size=V)
     doc = np.array([20, 21, 22, 23, 24], np.int32)
-    out = t({"tokens": doc}, Draws([0.0, 0.9, cut_u(1, 5), cut_u(3, 5)]))
+    out = doc1(t, doc, Draws([0.0, 0.9, cut_u(1, 5), cut_u(3, 5)]))
     assert out["tokens"].tolist() == [PRE, 20, SUF, 23, 24, MID, 21, 22]
 
 
@@ -128,7 +133,7 @@ def test_line_level_cuts_on_line_starts():
     text = "ab\ncd\nef"
     rng = np.random.default_rng(0)
     for _ in range(50):
-        out = t({"tokens": np.array(ids(text), np.int32)}, rng)["tokens"]
+        out = doc1(t, np.array(ids(text), np.int32), rng)["tokens"]
         s, m = out.tolist().index(SUF), out.tolist().index(MID)
         prefix, middle = TOK.decode(out[1:s]), TOK.decode(out[m + 1 :])
         assert prefix in ("", "ab\n", "ab\ncd\n", text)
@@ -168,20 +173,20 @@ def test_bad_tokenizer_and_input():
         t({"tokens": np.array([16, 17, 18, 19, V], np.int32)}, np.random.default_rng(0))
     d = make(scope="document")
     with pytest.raises(ValueError, match="without EOT"):
-        d({"tokens": np.array([16, EOT, 17], np.int32)}, np.random.default_rng(0))
+        doc1(d, np.array([16, EOT, 17], np.int32), np.random.default_rng(0))
 
 
 def test_degenerate_documents_pass_or_transform_cleanly():
     t = make(scope="document", fim_rate=1.0, spm_rate=0.0)
     rng = np.random.default_rng(0)
-    assert t({"tokens": np.zeros(0, np.int32)}, rng)["tokens"].tolist() == []
+    assert doc1(t, np.zeros(0, np.int32), rng)["tokens"].tolist() == []
     # a one-token document: still a valid FIM sample, pieces add up
-    out = t({"tokens": np.array([16], np.int32)}, rng)["tokens"]
+    out = doc1(t, np.array([16], np.int32), rng)["tokens"]
     assert sorted(out[np.isin(out, [PRE, MID, SUF])].tolist()) == sorted([PRE, MID, SUF])
     assert original_order(out, SP).tolist() == [16]
     # documents holding reserved ids (pads, sentinels, unk) pass through unchanged
     for doc in ([SP.pad, SP.pad], [SP.unk], [16, MID, 17]):
-        assert t({"tokens": np.array(doc, np.int32)}, rng)["tokens"].tolist() == doc
+        assert doc1(t, np.array(doc, np.int32), rng)["tokens"].tolist() == doc
     # a context of only EOTs: every (empty) document keeps its EOT
     c = make(seq_length=4, fim_rate=1.0)
     out = c({"tokens": np.full(5, EOT, np.int32)}, rng)
@@ -260,7 +265,7 @@ def test_context_properties_char_tokenizer(texts, seed, level, variant, rate, se
 def test_document_scope_round_trip(text, seed, variant):
     t = make(scope="document", fim_rate=1.0, spm_rate=0.5, spm_variant=variant)
     doc = np.array(ids(text), np.int32)
-    out = t({"tokens": doc}, np.random.default_rng(seed))["tokens"]
+    out = doc1(t, doc, np.random.default_rng(seed))["tokens"]
     if doc.size:
         assert np.isin(out, [PRE, MID, SUF]).sum() == 3 and len(out) == len(doc) + 3
     assert TOK.decode(original_order(out, SP)) == text
@@ -271,7 +276,7 @@ def test_rates_on_large_draws():
     t = make(scope="document", fim_rate=0.3, spm_rate=0.7, split_level="token", spm_variant=1)
     rng = np.random.default_rng(1)
     doc = np.array(ids("abcdefgh"), np.int32)
-    firsts = np.array([t({"tokens": doc}, rng)["tokens"][0] for _ in range(10000)])
+    firsts = np.array([doc1(t, doc, rng)["tokens"][0] for _ in range(10000)])
     n_psm, n_spm = int((firsts == PRE).sum()), int((firsts == SUF).sum())
     assert abs((n_psm + n_spm) / 10000 - 0.3) < 0.015  # sd ~0.0046
     assert abs(n_spm / (n_psm + n_spm) - 0.7) < 0.03  # sd ~0.0084
@@ -286,7 +291,7 @@ def test_cut_points_are_uniform_over_characters():
     rng = np.random.default_rng(3)
     lens = []
     for _ in range(6000):
-        out = t({"tokens": doc}, rng)["tokens"].tolist()
+        out = doc1(t, doc, rng)["tokens"].tolist()
         lens.append(len(tok.decode(out[1 : out.index(SUF)])))
     counts = np.bincount(lens, minlength=11)
     # prefix length = min of two uniform cuts on 0..10: P(k) = (2*(10-k)+1)/121
@@ -354,7 +359,7 @@ def test_sentencepiece_pieces_are_tokenised_as_from_scratch(sp_tok):
         if "☃" in text or not text:
             continue
         doc = np.array(sp_tok.encode(text), np.int32)
-        out = t({"tokens": doc}, rng)["tokens"].tolist()
+        out = doc1(t, doc, rng)["tokens"].tolist()
         s, m = out.index(SUF), out.index(MID)
         for piece in (out[1:s], out[s + 1 : m], out[m + 1 :]):
             assert piece == sp_tok.encode(sp_tok.decode(piece))
@@ -369,7 +374,7 @@ def test_literal_sentencepiece(sp_tok):
     text = "the quick brown fox"
     doc = np.array(sp_tok.encode(text), np.int32)
     # cuts at characters 6 ("the qu|ick") and 17 ("brown f|ox"); the words cut are re-encoded
-    out = t({"tokens": doc}, Draws([0.0, 0.9, cut_u(6, 19), cut_u(17, 19)]))["tokens"].tolist()
+    out = doc1(t, doc, Draws([0.0, 0.9, cut_u(6, 19), cut_u(17, 19)]))["tokens"].tolist()
     s, m = out.index(SUF), out.index(MID)
     assert [sp_tok.decode(p) for p in (out[1:s], out[s + 1 : m], out[m + 1 :])] == ["the qu", "ox", "ick brown f"]
     assert out[1:s] == sp_tok.encode("the qu") and out[m + 1 :] == sp_tok.encode("ick brown f")
@@ -456,7 +461,7 @@ def test_literal_reencode_cap(cap, middle):
     t = make(tok, tok.vocab_size, scope="document", fim_rate=1.0, spm_rate=0.0, max_reencode_tokens=cap)
     doc = np.array(tok.encode("aaaaaaaa"), np.int32)
     assert len(doc) == 4
-    out = t({"tokens": doc}, Draws([0.0, 0.9, cut_u(3, 8), cut_u(8, 8)]))["tokens"].tolist()
+    out = doc1(t, doc, Draws([0.0, 0.9, cut_u(3, 8), cut_u(8, 8)]))["tokens"].tolist()
     aa, a = tok.index["aa"], tok.index["a"]
     as_ids = {"aa": aa, "a": a}
     assert out == [PRE, aa, a, SUF, MID, *[as_ids[p] for p in middle]]

@@ -78,7 +78,7 @@ for name in registry.names():
     t = registry.build(name, cfg, vocab_size=300)   # default reserved ids + the sentinels it declares
     built.append(name)
     sample = dict(seg)
-    if registry.task(name).sampler == "packed":
+    if registry.task(name).sampler_for(registry.make_config(name, {}, defaults={"seq_length": 32})).startswith("packed"):
         sample = {"tokens": rng.integers(16, 300, 33).astype(np.int32)}
     if all(f in sample for f in getattr(t, "reads", ())):
         # objectives on the batch contract take a key; those being moved still a Generator

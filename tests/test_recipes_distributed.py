@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _overrides(cache: str, run_dir: Path, mb: int) -> list[str]:
     out = [f"data.cache_dir={cache}", "data.seq_length=64", "schedule.train_steps=3", "schedule.warmup_steps=1",
            f"schedule.micro_batch_size={mb}", f"logging.run_dir={run_dir}", "logging.every_steps=1",
-           "logging.progress_bar=false", "logging.tensorboard=false", "eval.at_end=false", "eval.infill_sample=false",
+           "logging.progress_bar=false", "logging.tensorboard=false", "eval.at_end=false", "eval.infill.enabled=false",
            "parallel.device=cpu"]
     out += [f"data.corpus.{k}={v}" for k, v in TINY_CORPUS.items()]
     out += [f"data.tokenizer.{k}={v}" for k, v in TINY_TOKENIZER.items()]

@@ -187,7 +187,7 @@ def test_tensor_parallel_2_run_exports_under_torchrun(tiny_corpus, tmp_path):
     overrides = [f"data.cache_dir={tiny_corpus[2]}", "data.seq_length=64", "schedule.train_steps=2",
                  "schedule.warmup_steps=1", "schedule.micro_batch_size=2", f"logging.run_dir={run_dir}",
                  "logging.progress_bar=false", "logging.tensorboard=false", "eval.at_end=false",
-                 "eval.infill_sample=false", "parallel.device=cpu", "parallel.tensor_parallel=2"]
+                 "eval.infill.enabled=false", "parallel.device=cpu", "parallel.tensor_parallel=2"]
     overrides += [f"data.corpus.{k}={v}" for k, v in TINY_CORPUS.items()]
     overrides += [f"data.tokenizer.{k}={v}" for k, v in TINY_TOKENIZER.items()]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def test_table_and_csv_hold_every_metric(tmp_path):
 def test_sweep_runs_the_grid_and_collects_eval_metrics(tiny_corpus, tmp_path, capsys):
     fixed = [f"data.cache_dir={tiny_corpus[2]}", "data.seq_length=64", "schedule.train_steps=2",
              "schedule.warmup_steps=1", "schedule.micro_batch_size=2", "eval.batches=1", "eval.micro_batch_size=2",
-             "eval.infill_sample=false", "logging.tensorboard=false", "checkpoint.save_final=false"]
+             "eval.infill.enabled=false", "logging.tensorboard=false", "checkpoint.save_final=false"]
     fixed += [f"data.corpus.{k}={v}" for k, v in TINY_CORPUS.items()]
     fixed += [f"data.tokenizer.{k}={v}" for k, v in TINY_TOKENIZER.items()]
     args = ["--configs", str(ROOT / "recipes/configs/gpt_fim_tiny.yaml"), "--grid", "optim.lr=[1e-3, 1e-2]",
@@ -54,3 +55,53 @@ def test_sweep_runs_the_grid_and_collects_eval_metrics(tiny_corpus, tmp_path, ca
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     assert all(float(r["ltr/lm_loss"]) > 0 and float(r["fim/lm_loss"]) > 0 for r in rows)
     assert "optim.lr=1e-2" in capsys.readouterr().out
+
+
+def _fixed(tiny_corpus):
+    fixed = [f"data.cache_dir={tiny_corpus[2]}", "data.seq_length=64", "schedule.train_steps=2",
+             "schedule.warmup_steps=1", "schedule.micro_batch_size=2", "eval.batches=1", "eval.micro_batch_size=2",
+             "eval.infill.enabled=false", "logging.tensorboard=false", "checkpoint.save_final=false"]
+    fixed += [f"data.corpus.{k}={v}" for k, v in TINY_CORPUS.items()]
+    return fixed + [f"data.tokenizer.{k}={v}" for k, v in TINY_TOKENIZER.items()]
+
+
+@pytest.mark.slow
+def test_submitit_array_job_skips_done_points_and_the_collector_marks_failures(tiny_corpus, tmp_path, capsys):
+    """The SLURM code path (one submitit array job) through submitit's local executor: two seeds of
+    one point and a point that fails; a rerun skips what finished; the collector averages seeds."""
+    from recipes.sweep import collect, launch, point_state, read_plan
+
+    out = tmp_path / "sweep"
+    runs = plan([str(ROOT / "recipes/configs/gpt_fim_tiny.yaml")],
+                [("schedule.seed", ["1", "2"]), ("optim.lr", ["1e-3", "-1"])], _fixed(tiny_corpus), out)
+    got = launch(runs, launcher="submitit-local", jobs=4, out=out)
+    ok = [r for r in got if r.ok]
+    assert len(ok) == 2 and all("optim.lr=1e-3" in r.label for r in ok)
+    bad = [r for r in got if not r.ok]
+    assert len(bad) == 2 and all(r.status.startswith("failed") for r in bad)
+    assert "lr must be > 0" in (bad[0].run_dir / "sweep.log").read_text()
+    mtime = (ok[0].run_dir / "final_metrics.json").stat().st_mtime_ns
+    again = launch(plan([str(ROOT / "recipes/configs/gpt_fim_tiny.yaml")], [("schedule.seed", ["1"]),
+                                                                              ("optim.lr", ["1e-3"])],
+                        _fixed(tiny_corpus), out), launcher="serial", out=tmp_path / "sweep2")
+    assert again[0].status == "cached" and (ok[0].run_dir / "final_metrics.json").stat().st_mtime_ns == mtime
+    found = [point_state(r) for r in read_plan(out)]
+    collect(found, out, quiet=True)
+    md = (out / "results.md").read_text()
+    row = next(line for line in md.splitlines() if "optim.lr=1e-3" in line)
+    assert "| 2/2 |" in row and " ± " in row                       # two seeds: mean ± std
+    assert "0/2 (failed" in next(line for line in md.splitlines() if "optim.lr=-1" in line)
+    assert (out / "loss_curves.png").stat().st_size > 1000 and (out / "metrics.png").is_file()
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_points_in_parallel(tiny_corpus, tmp_path):
+    from recipes.sweep import launch
+
+    out = tmp_path / "sweep"
+    runs = plan([str(ROOT / "recipes/configs/causal_lm_tiny.yaml")], [("schedule.seed", ["1", "2"])],
+                _fixed(tiny_corpus), out)
+    got = launch(runs, launcher="local", jobs=2, out=out)
+    assert all(r.status == "ok" for r in got)
+    starts = [json.loads((r.run_dir / "status.json").read_text()) for r in got]
+    assert starts[1]["started"] < starts[0]["ended"]              # the second started before the first ended

@@ -28,7 +28,8 @@ def shrink(cfg, tiny_corpus, run_dir, *, steps=6, every=0, seq=64, mb=4, accum=1
                         grad_accum_steps=accum, **schedule),
              checkpoint=R(cfg.checkpoint, every_steps=every, dir=""),
              logging=R(cfg.logging, run_dir=str(run_dir), progress_bar=False, every_steps=2),
-             eval=R(cfg.eval, batches=1, micro_batch_size=4, every_steps=0, infill_max_new_tokens=4))
+             eval=R(cfg.eval, batches=1, micro_batch_size=4, every_steps=0,
+                    infill=R(cfg.eval.infill, max_new_tokens=4, tasks_per_kind=1, samples=2)))
 
 
 def test_every_objective_has_a_tiny_recipe():
