@@ -1,11 +1,24 @@
 """ModelConfig: one frozen, validated description of a decoder or an encoder.
 
 ``kind="decoder"``: Llama-shaped GPT (RoPE, RMSNorm, SwiGLU, no biases, tied
-embeddings), next-token LM head. ``kind="encoder"``: BERT-shaped (learned
-absolute positions, segment embeddings, LayerNorm, GeLU, biases), cloze LM
-head plus optional span-boundary / sequence-classification heads. Both run
-pre-norm megatron-core transformer blocks; the attention pattern comes from
-the batch's row intervals, never from the model kind.
+embeddings), next-token LM head, pre-norm. ``kind="encoder"``: BERT-shaped
+(learned absolute positions, segment embeddings, LayerNorm, GeLU, biases),
+BERT's cloze LM head (dense + GeLU + LayerNorm, tied projection, output bias)
+plus optional span-boundary / sequence-classification heads. The attention
+pattern comes from the batch's row intervals, never from the model kind.
+
+Encoder architecture options (each has an exact Hugging Face twin, see
+``models.hf_export``):
+
+* ``norm_position``: ``"pre"`` (megatron's order: LayerNorm before attention and
+  MLP, a final LayerNorm; MegatronBERT) or ``"post"`` (BERT's and ALBERT's
+  original order: LayerNorm after each residual add and on the embeddings, no
+  final LayerNorm).
+* ``embedding_size`` (ALBERT's E): the vocabulary is embedded in E < H
+  dimensions and projected to H; the LM head maps H back to E before the tied
+  projection. None = H.
+* ``share_layers`` (ALBERT's cross-layer sharing): ``"all"``, ``"attention"``
+  or ``"ffn"`` sublayers (with their LayerNorm) shared by every layer; ``"none"``.
 
 ``heads`` maps each loss name to the head kind computing it
 (``{"lm": "token", "sop": "sequence"}``; see :mod:`models.heads`). In a
@@ -21,6 +34,9 @@ KINDS = ("decoder", "encoder")
 # head kinds models.heads implements; the sample fields each reads are in objectives.task
 HEAD_KINDS = ("token", "span_boundary", "sequence")
 DTYPES = ("float32", "bfloat16", "float16")
+NORM_POSITIONS = ("pre", "post")
+# which sublayers every layer shares with the first (ALBERT's all-shared / shared-attention / shared-FFN)
+SHARE_LAYERS = ("none", "all", "attention", "ffn")
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,12 @@ class ModelConfig:
     sbo_max_offset: int = 32
     # encoder segment (UniLM LM id / sentence A-B) embeddings; 0 disables them
     num_segment_types: int = 6
+    # encoders: "pre" (megatron, MegatronBERT) or "post" (BERT / ALBERT's original LayerNorm order)
+    norm_position: str = "pre"
+    # encoders: ALBERT's factorised embedding size E (vocabulary -> E -> hidden); None = hidden_size
+    embedding_size: int | None = None
+    # encoders: ALBERT's cross-layer parameter sharing, one of SHARE_LAYERS
+    share_layers: str = "none"
     init_method_std: float = 0.02
     params_dtype: str = "float32"
     norm_epsilon: float = 1e-5
@@ -76,6 +98,20 @@ class ModelConfig:
             bad("seq_length", f"must be <= max_position_embeddings={self.max_position_embeddings}")
         if not isinstance(self.num_segment_types, int) or self.num_segment_types < 0:
             bad("num_segment_types", "must be an int >= 0")
+        if self.norm_position not in NORM_POSITIONS:
+            bad("norm_position", f"must be one of {NORM_POSITIONS}")
+        if self.share_layers not in SHARE_LAYERS:
+            bad("share_layers", f"must be one of {SHARE_LAYERS}")
+        if self.embedding_size is not None and (not isinstance(self.embedding_size, int)
+                                                or isinstance(self.embedding_size, bool)
+                                                or not 1 <= self.embedding_size <= self.hidden_size):
+            bad("embedding_size", f"must be an int in [1, hidden_size={self.hidden_size}] or None")
+        if self.kind == "decoder":
+            for name, plain in (("norm_position", "pre"), ("share_layers", "none")):
+                if getattr(self, name) != plain:
+                    bad(name, f"is an encoder option; decoders are {plain!r}")
+            if self.embedding_size not in (None, self.hidden_size):
+                bad("embedding_size", "is an encoder option; decoders embed in hidden_size")
         if not self.init_method_std > 0:
             bad("init_method_std", "must be > 0")
         if self.params_dtype not in DTYPES:
@@ -119,6 +155,11 @@ class ModelConfig:
         if self.require_kind() == "encoder":
             return 4 * self.hidden_size
         return -(-int(8 * self.hidden_size / 3) // 64) * 64
+
+    @property
+    def embed_size(self) -> int:
+        """Width of the token / position / segment embeddings (ALBERT's E)."""
+        return self.embedding_size or self.hidden_size
 
     @property
     def head_dim(self) -> int:

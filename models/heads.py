@@ -3,7 +3,8 @@
 A model has one head per loss, by kind (the sample fields each kind reads are
 part of the sample contract, ``objectives.task.HEAD_KINDS``):
 
-* ``token``: LM logits through the tied embedding; ``labels`` weighted by ``loss_mask``;
+* ``token``: LM logits through the tied embedding; ``labels`` weighted by ``loss_mask``
+  (encoders first apply BERT's :class:`TokenHead` transform and add its output bias);
 * ``span_boundary``: SpanBERT's SBO, reading ``{loss}_left/_right/_offset``;
 * ``sequence``: a 2-way classifier on the first position, reading ``{loss}_label`` (-1 = none).
 
@@ -96,20 +97,41 @@ def _init_linear(linear: torch.nn.Linear, std: float) -> None:
         torch.nn.init.zeros_(linear.bias)
 
 
+class TokenHead(torch.nn.Module):
+    """BERT's MLM head before the tied projection: dense + GeLU + LayerNorm, hidden -> E
+    (E = the embedding width: ALBERT's factorised size, or hidden); plus the output
+    bias, one per vocabulary id, split over tensor-parallel ranks like the vocabulary."""
+
+    def __init__(self, hidden: int, embed: int, vocab_per_rank: int, std: float, eps: float, dtype: torch.dtype):
+        super().__init__()
+        self.dense = torch.nn.Linear(hidden, embed, dtype=dtype)
+        self.norm = torch.nn.LayerNorm(embed, eps=eps, dtype=dtype)
+        self.bias = torch.nn.Parameter(torch.zeros(vocab_per_rank, dtype=dtype))
+        tensor_parallel.set_tensor_model_parallel_attributes(self.bias, True, 0, 1)
+        _init_linear(self.dense, std)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., hidden] -> [..., E], ready for the tied projection (then add ``bias``)."""
+        return self.norm(F.gelu(self.dense(hidden)))
+
+
 class SpanBoundaryHead(torch.nn.Module):
     """SpanBERT's span boundary objective: y_i = f([x_{s-1}; x_{e+1}; p_{i-s+1}]),
-    f a 2-layer GeLU + LayerNorm MLP; y_i goes through the tied vocab projection.
-    The offset table has its own embeddings for offsets 1..max_offset."""
+    f a 2-layer GeLU + LayerNorm MLP; y_i (width ``out``, the embedding width) goes
+    through the tied vocab projection. The offset table has its own embeddings for
+    offsets 1..max_offset."""
 
-    def __init__(self, hidden: int, max_offset: int, std: float, eps: float, dtype: torch.dtype):
+    def __init__(self, hidden: int, max_offset: int, std: float, eps: float, dtype: torch.dtype,
+                 out: int | None = None):
         super().__init__()
+        out = out or hidden
         self.max_offset = max_offset
         self.offset_embeddings = torch.nn.Embedding(max_offset + 1, hidden, dtype=dtype)
         torch.nn.init.normal_(self.offset_embeddings.weight, std=std)
         self.fc1 = torch.nn.Linear(3 * hidden, hidden, dtype=dtype)
         self.norm1 = torch.nn.LayerNorm(hidden, eps=eps, dtype=dtype)
-        self.fc2 = torch.nn.Linear(hidden, hidden, dtype=dtype)
-        self.norm2 = torch.nn.LayerNorm(hidden, eps=eps, dtype=dtype)
+        self.fc2 = torch.nn.Linear(hidden, out, dtype=dtype)
+        self.norm2 = torch.nn.LayerNorm(out, eps=eps, dtype=dtype)
         _init_linear(self.fc1, std)
         _init_linear(self.fc2, std)
 

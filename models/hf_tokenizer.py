@@ -6,6 +6,10 @@ Unigram model over [16 reserved tokens] + [the sentencepiece pieces with their
 scores] reproduces that numbering; sentencepiece's own unknown piece is renamed
 and never chosen (our unk is id 9), and byte fallback covers every string.
 
+Encoder exports add BERT's template (``bert_template``): ``tokenizer(a)`` gives
+``[CLS] a [SEP]`` and ``tokenizer(a, b)`` gives ``[CLS] a [SEP] b [SEP]`` with
+``token_type_ids`` 0 then 1, the layout our encoder objectives train on.
+
 One HF convention differs from our pipeline: ``AutoTokenizer`` (transformers
 5.x) turns special-token strings such as ``<fim_prefix>`` found in raw text
 into the special id; our pipeline never does. Everything else (byte fallback,
@@ -39,10 +43,11 @@ def sentinel_names(special: SpecialTokens) -> list[str]:
     return [f"<extra_id_{i}>" for i in range(special.num_sentinels)]
 
 
-def build_tokenizer(sp_model_path: str | Path, special: SpecialTokens | None = None):
-    """A ``tokenizers.Tokenizer`` with our id numbering."""
+def build_tokenizer(sp_model_path: str | Path, special: SpecialTokens | None = None, *, bert_template: bool = False):
+    """A ``tokenizers.Tokenizer`` with our id numbering (and, for encoders, BERT's
+    [CLS] / [SEP] template)."""
     import sentencepiece as spm
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 
     special = special or SpecialTokens()
     sp = spm.SentencePieceProcessor(model_file=str(sp_model_path))
@@ -62,15 +67,20 @@ def build_tokenizer(sp_model_path: str | Path, special: SpecialTokens | None = N
     tok.normalizer = normalizers.Replace(Regex(" "), WORD_BOUNDARY)
     tok.decoder = decoders.Sequence([decoders.Replace(WORD_BOUNDARY, " "), decoders.ByteFallback(), decoders.Fuse()])
     tok.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in reserved + sentinels])
+    if bert_template:
+        cls, sep = reserved[special.cls], reserved[special.sep]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, special.cls), (sep, special.sep)])
     return tok
 
 
 def write_hf_tokenizer(sp_model_path: str | Path, out_dir: str | Path, special: SpecialTokens | None = None,
-                       model_max_length: int | None = None) -> None:
+                       model_max_length: int | None = None, *, bert_template: bool = False) -> None:
     special = special or SpecialTokens()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    build_tokenizer(sp_model_path, special).save(str(out_dir / "tokenizer.json"))
+    build_tokenizer(sp_model_path, special, bert_template=bert_template).save(str(out_dir / "tokenizer.json"))
     names = reserved_names(special)
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",

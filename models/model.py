@@ -5,7 +5,9 @@ layer spec, tied ``ColumnParallelLinear`` output), with our
 ``IntervalAttention`` as the spec's core attention, so the state dict has
 GPTModel's names under ``lm.`` and megatron's TP/PP/SP/DP machinery applies.
 The encoder is the same container with a bidirectional (``padding`` mask type)
-spec, learned absolute positions and segment embeddings; the attention pattern
+spec and its own input embedding (:mod:`models.embedding`: learned absolute
+positions, segment embeddings, ALBERT's factorisation); its layers may be
+post-norm and shared across depth (:mod:`models.layers`). The attention pattern
 of either kind comes only from the batch's ``kv_start``/``kv_end``.
 
 Usage (one process; torchrun the same for TP/PP/DP)::
@@ -31,9 +33,11 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from models.attention import IntervalAttention, pack_intervals
 from models.config import ModelConfig
-from models.norms import SequenceParallelNorm
-from models.heads import (SentenceHead, SpanBoundaryHead, classification_sums, head_present, span_fields,
+from models.embedding import EncoderEmbedding
+from models.heads import (SentenceHead, SpanBoundaryHead, TokenHead, classification_sums, head_present, span_fields,
                           unclaimed_targets, vocab_parallel_sums)
+from models.layers import layer_specs, post_norm, shared_slots, tie_shared_layers
+from models.norms import SequenceParallelNorm
 from models.rope import make_device_safe
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,14 +82,31 @@ def layer_spec(cfg: ModelConfig, core_attention=None):
     spec.submodules.self_attention.params = {**spec.submodules.self_attention.params, "attn_mask_type": mask_type}
     spec.submodules.input_layernorm = SequenceParallelNorm
     spec.submodules.pre_mlp_layernorm = SequenceParallelNorm
-    return spec
+    return post_norm(spec) if cfg.norm_position == "post" else spec
 
 
 def block_spec(cfg: ModelConfig, tconfig: TransformerConfig, pp_rank: int, core_attention=None):
-    """This pipeline stage's layers plus the final norm, all with SequenceParallelNorm."""
+    """This pipeline stage's layers (shared slots left as placeholders after the first,
+    see models.layers) plus, for pre-norm, the final norm; all with SequenceParallelNorm."""
     layers = get_num_layers_to_build(tconfig, pp_rank=pp_rank)
-    return TransformerBlockSubmodules(layer_specs=[layer_spec(cfg, core_attention)] * layers,
-                                      layer_norm=SequenceParallelNorm)
+    specs = layer_specs(layer_spec(cfg, core_attention), layers, shared_slots(cfg.norm_position, cfg.share_layers))
+    return TransformerBlockSubmodules(layer_specs=specs,
+                                      layer_norm=SequenceParallelNorm if cfg.norm_position == "pre" else None)
+
+
+class EncoderGPTModel(GPTModel):
+    """GPTModel with the encoder's input embedding (models.embedding) swapped in just
+    before megatron ties the output layer to it, so that tying (and, under pipeline
+    parallelism, the last stage's copy of the weight) follows the embedding in use."""
+
+    def __init__(self, *args, encoder: ModelConfig, **kwargs):
+        self._encoder_cfg = encoder  # read by setup_embeddings_and_output_layer, called from __init__
+        super().__init__(*args, **kwargs)
+
+    def setup_embeddings_and_output_layer(self) -> None:
+        if self.pre_process:
+            self.embedding = EncoderEmbedding(self._encoder_cfg, self.config, self.pg_collection.tp)
+        super().setup_embeddings_and_output_layer()
 
 
 class PretrainModel(MegatronModule):
@@ -98,31 +119,31 @@ class PretrainModel(MegatronModule):
         self.pg_collection = pg_collection
         self.tp_group = pg_collection.tp
         decoder = cfg.kind == "decoder"
-        self.lm = GPTModel(
+        lm_class, extra = (GPTModel, {}) if decoder else (EncoderGPTModel, {"encoder": cfg})
+        self.lm = lm_class(
             config=tconfig, transformer_layer_spec=block_spec(cfg, tconfig, pg_collection.pp.rank(), core_attention), vocab_size=cfg.vocab_size,
             max_sequence_length=cfg.max_position_embeddings, pre_process=pre_process, post_process=post_process,
             share_embeddings_and_output_weights=True,
             position_embedding_type="rope" if decoder else "learned_absolute", rotary_base=cfg.rotary_base,
-            pg_collection=pg_collection,
+            pg_collection=pg_collection, **extra,
         )
+        tie_shared_layers(self.lm.decoder.layers, shared_slots(cfg.norm_position, cfg.share_layers))
         if decoder:
             make_device_safe(self.lm.rotary_pos_emb)
-        elif pre_process and cfg.num_segment_types:
-            emb = self.lm.embedding  # LanguageModelEmbedding's own token-type table
-            emb.num_tokentypes = cfg.num_segment_types
-            emb.tokentype_embeddings = torch.nn.Embedding(cfg.num_segment_types, cfg.hidden_size,
-                                                          dtype=tconfig.params_dtype)
-            tconfig.embedding_init_method(emb.tokentype_embeddings.weight)
         dtype = tconfig.params_dtype
-        # loss name -> module, for the heads that have parameters (token heads use the tied embedding)
+        # loss name -> module, for the heads that have parameters (decoder token heads are the tied embedding alone)
         self.heads = torch.nn.ModuleDict()
         if post_process:
+            std, eps = cfg.init_method_std, cfg.norm_epsilon
             for name, kind in cfg.head_kinds.items():
-                if kind == "span_boundary":
-                    self.heads[name] = SpanBoundaryHead(cfg.hidden_size, cfg.sbo_max_offset, cfg.init_method_std,
-                                                        cfg.norm_epsilon, dtype)
+                if kind == "token" and not decoder:
+                    self.heads[name] = TokenHead(cfg.hidden_size, cfg.embed_size, cfg.vocab_size // self.tp_group.size(),
+                                                 std, eps, dtype)
+                elif kind == "span_boundary":
+                    self.heads[name] = SpanBoundaryHead(cfg.hidden_size, cfg.sbo_max_offset, std, eps, dtype,
+                                                        out=cfg.embed_size)
                 elif kind == "sequence":
-                    self.heads[name] = SentenceHead(cfg.hidden_size, cfg.init_method_std, dtype)
+                    self.heads[name] = SentenceHead(cfg.hidden_size, std, dtype)
 
     # megatron pipeline schedules hand activations to non-first stages through this
     def set_input_tensor(self, input_tensor) -> None:
@@ -156,12 +177,25 @@ class PretrainModel(MegatronModule):
         return self.lm.shared_embedding_or_output_weight()
 
     def logits(self, batch: dict[str, torch.Tensor], gather: bool = True) -> torch.Tensor:
-        """LM logits [b, s, V] (all ranks' vocabulary when ``gather``, else this rank's slice)."""
+        """LM logits [b, s, V] (all ranks' vocabulary when ``gather``, else this rank's slice);
+        an encoder's through its token head, at every position."""
         hidden = self.hidden_states(batch)
-        logits, _ = self.lm.output_layer(hidden, weight=self.tied_weight())
+        if self.cfg.kind == "decoder":
+            logits, _ = self.lm.output_layer(hidden, weight=self.tied_weight())
+            logits = logits.transpose(0, 1)
+        else:
+            logits = self._token_logits(self._token_head(), self._full_sequence(hidden).transpose(0, 1))
         if gather:
             logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits, group=self.tp_group)
-        return logits.transpose(0, 1)
+        return logits
+
+    def sequence_logits(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each sequence head's logits [b, 2] (from the first position), by loss name."""
+        names = [n for n, kind in self.cfg.head_kinds.items() if kind == "sequence"]
+        if not names:
+            return {}
+        first = self._full_sequence(self.hidden_states(batch))[0]
+        return {name: self.heads[name](first) for name in names}
 
     def forward(self, batch: dict[str, torch.Tensor]):
         """Per-loss sums for the heads whose fields are in ``batch`` (see module docstring);
@@ -181,8 +215,9 @@ class PretrainModel(MegatronModule):
                 full = self._full_sequence(hidden).transpose(0, 1)  # [b, s, h]
             if kind == "token":  # cloze: project only the predicted positions
                 rows, cols = torch.nonzero(batch["loss_mask"] > 0, as_tuple=True)
-                out[name] = vocab_parallel_sums(self._project(full[rows, cols]), batch["labels"][rows, cols],
-                                                batch["loss_mask"][rows, cols], self.tp_group)
+                out[name] = vocab_parallel_sums(self._token_logits(name, full[rows, cols]),
+                                                batch["labels"][rows, cols], batch["loss_mask"][rows, cols],
+                                                self.tp_group)
             elif kind == "span_boundary":
                 left, right, offset = (batch[f] for f in span_fields(name))
                 rows, cols = torch.nonzero(offset > 0, as_tuple=True)
@@ -214,9 +249,20 @@ class PretrainModel(MegatronModule):
         return hidden
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
-        """[n, h] -> this rank's vocabulary slice [n, V / tp] through the tied embedding."""
+        """[..., E] -> this rank's vocabulary slice [..., V / tp] through the tied embedding."""
         x = tensor_parallel.copy_to_tensor_model_parallel_region(x, group=self.tp_group)
         return F.linear(x, self.tied_weight())
+
+    def _token_head(self) -> str:
+        names = [n for n, kind in self.cfg.head_kinds.items() if kind == "token"]
+        if not names:
+            raise ValueError(f"ModelConfig.heads {self.cfg.head_kinds} has no token head: the model has no LM logits")
+        return names[0]
+
+    def _token_logits(self, name: str, hidden: torch.Tensor) -> torch.Tensor:
+        """An encoder's cloze logits: [..., H] -> this rank's vocabulary slice [..., V / tp]."""
+        head = self.heads[name]
+        return self._project(head(hidden)) + head.bias
 
 
 def build_model(cfg: ModelConfig, pg_collection=None, *, device: str | torch.device | None = None,
@@ -238,6 +284,13 @@ def build_model(cfg: ModelConfig, pg_collection=None, *, device: str | torch.dev
         raise ValueError(f"ModelConfig.vocab_size={cfg.vocab_size} must be divisible by tensor parallel size {tp}")
     if cfg.query_groups % tp:
         raise ValueError(f"ModelConfig.num_query_groups={cfg.query_groups} must be divisible by tensor parallel size {tp}")
+    if pp > 1 and cfg.share_layers != "none":
+        raise ValueError(f"ModelConfig.share_layers={cfg.share_layers!r}: layers shared across depth cannot be "
+                         f"split over pipeline stages (pipeline parallel {pp})")
+    if pp > 1 and cfg.embed_size != cfg.hidden_size:
+        raise ValueError(f"ModelConfig.embedding_size={cfg.embedding_size}: a factorised embedding with pipeline "
+                         f"parallel {pp} is not supported (the last stage's copy of the tied weight is "
+                         "hidden_size wide)")
     if pp > 1 and not torch.cuda.is_available():
         raise ValueError("pipeline parallel > 1 needs CUDA: megatron-core 0.16.1 moves the tied output weight "
                          "to CUDA to synchronise the first and last stages")

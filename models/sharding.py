@@ -5,7 +5,9 @@ megatron marks every split parameter with ``tensor_model_parallel``,
 into ``k * tp`` equal chunks and rank r holds chunks r, r + tp, ... (this is
 how SwiGLU's fused fc1 keeps [gate_r; up_r] on rank r). These helpers use
 those marks, so they follow whatever megatron builds. Used to load a TP=1
-checkpoint into a TP>1 model and to gather a TP>1 model for export.
+checkpoint into a TP>1 model and to gather a TP>1 model for export. A weight
+shared by several modules (ALBERT's shared layers) is in the state dict under
+each of its names; it is gathered once.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def load_full_state_dict(model: torch.nn.Module, full: dict[str, torch.Tensor], 
     """Copy full (unsharded) weights into ``model``'s shards for this rank."""
     size = 1 if tp_group is None else torch.distributed.get_world_size(tp_group)
     rank = 0 if size == 1 else torch.distributed.get_rank(tp_group)
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     local = {}
     for name, value in model.state_dict().items():
         if not isinstance(value, torch.Tensor):  # megatron's `_extra_state` placeholders
@@ -53,17 +55,23 @@ def load_full_state_dict(model: torch.nn.Module, full: dict[str, torch.Tensor], 
 def full_state_dict(model: torch.nn.Module, tp_group=None) -> dict[str, torch.Tensor]:
     """All-gather every tensor-parallel shard: the TP=1 state dict, on every rank (CPU tensors)."""
     size = 1 if tp_group is None else torch.distributed.get_world_size(tp_group)
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     out = {}
+    done: dict[int, torch.Tensor] = {}  # id of a (shared) tensor -> its full value
     for name, value in model.state_dict().items():
         if not isinstance(value, torch.Tensor):
             out[name] = value
             continue
+        param = params.get(name, value)
+        if id(param) in done:
+            out[name] = done[id(param)]
+            continue
         spec = _split_spec(params[name]) if name in params else None
         if spec is None or size == 1:
-            out[name] = value.detach().cpu().clone()
-            continue
-        shards = [torch.empty_like(value) for _ in range(size)]
-        torch.distributed.all_gather(shards, value.detach().contiguous(), group=tp_group)
-        out[name] = unshard_tensors([s.cpu() for s in shards], *spec)
+            full = value.detach().cpu().clone()
+        else:
+            shards = [torch.empty_like(value) for _ in range(size)]
+            torch.distributed.all_gather(shards, value.detach().contiguous(), group=tp_group)
+            full = unshard_tensors([s.cpu() for s in shards], *spec)
+        out[name] = done[id(param)] = full
     return out

@@ -49,8 +49,10 @@ class Exported:
     hf: Any  # models.hf_export.HFFormat
     dtype: str
     probe_shape: tuple[int, int] | None = None  # token ids [b, s] the check compared logits on
-    max_abs_diff: float | None = None  # |transformers logits - ours|, fp32, on the probe tokens
+    max_abs_diff: float | None = None  # |transformers logits - ours|, fp32, on the probe tokens (all heads)
     max_abs_logit: float | None = None
+    diffs: dict | None = None  # head kind ("token", "sequence") -> max |transformers logits - ours|
+    dropped: tuple = ()  # our heads the folder does not carry (SBO)
 
 
 # ----------------------------------------------------------------------------- finding the run's files
@@ -101,7 +103,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, step: int | None = N
     """Export ``run_dir``'s checkpoint to ``out_dir`` (which must not exist or be empty).
     Call on every rank of a ``torchrun`` launch of ``tensor_parallel`` processes."""
     from data_pipeline.tokenizer import SentencePieceTokenizer
-    from models.hf_export import export, hf_format
+    from models.hf_export import dropped_heads, export, hf_format
     from models.sharding import full_state_dict
     from recipes.distributed import init_distributed
     from recipes.train import resolve_model_config
@@ -117,7 +119,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, step: int | None = N
                                                                 precision="fp32"))
     special = tok.special.with_sentinels(tok.vocab_size, cfg.plan.sentinels)   # the run's reserved ids
     model_cfg = resolve_model_config(cfg, tok.vocab_size + cfg.plan.sentinels, torch.device(device))
-    fmt = hf_format(model_cfg)  # encoders stop here
+    fmt = hf_format(model_cfg)  # a model with no Hugging Face twin stops here
     step_dir = find_checkpoint(cfg.checkpoint_dir, step)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir}: exists and is not an empty folder; choose a new one")
@@ -134,12 +136,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, step: int | None = N
                                                fits=f"{run_dir / 'config.yaml'} and tokenizer {tok_path}")
     out_dtype = saved_dtype if dtype == "auto" else DTYPES[dtype]
     result = Exported(run_dir=run_dir, out_dir=out_dir, checkpoint=step_dir, step=step_done, hf=fmt,
-                      dtype=str(out_dtype).removeprefix("torch."))
+                      dtype=str(out_dtype).removeprefix("torch."), dropped=tuple(dropped_heads(model_cfg)))
     full = full_state_dict(model, info.pg_collection.tp)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     try:
         if info.is_main:
             say(f"[export] writing {fmt.architecture} ({result.dtype})")
+            if result.dropped:
+                say(f"[export] dropping head(s) {list(result.dropped)}: no {fmt.architecture} twin")
             shutil.rmtree(tmp, ignore_errors=True)
             export(full, model_cfg, tmp, tokenizer_model=tok_path, special=special, dtype=out_dtype)
         del full
@@ -178,28 +182,38 @@ def load_model(model_cfg, step_dir: Path, info, *, fits: str):
 @torch.no_grad()
 def _check(model, fmt, folder: Path, tok, seq_length: int, dtype: torch.dtype, info, result: Exported) -> None:
     """transformers' logits for the folder vs ours on random tokens, both in fp32 from the
-    same (``dtype``-rounded) weights; and the folder's tokenizer vs ours on a text."""
+    same (``dtype``-rounded) weights, for every head the folder carries (LM; SOP / NSP);
+    and the folder's tokenizer vs ours on a text."""
     for p in model.parameters():  # what the folder holds; the model is not used afterwards
         p.copy_(p.to(dtype))
     gen = torch.Generator().manual_seed(0)
     b, s = PROBE_SHAPE
     tokens = torch.randint(tok.special.first_regular, tok.vocab_size, (b, min(s, seq_length)), generator=gen)
-    batch = {k: v.to(info.device) for k, v in fmt.probe_batch(tokens).items()}
-    ours = _gathered_logits(model, batch, info.pg_collection.tp)  # every TP rank takes part
+    probe = fmt.probe_batch(tokens, model.cfg)
+    batch = {k: v.to(info.device) for k, v in probe.items()}
+    ours = {"token": _gathered_logits(model, batch, info.pg_collection.tp)}  # every TP rank takes part
+    for logits in model.sequence_logits(batch).values():  # at most one: hf_format checked it
+        ours["sequence"] = logits.float().cpu()
     if not info.is_main:
         return
     import transformers
 
     hf = getattr(transformers, fmt.auto_class).from_pretrained(folder, dtype=torch.float32).eval()
-    theirs = hf(input_ids=tokens).logits.float()
-    if theirs.shape != ours.shape:
-        raise CheckFailed(f"{folder}: transformers logits have shape {tuple(theirs.shape)}, ours {tuple(ours.shape)}")
+    theirs = {k: v.float() for k, v in fmt.hf_logits(hf(**fmt.hf_inputs(probe))).items()}
+    if set(theirs) != set(ours):
+        raise CheckFailed(f"{folder}: transformers gives {sorted(theirs)} logits, our model {sorted(ours)}")
+    for kind, logits in ours.items():
+        if theirs[kind].shape != logits.shape:
+            raise CheckFailed(f"{folder}: transformers {kind} logits have shape {tuple(theirs[kind].shape)}, "
+                              f"ours {tuple(logits.shape)}")
     result.probe_shape = tuple(tokens.shape)
-    result.max_abs_diff = float((theirs - ours).abs().max())
-    result.max_abs_logit = float(ours.abs().max())
+    result.diffs = {kind: float((theirs[kind] - logits).abs().max()) for kind, logits in ours.items()}
+    result.max_abs_diff = max(result.diffs.values())
+    result.max_abs_logit = max(float(logits.abs().max()) for logits in ours.values())
     if not result.max_abs_diff <= TOLERANCE * max(1.0, result.max_abs_logit):
         raise CheckFailed(f"transformers logits differ from ours by up to {result.max_abs_diff:.3g} "
-                          f"(largest |logit| {result.max_abs_logit:.3g}); the export is not written")
+                          f"({result.diffs}; largest |logit| {result.max_abs_logit:.3g}); "
+                          "the export is not written")
     hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
     ids = hf_tok(PROBE_TEXT, add_special_tokens=False)["input_ids"]
     if ids != tok.encode(PROBE_TEXT):
@@ -225,9 +239,12 @@ def how_to_load(result: Exported) -> str:
     lines = [f"[export] step {result.step} of {result.run_dir} -> {where}: {fmt.architecture}, {result.dtype}"]
     if result.max_abs_diff is not None:
         b, s = result.probe_shape
+        heads = ", ".join(f"{kind} {diff:.2g}" for kind, diff in result.diffs.items())
         lines.append(f"[export] checked: transformers logits match ours to {result.max_abs_diff:.2g} "
-                     f"(largest |logit| {result.max_abs_logit:.3g}, fp32, {b}x{s} tokens); "
+                     f"({heads}; largest |logit| {result.max_abs_logit:.3g}, fp32, {b}x{s} tokens); "
                      "tokenizer ids equal ours")
+    if result.dropped:
+        lines.append(f"[export] not exported (no {fmt.architecture} twin): head(s) {list(result.dropped)}")
     lines += ["Load it with:",
               f"    from transformers import {fmt.auto_class}, AutoTokenizer",
               f"    model = {fmt.auto_class}.from_pretrained({where!r})",

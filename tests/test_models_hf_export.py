@@ -138,10 +138,85 @@ def test_config_carries_what_hf_tools_read(pg, tmp_path):
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
 
 
-def test_encoders_are_refused_naming_the_kind(pg, tmp_path):
+ENCODERS = {  # our encoder -> the transformers class that represents it exactly
+    "MegatronBertForPreTraining": {},
+    "BertForPreTraining": {"norm_position": "post"},
+    "AlbertForPreTraining": {"norm_position": "post", "embedding_size": 32, "share_layers": "all", "num_layers": 3},
+    "AlbertForPreTraining-attention": {"norm_position": "post", "embedding_size": 16, "share_layers": "attention",
+                                       "num_layers": 3},
+    "AlbertForPreTraining-ffn": {"norm_position": "post", "share_layers": "ffn", "num_layers": 3},
+    "AlbertForPreTraining-factorised": {"norm_position": "post", "embedding_size": 32},
+}
+
+
+def _encoder(pg, heads, **fields):
+    from models.model import build_model
+
+    torch.manual_seed(0)
+    cfg = preset("tiny", kind="encoder", heads=heads, num_query_groups=None, **fields)
+    model = build_model(cfg, pg).eval()
+    with torch.no_grad():  # norms start at 1 and biases at 0: move them so their mapping is checked too
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.3 * torch.randn_like(p))
+    return cfg, model
+
+
+@pytest.mark.parametrize("sop", [True, False], ids=["pretraining", "mlm"])
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_encoder_exports_give_our_mlm_and_sop_logits(pg, tmp_path, name, sop):
+    import transformers
+
+    from models.hf_export import dropped_heads, export, hf_format
+
+    heads = {"lm": "token", "sbo": "span_boundary", **({"sop": "sequence"} if sop else {})}
+    cfg, model = _encoder(pg, heads, **ENCODERS[name])
+    fmt = hf_format(cfg)
+    architecture = name.split("-")[0] if sop else name.split("-")[0].replace("ForPreTraining", "ForMaskedLM")
+    assert fmt.architecture == architecture
+    assert dropped_heads(cfg) == ["sbo"]
+    export(model, cfg, tmp_path / "hf")
+    hf, info = getattr(transformers, fmt.auto_class).from_pretrained(tmp_path / "hf", dtype=torch.float32,
+                                                                    output_loading_info=True)
+    assert type(hf).__name__ == architecture
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    tokens = torch.as_tensor(np.random.default_rng(0).integers(16, cfg.vocab_size, size=(2, 24)))
+    batch = fmt.probe_batch(tokens, cfg)
+    assert batch["segment_ids"].max() == 1  # both segment embeddings take part
+    with torch.no_grad():
+        ours = {"token": model.logits(batch), **{"sequence": v for v in model.sequence_logits(batch).values()}}
+        theirs = fmt.hf_logits(hf.eval()(**fmt.hf_inputs(batch)))
+    assert set(theirs) == ({"token", "sequence"} if sop else {"token"})
+    assert ours["token"].abs().max() > 0.5  # not a degenerate comparison
+    for kind in theirs:
+        torch.testing.assert_close(theirs[kind], ours[kind], atol=1e-4, rtol=0)
+
+
+def test_albert_shares_layers_on_disk_as_hf_does(pg, tmp_path):
+    """All-shared: one ALBERT layer group (the paper's size on disk); otherwise one group per layer."""
+    import json
+
     from models.hf_export import export
 
-    cfg = preset("tiny", kind="encoder")
-    with pytest.raises(NotImplementedError, match=r"kind='encoder'.*not supported yet.*decoder \(LlamaForCausalLM\)"):
+    for share, groups in (("all", 1), ("attention", 3)):
+        cfg, model = _encoder(pg, {"lm": "token", "sop": "sequence"}, **ENCODERS["AlbertForPreTraining"]
+                              | {"share_layers": share})
+        export(model, cfg, tmp_path / share)
+        raw = json.loads((tmp_path / share / "config.json").read_text())
+        assert (raw["num_hidden_groups"], raw["embedding_size"], raw["hidden_act"]) == (groups, 32, "gelu")
+
+
+@pytest.mark.parametrize("fields, why", [
+    ({"embedding_size": 32}, r"norm_position='pre' with embedding_size=32.*no Hugging Face twin.*norm_position: post"),
+    ({"share_layers": "all"}, r"share_layers='all' has no Hugging Face twin"),
+    ({"norm_position": "post", "num_query_groups": 2}, "num_query_groups=2: BERT / ALBERT have no grouped-query"),
+    ({"norm_position": "post", "heads": {"sop": "sequence"}}, "has no token head"),
+    ({"norm_position": "post", "heads": {"lm": "token", "sop": "sequence", "nsp": "sequence"}}, "2 sequence heads"),
+])
+def test_encoders_without_a_twin_are_refused_naming_the_field(tmp_path, fields, why):
+    from models.hf_export import export
+
+    cfg = preset("tiny", **{"kind": "encoder", "num_query_groups": None, **fields})
+    with pytest.raises(NotImplementedError, match=why):
         export({}, cfg, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()

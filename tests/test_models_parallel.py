@@ -11,21 +11,32 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-KINDS = ("decoder", "encoder")
+ENCODER_HEADS = {"lm": "token", "sbo": "span_boundary", "sop": "sequence", "nsp": "sequence"}
+MODELS = {  # name -> (kind, extra ModelConfig fields)
+    "decoder": ("decoder", {}),  # 4 heads, 2 query groups: GQA split over 2 ranks
+    "encoder": ("encoder", {}),
+    # ALBERT: factorised embedding (E < H), every layer shared, post-norm
+    "albert": ("encoder", {"norm_position": "post", "embedding_size": 32, "share_layers": "all", "num_layers": 3}),
+    # shared attention only, pre-norm, factorised
+    "albert_attention": ("encoder", {"embedding_size": 16, "share_layers": "attention", "num_layers": 3}),
+}
+KINDS = tuple(MODELS)
 
 
-def _config(kind: str):
+def _config(name: str):
     from models.config import preset
 
+    kind, fields = MODELS[name]
     if kind == "encoder":
-        return preset("tiny", kind=kind, heads={"lm": "token", "sbo": "span_boundary", "sop": "sequence", "nsp": "sequence"})
-    return preset("tiny", kind=kind)  # 4 heads, 2 query groups: GQA split over 2 ranks
+        return preset("tiny", kind=kind, heads=ENCODER_HEADS, **fields)
+    return preset("tiny", kind=kind, **fields)
 
 
-def _batch(kind: str):
+def _batch(name: str):
     from models.synthetic import synthetic_batch
 
-    heads = _config(kind).head_kinds
+    kind = MODELS[name][0]
+    heads = _config(name).head_kinds
     mask = "bidirectional" if kind == "encoder" else "fim_docs"
     return synthetic_batch(2, 32, 256, kind=kind, mask=mask, mean_doc=10, heads=heads, seed=11)
 
