@@ -93,6 +93,8 @@ def write_hf_tokenizer(sp_model_path: str | Path, out_dir: str | Path, special: 
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length or 10**9,
     }
+    if bert_template:  # segment ids go to the model too (BERT's token_type_ids)
+        config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     special_map = {k: config[k] for k in ("eos_token", "pad_token", "unk_token", "mask_token", "cls_token",
                                           "sep_token", "additional_special_tokens")}

@@ -153,15 +153,98 @@ def test_a_wrong_export_is_caught_and_not_written(trained, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
-def test_encoder_runs_are_refused_naming_the_kind(tiny_corpus, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def albert_run(tiny_corpus, tmp_path_factory):
+    """The ALBERT SOP tiny recipe (factorised, all layers shared, post-norm), trained 4 steps."""
+    run_dir = tmp_path_factory.mktemp("albert") / "run"
+    cfg = shrink(load_train_config(CONFIGS / "albert_sop_tiny.yaml"), tiny_corpus, run_dir, steps=4, every=4)
+    run(cfg, progress=False)
+    return run_dir
+
+
+PAIR = ("def add(a, b):", "    return a + b  # the sum of two numbers")
+
+
+def test_albert_run_exports_with_our_mlm_and_sop_logits(albert_run, tmp_path):
+    """`python -m recipes.export` on a trained ALBERT run: AutoModelForPreTraining loads it without
+    custom code and its MLM and SOP logits on a tokenized sentence pair are ours (fp32, 1e-4);
+    the fill-mask pipeline predicts what our model predicts."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForPreTraining, AutoTokenizer
+
+    from recipes.sweep import run_env
+
+    out = tmp_path / "hf"
+    done = subprocess.run([sys.executable, "-m", "recipes.export", str(albert_run), str(out)], cwd=ROOT,
+                          env=run_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "checked: transformers logits match ours" in done.stdout and "sequence" in done.stdout
+    assert f"AutoModelForPreTraining.from_pretrained({str(out)!r})" in done.stdout
+    config = AutoConfig.from_pretrained(out)
+    assert config.architectures == ["AlbertForPreTraining"]
+    assert (config.embedding_size, config.hidden_size, config.num_hidden_groups) == (32, 64, 1)
+    hf = AutoModelForPreTraining.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(hf) is transformers.AlbertForPreTraining
+
+    tok = AutoTokenizer.from_pretrained(out)
+    enc = tok(*PAIR, return_tensors="pt")  # [CLS] A [SEP] B [SEP], segments 0 / 1, as SOP trains
+    ids, segments = enc["input_ids"], enc["token_type_ids"]
+    model = ours_from_checkpoint(albert_run, ckpt.latest_checkpoint(albert_run / "checkpoints"))
+    special = model_special(albert_run)
+    assert ids[0, 0] == special.cls and ids[0, -1] == special.sep and segments[0, -1] == 1
+    s = ids.shape[1]
+    batch = {"tokens": ids, "segment_ids": segments, "position_ids": torch.arange(s)[None],
+             "kv_start": torch.zeros(1, s, dtype=torch.int32), "kv_end": torch.full((1, s), s, dtype=torch.int32)}
+    with torch.no_grad():
+        ours_lm, ours_sop = model.logits(batch), model.sequence_logits(batch)["sop"]
+        theirs = hf(**enc)
+    assert ours_lm.abs().max() > 0.5  # a trained model, not a degenerate comparison
+    lm_diff = float((theirs.prediction_logits - ours_lm).abs().max())
+    sop_diff = float((theirs.sop_logits - ours_sop).abs().max())
+    print(f"ALBERT export, max |logit diff|: MLM {lm_diff:.3g}, SOP {sop_diff:.3g} ({s} tokens)")
+    assert lm_diff < 1e-4 and sop_diff < 1e-4
+
+    fill = transformers.pipeline("fill-mask", model=str(out), tokenizer=str(out), device="cpu")
+    text = PAIR[0].replace("add", tok.mask_token)
+    enc = tok(text, return_tensors="pt")
+    at = int((enc["input_ids"][0] == special.mask).nonzero()[0, 0])
+    s = enc["input_ids"].shape[1]
+    batch = {"tokens": enc["input_ids"], "segment_ids": enc["token_type_ids"], "position_ids": torch.arange(s)[None],
+             "kv_start": torch.zeros(1, s, dtype=torch.int32), "kv_end": torch.full((1, s), s, dtype=torch.int32)}
+    with torch.no_grad():
+        best = int(model.logits(batch)[0, at].argmax())
+    assert fill(text, top_k=1)[0]["token"] == best
+
+
+def model_special(run_dir: Path):
+    from data_pipeline.tokenizer import SentencePieceTokenizer
+
+    return SentencePieceTokenizer.load(run_dir / "tokenizer.model").special
+
+
+def test_spanbert_run_exports_as_bert_and_says_sbo_is_dropped(tiny_corpus, tmp_path, capsys):
+    from transformers import AutoModelForMaskedLM
+
+    run_dir = tmp_path / "spanbert"
+    cfg = shrink(load_train_config(CONFIGS / "spanbert_tiny.yaml"), tiny_corpus, run_dir, steps=2, every=2)
+    run(cfg, progress=False)
+    assert main([str(run_dir), str(tmp_path / "hf")]) == 0
+    printed = capsys.readouterr().out
+    assert "dropping head(s) ['sbo']" in printed and "not exported (no BertForMaskedLM twin): head(s) ['sbo']" in printed
+    result = export_run(run_dir, tmp_path / "again")
+    assert result.hf.architecture == "BertForMaskedLM" and result.diffs["token"] < 1e-4
+    assert type(AutoModelForMaskedLM.from_pretrained(tmp_path / "hf")).__name__ == "BertForMaskedLM"
+
+
+def test_an_encoder_without_a_twin_is_refused_naming_the_field(tiny_corpus, tmp_path, capsys):
     from recipes.config import save_config
 
-    run_dir = tmp_path / "bert"
-    cfg = load_train_config(CONFIGS / "bert_mlm_tiny.yaml")
+    run_dir = tmp_path / "prenorm_albert"
+    cfg = load_train_config(CONFIGS / "albert_sop_tiny.yaml", ["model.norm_position=pre"])
     save_config(cfg, run_dir / "config.yaml")
     shutil.copy(next(Path(tiny_corpus[2]).glob("*/tokenizer.model")), run_dir / "tokenizer.model")
     assert main([str(run_dir), str(tmp_path / "hf")]) == 2
-    assert "kind='encoder': Hugging Face export of encoders is not supported yet" in capsys.readouterr().err
+    assert "norm_position='pre' with embedding_size=32" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
 
 
