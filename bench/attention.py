@@ -1,15 +1,21 @@
-"""Masked-attention speed on one GPU: our Triton kernel beside FlexAttention and SDPA,
-on the masks and shapes of the shared anchors (causal, full, packed documents causal /
-bidirectional, UniLM seq2seq, right-to-left; B4 H16 S4096 D128, B2 H16 S8192 D128,
-B8 H16 S2048 D64; bf16).
+"""Masked-attention speed on one GPU: our Triton kernels, FlexAttention and SDPA, all through
+``kernels.masked_attention`` with an ``AttentionMask`` per backend, in one process, on the
+masks and shapes of the shared anchors (``../shared/bench/attention_anchors.py``):
+causal, full, packed documents causal / bidirectional, UniLM seq2seq, right-to-left;
+B4 H16 S4096 D128, B2 H16 S8192 D128, B8 H16 S2048 D64; bf16.
 
 Prints one JSON line per (shape, mask, impl): effective TFLOP/s counting only the
-unmasked score entries (4*D flops per entry forward, 3.5x that forward+backward).
-Before timing, each mask is checked once: our output and gradients on two heads
-against the float32 torch reference, next to torch's own error in bf16.
+unmasked score entries (4*D flops per entry forward, 3.5x that forward+backward, as the
+anchors count), the time to build the mask once (what every micro-batch pays), and, for
+Flex, how many graphs dynamo compiled while timing the shape (one expected, whatever the
+masks; the correctness checks run at two heads, a shape of their own).
+Before timing, each mask is checked once: our output and gradients on two heads against
+the float32 torch reference, next to torch's own error in bf16. SDPA runs on causal only
+(the ``sdpa`` backend serves plain causal attention).
 
-    python bench/attention.py                          # everything
-    python bench/attention.py --shapes 4,16,4096,128 --masks causal,doc_causal --impls ours
+    python bench/attention.py                                   # everything
+    python bench/attention.py --shapes 4,16,4096,128 --masks causal,doc_causal --impls ours,flex
+    python bench/attention.py --dry-run                         # CPU: build every input, time nothing
 """
 
 from __future__ import annotations
@@ -18,15 +24,17 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kernels import masked_attention, masked_attention_reference  # noqa: E402
+from kernels import AttentionMask, masked_attention, masked_attention_reference  # noqa: E402
 
 MASKS = ["causal", "full", "doc_causal", "doc_bidir", "unilm_s2s", "doc_r2l"]
 SHAPES = [(4, 16, 4096, 128), (2, 16, 8192, 128), (8, 16, 2048, 64)]
+IMPLS = {"ours": "triton", "flex": "flex", "sdpa": "sdpa"}
 
 
 def intervals(kind: str, b: int, s: int, gen: torch.Generator, device):
@@ -59,6 +67,10 @@ def intervals(kind: str, b: int, s: int, gen: torch.Generator, device):
     return lo.to(device), hi.to(device)
 
 
+def impls_for(kind: str, impls: list[str]) -> list[str]:
+    return [i for i in impls if i != "sdpa" or kind == "causal"]
+
+
 def timed(fn, iters: int) -> float:
     for _ in range(3):
         fn()
@@ -72,41 +84,57 @@ def timed(fn, iters: int) -> float:
     return start.elapsed_time(end) / iters / 1e3
 
 
-def check(q, k, v, do, lo, hi, heads: int = 2) -> dict:
-    """Our kernel vs the fp32 reference on the first ``heads`` heads (heads are independent)."""
+def build_mask(lo, hi, backend: str):
+    """(mask, seconds to build it), synchronised on CUDA."""
+    sync = torch.cuda.synchronize if lo.is_cuda else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    mask = AttentionMask.build(lo, hi, backend=backend)
+    sync()
+    return mask, time.perf_counter() - t0
+
+
+def tile_census(mask: AttentionMask) -> dict:
+    """Share of visited 128x128 blocks that are partial (from a flex mask's tables)."""
+    partial = mask.field("kv_num").sum().item()
+    full = mask.field("full_kv_num").sum().item()
+    return {"blocks_visited": int(partial + full), "partial_share": round(partial / max(partial + full, 1), 3)}
+
+
+def check(q, k, v, do, mask: AttentionMask, lo, hi, heads: int = 2) -> dict:
+    """One backend vs the fp32 reference on the first ``heads`` heads (heads are independent)."""
     qs, ks, vs, dos = (t[:, :, :heads].detach() for t in (q, k, v, do))
 
-    def run(fn, dtype, **kw):
+    def run(fn, dtype, *args, **kw):
         a, b_, c = (t.to(dtype).clone().requires_grad_() for t in (qs, ks, vs))
-        out = fn(a, b_, c, lo, hi, **kw)
+        out = fn(a, b_, c, *args, **kw)
         out.backward(dos.to(dtype))
         return [out, a.grad, b_.grad, c.grad]
 
-    ours = run(masked_attention, q.dtype, backend="triton")
-    exact = run(masked_attention_reference, torch.float32)
-    low = run(masked_attention_reference, q.dtype, compute_dtype=q.dtype)
+    got = run(masked_attention, q.dtype, mask)
+    exact = run(masked_attention_reference, torch.float32, lo, hi)
+    low = run(masked_attention_reference, q.dtype, lo, hi, compute_dtype=q.dtype)
     report, ok = {}, True
-    for name, a, r, lw in zip(["out", "dq", "dk", "dv"], ours, exact, low):
+    for name, a, r, lw in zip(["out", "dq", "dk", "dv"], got, exact, low):
         err = (a.float() - r).abs().max().item()
         err_low = (lw.float() - r).abs().max().item()
         ok &= err <= 2 * err_low + 1e-2
         report[name] = [round(err, 5), round(err_low, 5)]
-    return {"check_ok": bool(ok), "max_err_ours_vs_torch_bf16": report}
+    return {"check_ok": bool(ok), "max_err_vs_torch_bf16": report}
 
 
-def run_shape(b, h, s, d, masks, impls, iters, h_kv):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    import torch.nn.functional as F
+def flex_graphs() -> int:
+    from torch._dynamo.utils import counters
 
-    dev = "cuda"
-    flex = torch.compile(flex_attention, dynamic=False) if "flex" in impls else None
+    return int(counters["stats"]["unique_graphs"])
+
+
+def run_shape(b, h, s, d, masks, impls, iters, h_kv, dry_run: bool, check_impls: set):
+    dev = "cpu" if dry_run else "cuda"
     gen = torch.Generator().manual_seed(1)
-    # ours: [b, s, h, d]; flex / sdpa: their native [b, h, s, d]
-    q, k, v, do = (torch.randn(b, s, hh, d, device=dev, dtype=torch.bfloat16)
-                   for hh in (h, h_kv, h_kv, h))
+    q, k, v, do = (torch.randn(b, s, hh, d, device=dev, dtype=torch.bfloat16) for hh in (h, h_kv, h_kv, h))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
-    qt, kt, vt = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
-    dot = do.transpose(1, 2).contiguous()
+    flex_compiles = 0  # dynamo graphs built while timing Flex at this shape (the checks run at 2 heads)
     for kind in MASKS:
         lo, hi = intervals(kind, b, s, gen, dev)  # drawn for every kind: keeps the anchors' masks
         if kind not in masks:
@@ -114,69 +142,68 @@ def run_shape(b, h, s, d, masks, impls, iters, h_kv):
         nnz = (hi - lo).clamp(min=0).sum().item() * h
         flops_fwd = 4 * d * nnz
         base = dict(B=b, H=h, H_kv=h_kv, S=s, D=d, mask=kind, density=round(nnz / (b * h * s * s), 3))
-        runs = {}
-        if "ours" in impls:
-            print(json.dumps({**base, "impl": "ours", **check(q, k, v, do, lo, hi)}), flush=True)
-            runs["ours"] = (lambda: masked_attention(q, k, v, lo, hi, backend="triton"), do, (q, k, v))
-        if "flex" in impls:
-            def mask_mod(bi, hh, qi, kj):
-                return (kj >= lo[bi, qi]) & (kj < hi[bi, qi])
-            bm = create_block_mask(mask_mod, b, None, s, s, device=dev)
-            gqa = h != h_kv
-            runs["flex"] = (lambda: flex(qt, kt, vt, block_mask=bm, enable_gqa=gqa), dot, (qt, kt, vt))
-        if "sdpa" in impls and h == h_kv:
-            if kind == "causal":
-                runs["sdpa_flash_causal"] = (
-                    lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True), dot, (qt, kt, vt))
-            elif kind == "full":
-                runs["sdpa_flash_full"] = (lambda: F.scaled_dot_product_attention(qt, kt, vt), dot, (qt, kt, vt))
-            else:
-                j = torch.arange(s, device=dev)
-                dense = ((j >= lo[:, :, None]) & (j < hi[:, :, None]))[:, None]
-                runs["sdpa_dense_mask"] = (
-                    lambda dense=dense: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=dense), dot,
-                    (qt, kt, vt))
-        for name, (fn, grad_out, leaves) in runs.items():
+        for impl in impls_for(kind, impls):
+            backend = IMPLS[impl]
+            row = {**base, "impl": impl}
             try:
+                mask, build_s = build_mask(lo, hi, backend)
+                row["mask_build_ms"] = round(build_s * 1e3, 2)
+                if backend == "flex":
+                    row.update(tile_census(mask))
+                if dry_run:
+                    row.update(dry_run=True, would_time=["fwd", "fwd+bwd"], fwd_gflop=round(flops_fwd / 1e9, 1),
+                               fwdbwd_gflop=round(3.5 * flops_fwd / 1e9, 1))
+                    print(json.dumps(row), flush=True)
+                    continue
+                if impl in check_impls:
+                    row.update(check(q, k, v, do, mask, lo, hi))
+
+                def fwd(mask=mask):
+                    return masked_attention(q, k, v, mask)
+
+                graphs = flex_graphs()
                 with torch.no_grad():
-                    t_fwd = timed(fn, iters)
-
-                def fwd_bwd(fn=fn, grad_out=grad_out):
-                    fn().backward(grad_out)
-
-                t_fb = timed(fwd_bwd, iters)
-                print(json.dumps({**base, "impl": name,
-                                  "fwd_ms": round(t_fwd * 1e3, 3),
-                                  "fwd_tflops": round(flops_fwd / t_fwd / 1e12, 1),
-                                  "fwdbwd_ms": round(t_fb * 1e3, 3),
-                                  "fwdbwd_tflops": round(3.5 * flops_fwd / t_fb / 1e12, 1)}), flush=True)
+                    t_fwd = timed(fwd, iters)
+                t_fb = timed(lambda: fwd().backward(do), iters)
+                if backend == "flex":
+                    flex_compiles += flex_graphs() - graphs
+                row.update(fwd_ms=round(t_fwd * 1e3, 3), fwd_tflops=round(flops_fwd / t_fwd / 1e12, 1),
+                           fwdbwd_ms=round(t_fb * 1e3, 3), fwdbwd_tflops=round(3.5 * flops_fwd / t_fb / 1e12, 1))
             except Exception as exc:  # one failing impl must not hide the others' figures
-                print(json.dumps({**base, "impl": name, "error": str(exc)[:300]}), flush=True)
-            for t in leaves:
+                row["error"] = f"{type(exc).__name__}: {exc}"[:400]
+            for t in (q, k, v):
                 t.grad = None
+            print(json.dumps(row), flush=True)
+    if not dry_run and "flex" in impls:
+        print(json.dumps(dict(B=b, H=h, S=s, D=d, impl="flex", flex_graphs_compiled=flex_compiles)), flush=True)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", default=";".join(",".join(map(str, s)) for s in SHAPES),
-                    help="B,H,S,D[;B,H,S,D...]")
+    ap.add_argument("--shapes", default=";".join(",".join(map(str, s)) for s in SHAPES), help="B,H,S,D[;B,H,S,D...]")
     ap.add_argument("--masks", default=",".join(MASKS))
-    ap.add_argument("--impls", default="ours,flex,sdpa")
+    ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--check", default="ours", help="impls checked against the reference before timing")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--kv-heads", type=int, default=0, help="k/v heads for GQA (0: same as H)")
+    ap.add_argument("--dry-run", action="store_true", help="build every input and mask on CPU, time nothing")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        sys.exit("bench/attention.py needs a CUDA GPU")
+    if not args.dry_run and not torch.cuda.is_available():
+        sys.exit("bench/attention.py needs a CUDA GPU (or --dry-run)")
     masks = args.masks.split(",")
-    unknown = set(masks) - set(MASKS)
-    if unknown:
-        sys.exit(f"--masks: unknown {sorted(unknown)}; choose from {MASKS}")
-    impls = set(args.impls.split(","))
+    impls = args.impls.split(",")
+    for name, given, known in (("--masks", masks, MASKS), ("--impls", impls, list(IMPLS))):
+        unknown = set(given) - set(known)
+        if unknown:
+            sys.exit(f"{name}: unknown {sorted(unknown)}; choose from {known}")
     torch.manual_seed(0)
-    print(json.dumps(dict(torch=torch.__version__, gpu=torch.cuda.get_device_name())), flush=True)
+    import triton
+
+    device = "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name()
+    print(json.dumps(dict(torch=torch.__version__, triton=triton.__version__, gpu=device)), flush=True)
     for shape in args.shapes.split(";"):
         b, h, s, d = (int(x) for x in shape.split(","))
-        run_shape(b, h, s, d, masks, impls, args.iters, args.kv_heads or h)
+        run_shape(b, h, s, d, masks, impls, args.iters, args.kv_heads or h, args.dry_run, set(args.check.split(",")))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""One training step (forward + backward + AdamW) of our megatron-core decoder:
-tokens/s and MFU, with our interval attention and with PyTorch SDPA in the same
-model, on a causal mask and on document-masked (context-level FIM-like) packing.
+"""One training step (forward + backward + AdamW) of our megatron-core decoder: tokens/s
+and MFU, with each attention backend of ``kernels`` chosen through
+``ModelConfig.attention_backend``, on a causal mask and on document-masked
+(context-level FIM-like) packing, side by side in one process.
 
 GPU (one device; bf16; the shapes of ../shared/bench/train_anchors.py)::
 
-    python bench/train_step.py                      # 350M b8 and 1.3B b4 at seq 2048
-    python bench/train_step.py --preset 350M --impl ours --mask fim_docs
+    python bench/train_step.py          # 350M b8 and 1.3B b4 at seq 2048: causal/sdpa, fim_docs/triton, fim_docs/flex
+    python bench/train_step.py --preset 350M --row fim_docs:triton
+    python bench/train_step.py --dry-run   # CPU: build every config, batch and mask at full size, time nothing
 
 CPU smoke run::
 
@@ -19,8 +21,8 @@ untied GPT counts its embedding table as well, which flatters its MFU a little.
 The document-masked rows count the same (causal) FLOPs, so a faster masked step
 shows up as a higher "MFU". Our presets are Llama-shaped (SwiGLU at 8/3 * hidden,
 RMSNorm, RoPE, no biases): 337M and 1.28B parameters where the anchors have 372M
-and 1.35B.
-Prints one JSON line per (model, impl, mask).
+and 1.35B. The target: document-masked FIM at >= 95% of causal-SDPA MFU.
+Prints one JSON line per (model, mask, backend).
 """
 
 from __future__ import annotations
@@ -34,66 +36,52 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron.core.transformer.module import MegatronModule  # noqa: E402
-
 from models.config import preset  # noqa: E402
 
-IMPLS = {"ours": "megatron_interval_attention", "sdpa": "megatron_sdpa"}
 GPU_RUNS = {"350M": 8, "1.3B": 4}  # preset -> micro batch, as in the anchors
-
-
-class SDPACoreAttention(MegatronModule):
-    """Baseline core attention: PyTorch SDPA with ``is_causal`` (``causal = True``), else
-    a dense boolean mask built from the packed intervals once per step and shared by
-    all layers."""
-
-    causal = True
-    _mask_cache: tuple = (None, None)
-
-    def __init__(self, config, layer_number, attn_mask_type, attention_type, attention_dropout=None,
-                 softmax_scale=None, cp_comm_type=None, pg_collection=None, **unused):
-        super().__init__(config=config)
-        self.scale = softmax_scale
-
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):
-        s, b, h, d = query.shape
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        mask = None
-        if not self.causal:
-            key_ = attention_mask.data_ptr()
-            if SDPACoreAttention._mask_cache[0] != key_:
-                kv_start, kv_end = attention_mask[0], attention_mask[1]
-                i = torch.arange(s, device=query.device)
-                dense = ((i >= kv_start[..., None]) & (i < kv_end[..., None]))[:, None]  # b 1 s s
-                SDPACoreAttention._mask_cache = (key_, dense)
-            mask = SDPACoreAttention._mask_cache[1]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal, scale=self.scale,
-                                             enable_gqa=k.shape[1] != q.shape[1])
-        return out.permute(2, 0, 1, 3).reshape(s, b, h * d)
+GPU_ROWS = ["causal:sdpa", "fim_docs:triton", "fim_docs:flex"]
+CPU_ROWS = ["causal:sdpa", "fim_docs:reference"]
 
 
 def flops_per_token(params: int, layers: int, seq: int, hidden: int) -> float:
     return 6 * params + 3 * (2 * 2 * layers * seq * hidden * 0.5)
 
 
-def run(name: str, impl: str, mask: str, batch_size: int, seq: int, args, pg) -> dict:
+def model_config(name: str, seq: int, backend: str, dtype: str | None):
+    cfg = preset(name)
+    overrides = {"seq_length": seq, "max_position_embeddings": max(seq, cfg.max_position_embeddings),
+                 "attention_backend": backend}
+    if dtype:
+        overrides["params_dtype"] = dtype
+    return replace(cfg, **overrides)
+
+
+def dry_run(name: str, mask: str, backend: str, batch_size: int, seq: int, args) -> dict:
+    """Everything but the model and the clock: config, batch and attention mask at full size."""
+    from kernels import AttentionMask
+    from models.synthetic import synthetic_batch
+
+    cfg = model_config(name, seq, backend, args.dtype)
+    batch = synthetic_batch(batch_size, seq, cfg.vocab_size, kind="decoder", mask=mask,
+                            mean_doc=args.mean_doc if mask == "fim_docs" else None, seed=0)
+    t0 = time.perf_counter()
+    built = AttentionMask.build(batch["kv_start"], batch["kv_end"], backend=backend)
+    return dict(model=name, mask=mask, backend=backend, seq=seq, batch=batch_size, dtype=cfg.params_dtype,
+                layers=cfg.num_layers, hidden=cfg.hidden_size, head_dim=cfg.head_dim, dry_run=True,
+                mask_width=built.data.shape[1], mask_build_ms=round((time.perf_counter() - t0) * 1e3, 2),
+                would_time=f"{args.warmup} warmup + {args.steps} timed steps")
+
+
+def run(name: str, mask: str, backend: str, batch_size: int, seq: int, args, pg) -> dict:
     from models.model import build_model
     from models.synthetic import synthetic_batch
 
-    cfg = preset(name)
-    overrides = {"seq_length": seq, "max_position_embeddings": max(seq, cfg.max_position_embeddings)}
-    if args.dtype:
-        overrides["params_dtype"] = args.dtype
-    cfg = replace(cfg, **overrides)
+    cfg = model_config(name, seq, backend, args.dtype)
     cuda = args.device == "cuda"
-    SDPACoreAttention.causal = mask == "causal"
-    model = build_model(cfg, pg, device=args.device, cpu_init=not cuda,
-                        core_attention=SDPACoreAttention if impl == "sdpa" else None)
+    model = build_model(cfg, pg, device=args.device, cpu_init=not cuda)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if cuda else {}))
     batch = synthetic_batch(batch_size, seq, cfg.vocab_size, kind="decoder", mask=mask,
@@ -116,7 +104,7 @@ def run(name: str, impl: str, mask: str, batch_size: int, seq: int, args, pg) ->
     dt = (time.perf_counter() - t0) / args.steps
     tps = batch_size * seq / dt
     flops = flops_per_token(params, cfg.num_layers, seq, cfg.hidden_size)
-    row = dict(model=name, impl=IMPLS[impl], mask=mask, params_M=round(params / 1e6, 3), seq=seq,
+    row = dict(model=name, mask=mask, backend=backend, params_M=round(params / 1e6, 3), seq=seq,
                batch=batch_size, dtype=cfg.params_dtype, device=args.device, step_ms=round(dt * 1e3, 1),
                tokens_per_s=round(tps), achieved_TFLOPs=round(tps * flops / 1e12, 6),
                mfu=round(tps * flops / (args.peak_tflops * 1e12), 3) if args.peak_tflops else None)
@@ -135,8 +123,9 @@ def main() -> None:
     ap.add_argument("--preset", action="append", help="model preset(s); default 350M and 1.3B on GPU, tiny on CPU")
     ap.add_argument("--batch", type=int, help="micro batch (default: 8 for 350M, 4 for 1.3B, 2 on CPU)")
     ap.add_argument("--seq", type=int, help="sequence length (default 2048 on GPU, the preset's on CPU)")
-    ap.add_argument("--impl", action="append", choices=("ours", "sdpa"), help="default: both")
-    ap.add_argument("--mask", action="append", choices=("causal", "fim_docs"), help="default: both")
+    ap.add_argument("--row", action="append",
+                    help=f"MASK:BACKEND, mask causal|fim_docs, backend triton|flex|sdpa|reference "
+                         f"(default {','.join(GPU_ROWS)} on GPU, {','.join(CPU_ROWS)} on CPU)")
     ap.add_argument("--mean-doc", type=int, default=512, help="mean document length for fim_docs")
     ap.add_argument("--dtype", choices=("bfloat16", "float32", "float16"), help="default: preset's (bf16 for GPU sizes)")
     ap.add_argument("--steps", type=int, default=10)
@@ -144,26 +133,33 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=None, help="default 989 on CUDA (H100 bf16), none on CPU")
     ap.add_argument("--anchors", default=os.environ.get("TRAIN_ANCHORS", ""),
                     help="JSONL of train_anchors.py results to print beside ours")
+    ap.add_argument("--dry-run", action="store_true", help="CPU: build configs, batches and masks at the GPU sizes")
     args = ap.parse_args()
-    cuda = args.device == "cuda"
-    if args.peak_tflops is None and cuda:
+    gpu_sizes = args.device == "cuda" or args.dry_run
+    if args.peak_tflops is None and args.device == "cuda":
         args.peak_tflops = 989.0
+    rows = [r.split(":") for r in (args.row or (GPU_ROWS if gpu_sizes else CPU_ROWS))]
+    for r in rows:
+        if len(r) != 2 or r[0] not in ("causal", "fim_docs"):
+            sys.exit(f"--row: expected MASK:BACKEND with MASK causal or fim_docs, got {':'.join(r)!r}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    from models.parallel import init_parallel
+    pg = None
+    if not args.dry_run:
+        from models.parallel import init_parallel
 
-    pg = init_parallel(tp=1, pp=1, seed=0)
-    presets = args.preset or (list(GPU_RUNS) if cuda else ["tiny"])
-    for name in presets:
-        batch = args.batch or (GPU_RUNS.get(name, 4) if cuda else 2)
-        seq = args.seq or (2048 if cuda else preset(name).seq_length)
-        for mask in args.mask or ["causal", "fim_docs"]:
-            for impl in args.impl or ["ours", "sdpa"]:
-                try:
-                    print(json.dumps(run(name, impl, mask, batch, seq, args, pg)), flush=True)
-                except Exception as exc:  # keep measuring the other rows
-                    print(json.dumps(dict(model=name, impl=IMPLS[impl], mask=mask,
-                                          error=f"{type(exc).__name__}: {exc}"[:400])), flush=True)
+        pg = init_parallel(tp=1, pp=1, seed=0)
+    for name in args.preset or (list(GPU_RUNS) if gpu_sizes else ["tiny"]):
+        batch = args.batch or (GPU_RUNS.get(name, 4) if gpu_sizes else 2)
+        seq = args.seq or (2048 if gpu_sizes else preset(name).seq_length)
+        for mask, backend in rows:
+            try:
+                fn = dry_run if args.dry_run else run
+                print(json.dumps(fn(name, mask, backend, batch, seq, args, *(() if args.dry_run else (pg,)))),
+                      flush=True)
+            except Exception as exc:  # keep measuring the other rows
+                print(json.dumps(dict(model=name, mask=mask, backend=backend,
+                                      error=f"{type(exc).__name__}: {exc}"[:400])), flush=True)
     if args.anchors and Path(args.anchors).is_file():
         for line in Path(args.anchors).read_text().splitlines():
             if line.strip():

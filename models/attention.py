@@ -1,14 +1,19 @@
 """Our masked attention as megatron's core attention.
 
-How the row intervals reach it: megatron hands ``attention_mask`` unchanged
-from ``GPTModel.forward`` through ``TransformerBlock`` / ``TransformerLayer`` /
-``SelfAttention`` to the core attention. We pass ONE int32 tensor
-``[2, b, s]`` = stack(kv_start, kv_end) there (see ``pack_intervals``). A plain
-tensor (not a tuple) survives megatron's activation recompute and CUDA-graph
-paths, which expect ``attention_mask`` to be a tensor. ``packed_seq_params``
-stays None, so RoPE and the rest of megatron run in their ordinary sbhd mode.
+How the row intervals reach it: the model builds ONE ``kernels.AttentionMask`` per
+micro-batch from the batch's ``kv_start``/``kv_end`` (the intervals plus the backend's
+block tables) and passes its ``data``, a plain int32 tensor [b, L], as megatron's
+``attention_mask``. Megatron hands it unchanged from ``TransformerBlock`` through
+``TransformerLayer`` / ``SelfAttention`` to every layer's core attention, which wraps
+it again (views only, no device work). A plain tensor, not an object or a cache:
+activation recompute saves and replays exactly the tensor of its own micro-batch, also
+when pipeline schedules interleave micro-batches, and no address or module state can go
+stale. ``packed_seq_params`` stays None, so RoPE and the rest of megatron run in their
+ordinary sbhd mode.
 
-Context parallelism is not supported (intervals index the full sequence).
+The backend (``ModelConfig.attention_backend``): ``auto`` (triton for fp16/bf16 on CUDA,
+else the torch reference), ``triton``, ``flex``, ``sdpa`` (plain causal only) or
+``reference``. Context parallelism is not supported (intervals index the full sequence).
 """
 
 from __future__ import annotations
@@ -16,26 +21,21 @@ from __future__ import annotations
 import torch
 from megatron.core.transformer.module import MegatronModule
 
-try:  # the Triton kernel package (dispatches triton on CUDA, reference on CPU)
-    from kernels import masked_attention as _masked_attention
-except ImportError:  # kernels not built yet: the torch reference serves every device
-    _masked_attention = None
+from kernels import AttentionMask, masked_attention, resolve_backend
 
 
-def pack_intervals(kv_start: torch.Tensor, kv_end: torch.Tensor) -> torch.Tensor:
-    """[b, s] kv_start / kv_end -> the [2, b, s] int32 ``attention_mask`` our core attention reads."""
-    if kv_start.shape != kv_end.shape or kv_start.dim() != 2:
-        raise ValueError(f"kv_start/kv_end must both be [b, s]; got {tuple(kv_start.shape)} and {tuple(kv_end.shape)}")
-    return torch.stack([kv_start, kv_end]).to(torch.int32)
+def compute_dtype(device: torch.device, params_dtype: torch.dtype) -> torch.dtype:
+    """The dtype attention will see on ``device``: autocast's when it is on, else the params'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return params_dtype
 
 
-def attention_fn():
-    """The attention function in use: kernels.masked_attention if present, else the reference."""
-    if _masked_attention is not None:
-        return _masked_attention
-    from kernels.reference import masked_attention_reference
-
-    return masked_attention_reference
+def build_attention_mask(kv_start: torch.Tensor, kv_end: torch.Tensor, backend: str,
+                         params_dtype: torch.dtype) -> torch.Tensor:
+    """The ``attention_mask`` tensor for one micro-batch: ``AttentionMask.build(...).data``."""
+    resolved = resolve_backend(backend, kv_start.device, compute_dtype(kv_start.device, params_dtype))
+    return AttentionMask.build(kv_start, kv_end, backend=resolved).data
 
 
 class IntervalAttention(MegatronModule):
@@ -44,7 +44,7 @@ class IntervalAttention(MegatronModule):
     supported (config.attention_dropout must be 0)."""
 
     def __init__(self, config, layer_number, attn_mask_type, attention_type, attention_dropout=None,
-                 softmax_scale=None, cp_comm_type=None, pg_collection=None, **unused):
+                 softmax_scale=None, cp_comm_type=None, pg_collection=None, backend: str = "auto", **unused):
         super().__init__(config=config)
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         if dropout:
@@ -52,17 +52,18 @@ class IntervalAttention(MegatronModule):
         if config.context_parallel_size > 1:
             raise ValueError("IntervalAttention: context parallelism is not supported")
         self.softmax_scale = softmax_scale
-        self.attn = attention_fn()
+        self.backend = backend
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
-        if attention_mask is None or attention_mask.dim() != 3 or attention_mask.shape[0] != 2:
-            got = None if attention_mask is None else tuple(attention_mask.shape)
-            raise ValueError(f"IntervalAttention needs attention_mask = pack_intervals(kv_start, kv_end) "
-                             f"of shape [2, b, s]; got {got}")
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+            got = None if attention_mask is None else tuple(getattr(attention_mask, "shape", ()))
+            raise ValueError(f"IntervalAttention needs attention_mask = build_attention_mask(kv_start, kv_end, ...), "
+                             f"an int32 [b, L] tensor; got {got}")
         if packed_seq_params is not None:
             raise ValueError("IntervalAttention: packed_seq_params is not used; pass row intervals instead")
-        out = self.attn(query, key, value, attention_mask[0], attention_mask[1],
-                        scale=self.softmax_scale, layout="sbhd")
+        backend = resolve_backend(self.backend, query.device, query.dtype)
+        mask = AttentionMask.from_data(attention_mask, backend=backend, q_len=query.shape[0], kv_len=key.shape[0])
+        out = masked_attention(query, key, value, mask, scale=self.softmax_scale, layout="sbhd")
         s, b, h, d = out.shape
         return out.reshape(s, b, h * d)

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, fields, replace
 KINDS = ("decoder", "encoder")
 # head kinds models.heads implements; the sample fields each reads are in objectives.task
 HEAD_KINDS = ("token", "span_boundary", "sequence")
+ATTENTION_BACKENDS = ("auto", "triton", "flex", "sdpa", "reference")
 DTYPES = ("float32", "bfloat16", "float16")
 NORM_POSITIONS = ("pre", "post")
 # which sublayers every layer shares with the first (ALBERT's all-shared / shared-attention / shared-FFN)
@@ -75,6 +76,9 @@ class ModelConfig:
     sequence_parallel: bool = False
     # megatron activation recompute: None, "selective" or "full"
     recompute_granularity: str | None = None
+    # attention kernels (kernels.masked_attention): auto = triton for fp16/bf16 on CUDA, else
+    # the torch reference; flex = FlexAttention; sdpa = PyTorch SDPA (plain causal masks only)
+    attention_backend: str = "auto"
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> None:
@@ -120,6 +124,8 @@ class ModelConfig:
             bad("hidden_dropout", "must lie in [0, 1)")
         if not self.norm_epsilon > 0:
             bad("norm_epsilon", "must be > 0")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            bad("attention_backend", f"must be one of {ATTENTION_BACKENDS}")
         if self.recompute_granularity not in (None, "selective", "full"):
             bad("recompute_granularity", "must be None, 'selective' or 'full'")
         heads = self.head_kinds

@@ -28,10 +28,11 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from models.attention import IntervalAttention, pack_intervals
+from models.attention import IntervalAttention, build_attention_mask
 from models.config import ModelConfig
 from models.embedding import EncoderEmbedding
 from models.heads import (SentenceHead, SpanBoundaryHead, TokenHead, classification_sums, head_present, span_fields,
@@ -75,9 +76,10 @@ def transformer_config(cfg: ModelConfig, *, tp: int = 1, pp: int = 1, cpu_init: 
 def layer_spec(cfg: ModelConfig, core_attention=None):
     """megatron's local (no Transformer Engine) GPT layer spec with our core attention
     (or ``core_attention``: any module with megatron's core-attention signature that
-    reads ``attention_mask`` as packed intervals, e.g. a benchmark baseline)."""
+    reads ``attention_mask`` as ``kernels.AttentionMask`` data, e.g. a benchmark baseline)."""
     spec = get_gpt_layer_local_spec(normalization="RMSNorm" if cfg.kind == "decoder" else "LayerNorm")
-    spec.submodules.self_attention.submodules.core_attention = core_attention or IntervalAttention
+    spec.submodules.self_attention.submodules.core_attention = core_attention or ModuleSpec(
+        module=IntervalAttention, params={"backend": cfg.attention_backend})
     mask_type = AttnMaskType.causal if cfg.kind == "decoder" else AttnMaskType.padding
     spec.submodules.self_attention.params = {**spec.submodules.self_attention.params, "attn_mask_type": mask_type}
     spec.submodules.input_layernorm = SequenceParallelNorm
@@ -156,7 +158,9 @@ class PretrainModel(MegatronModule):
         s = tokens.shape[1]
         if s > self.cfg.max_position_embeddings:
             raise ValueError(f"batch tokens length {s} exceeds max_position_embeddings={self.cfg.max_position_embeddings}")
-        mask = pack_intervals(batch["kv_start"], batch["kv_end"])
+        # once per micro-batch; every layer's core attention reads it (see models/attention.py)
+        mask = build_attention_mask(batch["kv_start"], batch["kv_end"], self.cfg.attention_backend,
+                                    self.config.params_dtype)
         emb = None
         if self.lm.pre_process:
             if self.cfg.kind == "encoder":

@@ -3,7 +3,7 @@
 
 Every function takes per-position ``segment_ids`` (int, non-decreasing within a
 packed row: one id per document) so masks never cross documents. This numpy
-module is the single implementation; ``kernels.masks`` converts to torch.
+module is the single implementation; consumers convert its arrays to tensors.
 """
 
 from __future__ import annotations

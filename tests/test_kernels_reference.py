@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from kernels import masked_attention, masked_attention_reference
+from kernels import AttentionMask, masked_attention, masked_attention_reference
+
+
+def attend(q, k, v, start, end, **kw):
+    """The public entry point with the reference backend."""
+    kv_len = k.shape[0] if kw.get("layout") == "sbhd" else k.shape[1]
+    return masked_attention(q, k, v, AttentionMask.build(start, end, backend="reference", kv_len=kv_len), **kw)
 
 
 def per_row_oracle(q, k, v, kv_start, kv_end, scale):
@@ -52,7 +58,7 @@ def test_empty_rows_give_zero_gradients_not_nan():
     q, k, v = (torch.randn(1, 4, 2, 8, requires_grad=True) for _ in range(3))
     start = torch.tensor([0, 2, 0, 1])
     end = torch.tensor([1, 2, 3, 0])  # rows 1 and 3 see nothing
-    out = masked_attention(q, k, v, start, end)
+    out = attend(q, k, v, start, end)
     out.sum().backward()
     for t in (q, k, v):
         assert torch.isfinite(t.grad).all()
@@ -64,8 +70,8 @@ def test_sbhd_layout_and_batch_shared_intervals():
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 6, 2, 4, generator=gen) for _ in range(3))
     start, end = torch.zeros(6, dtype=torch.int32), torch.arange(1, 7, dtype=torch.int32)
-    bshd = masked_attention(q, k, v, start, end)
-    sbhd = masked_attention(*(t.transpose(0, 1) for t in (q, k, v)), start, end, layout="sbhd")
+    bshd = attend(q, k, v, start, end)
+    sbhd = attend(*(t.transpose(0, 1) for t in (q, k, v)), start, end, layout="sbhd")
     torch.testing.assert_close(sbhd.transpose(0, 1), bshd)
     causal = torch.nn.functional.scaled_dot_product_attention(
         *(t.transpose(1, 2) for t in (q, k, v)), is_causal=True).transpose(1, 2)
@@ -76,21 +82,17 @@ def test_default_scale_is_inverse_sqrt_head_dim():
     gen = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(1, 5, 1, 16, generator=gen) for _ in range(3))
     start, end = torch.zeros(5, dtype=torch.long), torch.full((5,), 5)
-    torch.testing.assert_close(masked_attention(q, k, v, start, end),
-                               masked_attention(q, k, v, start, end, scale=1 / math.sqrt(16)))
-    assert not torch.allclose(masked_attention(q, k, v, start, end),
-                              masked_attention(q, k, v, start, end, scale=1.0))
+    torch.testing.assert_close(attend(q, k, v, start, end), attend(q, k, v, start, end, scale=1 / math.sqrt(16)))
+    assert not torch.allclose(attend(q, k, v, start, end), attend(q, k, v, start, end, scale=1.0))
 
 
-@pytest.mark.parametrize("kwargs, exc, field", [
-    (dict(layout="bhsd"), ValueError, "layout"),
-    (dict(backend="cuda"), ValueError, "backend"),
-])
-def test_bad_options_are_named(kwargs, exc, field):
+def test_bad_options_are_named():
     q = torch.randn(1, 4, 2, 8)
     start, end = torch.zeros(4, dtype=torch.int32), torch.ones(4, dtype=torch.int32)
-    with pytest.raises(exc, match=field):
-        masked_attention(q, q, q, start, end, **kwargs)
+    with pytest.raises(ValueError, match="layout"):
+        attend(q, q, q, start, end, layout="bhsd")
+    with pytest.raises(TypeError, match="AttentionMask"):
+        masked_attention(q, q, q, (start, end))
 
 
 def test_bad_shapes_are_named():
@@ -98,16 +100,19 @@ def test_bad_shapes_are_named():
     kv = torch.randn(1, 4, 2, 8)
     ok = torch.zeros(4, dtype=torch.int32)
     with pytest.raises(ValueError, match="multiple"):
-        masked_attention(q, kv, kv, ok, ok + 1)
+        attend(q, kv, kv, ok, ok + 1)
     with pytest.raises(ValueError, match="kv_end"):
-        masked_attention(q, q, q, ok, torch.ones(5, dtype=torch.int32))
+        attend(q, q, q, ok, torch.ones(5, dtype=torch.int32))
     with pytest.raises(TypeError, match="kv_start"):
-        masked_attention(q, q, q, ok.float(), ok + 1)
+        attend(q, q, q, ok.float(), ok + 1)
+    with pytest.raises(ValueError, match="mask is for 5 queries"):
+        masked_attention(q, q, q, AttentionMask.build(torch.zeros(5, dtype=torch.int32), torch.ones(5, dtype=torch.int32)))
 
 
 def test_import_does_not_pull_triton():
     import subprocess
     import sys
 
-    code = "import sys, kernels, kernels.masks; assert 'triton' not in sys.modules, 'triton imported'"
+    code = ("import sys, torch, kernels; m = kernels.AttentionMask.build(torch.zeros(4, dtype=torch.int32), "
+            "torch.arange(1, 5), backend='triton'); assert 'triton' not in sys.modules, 'triton imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,11 +1,11 @@
-"""kernels.masks: torch front-ends over objectives.intervals, row by row."""
+"""The tests' interval helper (tests/interval_masks.py): torch front-ends over objectives.intervals."""
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from kernels import masks
+import interval_masks as masks
 from objectives import intervals
 
 

@@ -1,6 +1,6 @@
-"""Torch front-ends for the row-interval masks of ``objectives.intervals`` (the one
-implementation): numpy in, int32 tensors out, on the requested device, batched over
-rows. Query i sees keys ``kv_start[..., i] <= j < kv_end[..., i]``.
+"""Test helper: torch front-ends for the row-interval masks of ``objectives.intervals``
+(the one implementation): numpy in, int32 tensors out, on the requested device, batched
+over rows. Query i sees keys ``kv_start[..., i] <= j < kv_end[..., i]``.
 """
 
 from __future__ import annotations
