@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from objectives.extras import require
 
-STDLIB_SOURCES = ("stdlib-code", "stdlib-prose")
+STDLIB_SOURCES = ("stdlib-code", "stdlib-defs", "stdlib-prose")
 SENTENCE_MODES = ("auto", "prose", "code")
 
 
@@ -22,8 +22,10 @@ class CorpusConfig:
     """Where the text comes from and how it is cut into documents and sentences.
 
     ``source``: a local ``.jsonl``/``.json``/``.parquet``/``.txt`` file, ``stdlib-code``
-    (the Python standard library's own ``*.py`` files), ``stdlib-prose`` (their
-    docstrings), or a Hugging Face hub dataset name (needs internet).
+    (the Python standard library's own ``*.py`` files), ``stdlib-defs`` (the same files cut
+    into their top-level definitions and statement blocks, one document each: short documents,
+    as function-level infilling wants), ``stdlib-prose`` (their docstrings), or a Hugging Face
+    hub dataset name (needs internet).
     """
 
     source: str = "stdlib-code"
@@ -32,7 +34,7 @@ class CorpusConfig:
     subset: str = ""  # hub datasets only: the configuration name, e.g. "wikitext-103-raw-v1"
     max_bytes: int = 2_000_000  # cap on the embedded stdlib corpora (CPU-sized runs)
     max_documents: int = 0  # 0 = all
-    sentences: str = "auto"  # auto: code for stdlib-code, else prose
+    sentences: str = "auto"  # auto: code for stdlib-code / stdlib-defs, else prose
     valid_fraction: float = 0.02
     min_document_chars: int = 1  # shorter (after strip) documents are skipped and counted
 
@@ -51,7 +53,7 @@ class CorpusConfig:
     def sentence_mode(self) -> str:
         if self.sentences != "auto":
             return self.sentences
-        return "code" if self.source == "stdlib-code" else "prose"
+        return "code" if self.source in ("stdlib-code", "stdlib-defs") else "prose"
 
 
 @dataclass(frozen=True)

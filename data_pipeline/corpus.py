@@ -90,6 +90,29 @@ def docstring_document(source: str) -> str:
     return "\n\n".join(parts)
 
 
+def definition_documents(source: str) -> list[str]:
+    """A module cut at its top-level statements: each function or class (with its decorators and
+    the comments just above it) is a document, and each run of other statements between them is
+    one; together they are the whole file. A file that does not parse is one document."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return [source]
+    lines = source.splitlines(keepends=True)
+    starts = []
+    for node in tree.body:
+        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))]) - 1
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            while first > 0 and lines[first - 1].lstrip().startswith("#"):
+                first -= 1  # the comment block above a definition goes with it
+            starts += [first, node.end_lineno]
+        elif not starts or starts[-1] in (first, None):
+            starts.append(first)
+    cuts = sorted({0, *[c for c in starts if c is not None], len(lines)})
+    docs = ["".join(lines[a:b]) for a, b in zip(cuts, cuts[1:])]
+    return [d for d in docs if d.strip()]
+
+
 def _stdlib_corpus(cfg: CorpusConfig) -> Corpus:
     # prose takes docstrings from a larger slice of files: docstrings are a fraction of the bytes
     max_bytes = cfg.max_bytes * (8 if cfg.source == "stdlib-prose" else 1)
@@ -97,6 +120,8 @@ def _stdlib_corpus(cfg: CorpusConfig) -> Corpus:
     identity = f"{cfg.source}|{sys.version}|{_file_identity(files)}"
     if cfg.source == "stdlib-code":
         return Corpus(cfg.source, identity, lambda: (_read_source(p) for p in files))
+    if cfg.source == "stdlib-defs":
+        return Corpus(cfg.source, identity, lambda: (d for p in files for d in definition_documents(_read_source(p))))
     cached: list[str] = []  # docstrings are parsed once (tokenizer training and encoding both read them)
 
     def prose() -> Iterator[str]:
@@ -135,7 +160,7 @@ def open_corpus(cfg: CorpusConfig, cache_dir: str | os.PathLike | None = None) -
     ``cache_dir``: where ``datasets`` keeps its arrow cache (default: its own, under ~/.cache).
     """
     cache_dir = None if cache_dir is None else str(cache_dir)
-    if cfg.source in ("stdlib-code", "stdlib-prose"):
+    if cfg.source in ("stdlib-code", "stdlib-defs", "stdlib-prose"):
         return _stdlib_corpus(cfg)
     path = Path(cfg.source).expanduser()
     suffix = path.suffix.lower()

@@ -230,9 +230,12 @@ def _verdict(check: Check, values: dict[str, list[float]]) -> str:
     if na == 0 or nb == 0:
         return "not measured"
     if check.op == "~":
-        holds = abs(ma - mb) <= check.tolerance
-        return (f"{'holds' if holds else 'does not hold'} ({ma:.4g} vs {mb:.4g}: difference {abs(ma - mb):.3g}, "
-                f"tolerance {check.tolerance:g})")
+        d = abs(ma - mb)
+        if d <= check.tolerance:
+            return f"holds ({ma:.4g} vs {mb:.4g}: difference {d:.3g}, tolerance {check.tolerance:g})"
+        if na > 1 and nb > 1 and d < max(sa, sb):
+            return f"within noise ({ma:.4g} vs {mb:.4g}: difference {d:.3g} above the tolerance, below a std)"
+        return f"does not hold ({ma:.4g} vs {mb:.4g}: difference {d:.3g}, tolerance {check.tolerance:g})"
     if na > 1 and nb > 1 and abs(ma - mb) < max(sa, sb):
         return f"within noise ({ma:.4g} vs {mb:.4g})"
     holds = OPS[check.op](ma, mb)

@@ -138,9 +138,25 @@ def _write_status(run_dir: Path, **status) -> None:
     os.replace(tmp, run_dir / "status.json")
 
 
+def _same_point(run: SweepRun) -> bool:
+    """Whether the run directory is this point's (or new): ``point.json`` records what it runs."""
+    path = run.run_dir / "point.json"
+    here = {"config": run.config, "overrides": run.overrides}
+    if not path.is_file():
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(here))
+        return True
+    return json.loads(path.read_text()) == here
+
+
 def execute(run: SweepRun, nproc: int = 1, force: bool = False, log=print, threads: int | None = None) -> SweepRun:
-    """Run one point to completion (resuming its checkpoints), unless it is done already."""
+    """Run one point to completion (resuming its checkpoints), unless it is done already. A run
+    directory that holds a run of other settings is never reused (or skipped as done)."""
     metrics_file = run.run_dir / "final_metrics.json"
+    if not _same_point(run):
+        run.status = (f"failed (exit -; {run.run_dir} holds a run of other settings (see its point.json): "
+                      "choose another --out)")
+        return run
     if metrics_file.is_file() and not force:
         run.status, run.metrics = "cached", json.loads(metrics_file.read_text())
         return run
@@ -204,7 +220,7 @@ def launch(runs: Sequence[SweepRun], *, launcher: str = "serial", jobs: int = 1,
     todo = [r for r in runs if force or not (r.run_dir / "final_metrics.json").is_file()]
     for r in runs:
         if r not in todo:
-            execute(r)  # cached
+            execute(r)  # cached, or refused as a run of other settings
     if launcher in ("serial", "local"):
         workers = 1 if launcher == "serial" else max(1, jobs)
         threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None

@@ -41,6 +41,8 @@ def test_verdicts_and_metric_alternatives():
     assert _verdict(c, {"a": [0.4], "b": [0.5]}).startswith("does not hold")
     assert _verdict(c, {"a": [0.6, 0.4], "b": [0.5, 0.52]}).startswith("within noise")
     assert _verdict(Check("x", "m", "a", "~", "b", 0.05), {"a": [1.0], "b": [1.04]}).startswith("holds")
+    assert _verdict(Check("x", "m", "a", "~", "b", 0.05), {"a": [1.0], "b": [1.1]}).startswith("does not hold")
+    assert _verdict(Check("x", "m", "a", "~", "b", 0.05), {"a": [1.0, 1.2], "b": [1.2, 1.2]}).startswith("within")
     assert _verdict(c, {"a": [], "b": [0.5]}) == "not measured"
     assert metric({"nsp_task/sop_acc": 0.7}, "nsp_task/nsp_acc|nsp_task/sop_acc") == 0.7
 

@@ -85,6 +85,11 @@ def test_submitit_array_job_skips_done_points_and_the_collector_marks_failures(t
                                                                               ("optim.lr", ["1e-3"])],
                         _fixed(tiny_corpus), out), launcher="serial", out=tmp_path / "sweep2")
     assert again[0].status == "cached" and (ok[0].run_dir / "final_metrics.json").stat().st_mtime_ns == mtime
+    other = plan([str(ROOT / "recipes/configs/gpt_fim_tiny.yaml")], [("schedule.seed", ["1"]), ("optim.lr", ["1e-3"])],
+                 [*_fixed(tiny_corpus), "optim.min_lr=1e-5"], out)[0]
+    other.run_dir = ok[0].run_dir                                  # the same folder, other settings
+    assert launch([other], launcher="serial", out=tmp_path / "sweep3")[0].status.startswith("failed")
+    assert "other settings" in other.status
     found = [point_state(r) for r in read_plan(out)]
     collect(found, out, quiet=True)
     md = (out / "results.md").read_text()
