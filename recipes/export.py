@@ -89,10 +89,10 @@ def find_checkpoint(ckpt_dir: Path, step: int | None) -> Path:
             raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint")
         return found
     path = ckpt_dir / ckpt.step_dir_name(step)
-    if not ckpt.is_complete(path):
-        have = sorted(int(p.name.removeprefix("step_")) for p in ckpt_dir.glob("step_*") if ckpt.is_complete(p))
+    if not path.is_dir():
+        have = sorted(int(p.name.removeprefix("step_")) for p in ckpt.step_dirs(ckpt_dir))
         raise FileNotFoundError(f"{path}: not a complete checkpoint; complete steps: {have or 'none'}")
-    return path
+    return path  # verified when loaded
 
 
 # ----------------------------------------------------------------------------- the export
@@ -163,20 +163,17 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, step: int | None = N
 
 
 def load_model(model_cfg, step_dir: Path, info, *, fits: str):
-    """This rank's model with its checkpoint shard (TP rank r reads training rank r's file,
-    data-parallel rank 0's copy): (model, step, dtype the weights were saved in)."""
+    """This rank's model with its part of the (verified) checkpoint: (model, step, dtype
+    the weights were saved in)."""
     from models.model import build_model
 
     model = build_model(model_cfg, info.pg_collection, device=info.device).eval()
-    state = ckpt.load_checkpoint(step_dir, rank=info.tp_rank, map_location="cpu")
-    saved_dtype = next(v.dtype for v in state["model"].values()
-                       if isinstance(v, torch.Tensor) and v.is_floating_point())
+    layout = ckpt.TensorLayout(info.pg_collection.tp, info.device.type)
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise ValueError(f"{step_dir / ckpt.rank_file_name(info.tp_rank)}: does not fit the model rebuilt from "
-                         f"{fits} (vocabulary {model_cfg.vocab_size}): {exc}") from None
-    return model, int(state["step"]), saved_dtype
+        meta, _ = ckpt.load_checkpoint(step_dir, layout.model_items(model))
+    except ckpt.CheckpointMismatch as exc:
+        raise ValueError(f"{exc} (the model rebuilt from {fits}, vocabulary {model_cfg.vocab_size})") from None
+    return model, int(meta["step"]), getattr(torch, meta.get("model_dtype", "float32"))
 
 
 @torch.no_grad()

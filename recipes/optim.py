@@ -96,8 +96,25 @@ class TorchAdamW:
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
+    def checkpoint_items(self, layout) -> dict:
+        """Adam's moments sharded like their parameters, keyed by parameter name, so
+        they load into any parallel layout; the step count once. Created as zeros
+        before the first step, so the items can also be loaded into."""
+        out = {}
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            state = self.optimizer.state[p]
+            if not state:
+                state.update(step=torch.zeros((), dtype=torch.float32), exp_avg=torch.zeros_like(p),
+                             exp_avg_sq=torch.zeros_like(p))
+            out.update(layout.items(f"optimizer/{name}/exp_avg", state["exp_avg"], p))
+            out.update(layout.items(f"optimizer/{name}/exp_avg_sq", state["exp_avg_sq"], p))
+            out[f"optimizer/{name}/step"] = state["step"]
+        return out
+
+    def loaded(self, items: dict) -> None:
+        """Nothing to do: the items were views of the optimizer's own tensors."""
 
 
 class MegatronDistributedAdam:
@@ -172,6 +189,19 @@ class MegatronDistributedAdam:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.optimizer.load_parameter_state_from_dp_zero(state["param_state"])
+
+    def _item_key(self) -> str:
+        # megatron's sharded fp32 main weights and moments, gathered per data-parallel group:
+        # they reload only into the layout that saved them (the model weights reshard)
+        return f"optimizer@tp{self.info.tp_size}-dp{self.info.dp_size}-rank{self.info.rank:05d}"
+
+    def checkpoint_items(self, layout) -> dict:
+        from recipes.checkpoint import blob
+
+        return {self._item_key(): blob(self.state_dict())}
+
+    def loaded(self, items: dict) -> None:
+        self.load_state_dict(items[self._item_key()])
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, info: DistInfo):

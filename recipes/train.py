@@ -87,7 +87,9 @@ def padded(n: int, multiple: int) -> int:
 
 def resolve_model_config(cfg: TrainConfig, vocab_size: int, device: torch.device):
     """The model config as built: ``vocab_size`` ids (the tokenizer's and the objective's
-    sentinels) padded to ``data.vocab_multiple`` x tensor parallel, seq_length from data,
+    sentinels) padded to a multiple of ``data.vocab_multiple`` that the tensor-parallel
+    size divides (the same for every TP size dividing it, so checkpoints move between TP
+    sizes), seq_length from data,
     params dtype from the precision policy (bf16 weights only under megatron's
     distributed optimizer, which keeps fp32 main weights; otherwise fp32 weights
     and bf16 autocast)."""
@@ -95,7 +97,7 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int, device: torch.device
     bf16_params = precision == "bf16" and uses_distributed_optimizer(cfg, device)
     try:
         return dataclasses.replace(
-            cfg.model, vocab_size=padded(vocab_size, cfg.data.vocab_multiple * cfg.parallel.tensor_parallel),
+            cfg.model, vocab_size=padded(vocab_size, math.lcm(cfg.data.vocab_multiple, cfg.parallel.tensor_parallel)),
             seq_length=cfg.data.seq_length, params_dtype="bfloat16" if bf16_params else "float32")
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from exc
@@ -171,9 +173,12 @@ class Session:
                                    dp_rank=self.info.dp_rank, dp_size=self.info.dp_size,
                                    micro_batch_size=s.micro_batch_size)
         workers = self.cfg.data.loader_workers
+        # its own generator: starting the iterator draws a base seed, which must not come from
+        # (and shift) the global stream (the samples themselves are keyed by position)
         loader = torch.utils.data.DataLoader(
             self.data.train, batch_sampler=sampler, collate_fn=self.collate, num_workers=workers,
-            prefetch_factor=4 if workers else None, pin_memory=self.info.device.type == "cuda")
+            prefetch_factor=4 if workers else None, pin_memory=self.info.device.type == "cuda",
+            generator=torch.Generator().manual_seed(s.seed))
         for batch in loader:
             yield self.to_device(batch)
 
@@ -188,7 +193,10 @@ class Session:
         """Forward/backward every micro-batch, then one optimizer step. Returns this
         rank's (loss, per-objective losses, grad norm); raises :class:`NonFiniteLoss`
         before the optimizer step when a loss or the gradient norm is not finite."""
+        from models.parallel import seed_everything
+
         info = self.info
+        seed_everything(step_seed(self.cfg.schedule.seed, step))
         heads = self.model_cfg.head_kinds
         weights = {k: self.cfg.objective.weight(k) for k in heads}
         counts = step_counts(mbs, heads, lambda t: info.all_reduce_dp(t.to(info.device)).cpu())
@@ -225,30 +233,48 @@ class Session:
         return loss_sum, parts_sum, grad_norm
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def state(self, step: int) -> dict:
-        return {"step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": {"step": step}, "rng": ckpt.capture_rng_state(),
-                "data": self.data.train.state_dict(), "config": to_dict(self.cfg)}
+    @functools.cached_property
+    def layout(self) -> ckpt.TensorLayout:
+        return ckpt.TensorLayout(self.info.pg_collection.tp, self.info.device.type)
+
+    def state(self, *, model_only: bool = False) -> dict:
+        """This rank's checkpoint items (views of the live tensors, in the layout-independent
+        form of :class:`recipes.checkpoint.TensorLayout`), plus the data position. No RNG
+        state: every random stream is keyed by the step (:func:`step_seed`)."""
+        items = self.layout.model_items(self.model)
+        if not model_only:
+            items.update(self.optimizer.checkpoint_items(self.layout))
+            items["data"] = self.data.train.state_dict()
+        return items
 
     def save(self, step: int, **hooks) -> Path:
-        return ckpt.save_checkpoint(self.cfg.checkpoint_dir, step, self.state(step), rank=self.info.rank,
-                                    world_size=self.info.world_size, barrier=self.info.barrier,
-                                    keep=self.cfg.checkpoint.keep or None, **hooks)
+        info = self.info
+        meta = {"layout": {"world": info.world_size, "tp": info.tp_size, "dp": info.dp_size},
+                "optimizer": self.optimizer.kind, "model_dtype": self.model_cfg.params_dtype,
+                "samples_per_step": self.per_step, "config": to_dict(self.cfg)}
+        try:
+            return ckpt.save_checkpoint(self.cfg.checkpoint_dir, step, self.state(), extra_meta=meta,
+                                        keep=self.cfg.checkpoint.keep or None, **hooks)
+        except ckpt.NonFiniteState as exc:
+            raise NonFiniteLoss(str(exc), step) from None
 
-    def restore(self, step_dir: Path, *, model_only: bool = False) -> int:
-        state = ckpt.load_checkpoint(step_dir, rank=self.info.rank, map_location=self.info.device)
-        self.model.load_state_dict(state["model"])
+    def resume(self, *, model_only: bool = False, on_skip=None) -> tuple[Path, int] | None:
+        """Load the newest checkpoint of ``checkpoint_dir`` that verifies (damaged ones are
+        reported to ``on_skip``, naming the file): (its directory, its step), or None."""
+        found = ckpt.load_newest(self.cfg.checkpoint_dir, lambda: self.state(model_only=model_only), on_skip)
+        if found is None:
+            return None
+        step_dir, meta, items = found
+        step = int(meta["step"])
         if model_only:
-            return int(state["step"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.data.train.load_state_dict(state["data"])
-        step = int(state["step"])
+            return step_dir, step
+        self.optimizer.loaded(items)
+        self.data.train.load_state_dict(items["data"])
         if self.data.train.position != step * self.per_step:
             raise RuntimeError(
                 f"{step_dir}: data position {self.data.train.position} != step {step} x {self.per_step} samples "
                 "per step; the batch geometry (micro_batch_size, grad_accum_steps, data-parallel size) changed")
-        ckpt.restore_rng_state(state["rng"])
-        return step
+        return step_dir, step
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -275,11 +301,11 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
 
     start = 0
     last_good = None
+    skipped: list[str] = []
     if cfg.checkpoint.resume:
-        found = ckpt.latest_checkpoint(cfg.checkpoint_dir)
+        found = sess.resume(on_skip=skipped.append)
         if found is not None:
-            start = sess.restore(found)
-            last_good = found
+            last_good, start = found
     total = cfg.schedule.train_steps
     log = RunLogger(run_dir, enabled=info.is_main, total_steps=total, start_step=start,
                     every=cfg.logging.every_steps, tensorboard=cfg.logging.tensorboard,
@@ -287,6 +313,8 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
     if not sess.data.evals:
         log.info("[recipes] the corpus has no held-out documents: evaluation is skipped "
                  "(raise data.corpus.valid_fraction)")
+    for line in skipped:
+        log.info(f"[recipes] {line}")
     if start:
         log.info(f"[recipes] resumed from {last_good} at step {start}")
     log.info(f"[recipes] {cfg.name}: {sess.model_cfg.kind} {sess.num_params / 1e6:.2f}M params, "
@@ -348,12 +376,12 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
                 log.record(done, metrics, kind="eval")
             every = cfg.checkpoint.every_steps
             if every and done % every == 0 and done != total:
-                last_good = sess.save(done, **(save_hooks or {}))
+                last_good = _save(sess, done, last_good, save_hooks)
                 result.checkpoint = last_good
             result.final_step = done
         finished = result.final_step >= total
         if finished and cfg.checkpoint.save_final and result.final_step > start:
-            last_good = sess.save(result.final_step, **(save_hooks or {}))
+            last_good = _save(sess, result.final_step, last_good, save_hooks)
             result.checkpoint = last_good
             log.info(f"[recipes] checkpoint saved: {last_good}")
         if finished and cfg.eval.at_end and sess.data.evals:
@@ -376,6 +404,21 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
         stream.close()
         log.close()
     return result
+
+
+def _save(sess: Session, step: int, last_good: Path | None, hooks: dict | None) -> Path:
+    try:
+        return sess.save(step, **(hooks or {}))
+    except NonFiniteLoss as exc:
+        raise NonFiniteLoss(f"{exc}. Last good checkpoint: {last_good or 'none'}", exc.step) from None
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step ``step``'s random streams (dropout): a function of (seed, step)
+    alone, so a resumed run draws what an uninterrupted one draws, whatever ran before."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
 def _fmt(parts: dict) -> str:
@@ -408,11 +451,11 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str
     run_dir = Path(run_dir)
     cfg = load_train_config(run_dir / "config.yaml", overrides)
     sess = Session(cfg, progress=False)
-    found = ckpt.latest_checkpoint(cfg.checkpoint_dir)
+    found = sess.resume(model_only=True, on_skip=lambda line: print(f"[recipes] {line}", file=sys.stderr))
     if found is None:
-        raise FileNotFoundError(f"{cfg.checkpoint_dir}: no complete checkpoint")
-    step = sess.restore(found, model_only=True)
-    return {"step": step, "checkpoint": str(found), **sess.evaluate()}
+        raise FileNotFoundError(f"{cfg.checkpoint_dir}: no checkpoint")
+    step_dir, step = found
+    return {"step": step, "checkpoint": str(step_dir), **sess.evaluate()}
 
 
 # ----------------------------------------------------------------------------- command line

@@ -1,6 +1,9 @@
-"""Atomic checkpoints: a save killed at any point never becomes `latest`."""
+"""Checkpoints: atomic (a save killed at any point never becomes `latest`), checksummed
+(a damaged file is named and its checkpoint skipped), and finite (NaN is never written)."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -13,14 +16,27 @@ class Killed(BaseException):
 
 
 def _state(v: float) -> dict:
-    return {"w": torch.full((3,), v), "step": v}
+    return {"w": torch.full((3,), v), "b": torch.arange(1000, dtype=torch.float32) * v, "step": int(v)}
+
+
+def _template() -> dict:
+    return {"w": torch.zeros(3), "b": torch.zeros(1000), "step": -1}
+
+
+def _data_file(step_dir):
+    return next(p for p in sorted(step_dir.iterdir()) if p.suffix == ".distcp")
 
 
 def test_save_publishes_and_latest_points_to_it(tmp_path):
-    p = ckpt.save_checkpoint(tmp_path, 5, _state(5.0))
+    p = ckpt.save_checkpoint(tmp_path, 5, _state(5.0), extra_meta={"layout": {"tp": 1}})
     assert (tmp_path / "latest").read_text().strip() == "step_00000005"
     assert ckpt.latest_checkpoint(tmp_path) == p
-    assert torch.equal(ckpt.load_checkpoint(p)["w"], torch.full((3,), 5.0))
+    meta, state = ckpt.load_checkpoint(p, _template())
+    assert meta["step"] == 5 and meta["layout"] == {"tp": 1}
+    assert torch.equal(state["w"], torch.full((3,), 5.0)) and state["step"] == 5
+    # every file but meta.json carries its size and sha256
+    assert sorted(meta["files"]) == sorted(f.name for f in p.iterdir() if f.name != "meta.json")
+    assert all(len(v["sha256"]) == 64 and v["bytes"] > 0 for v in meta["files"].values())
 
 
 def test_kill_before_publish_leaves_previous_latest(tmp_path):
@@ -38,21 +54,79 @@ def test_kill_before_publish_leaves_previous_latest(tmp_path):
     assert ckpt.latest_checkpoint(tmp_path) == good
 
 
-def test_incomplete_step_dir_and_dangling_pointer_are_ignored(tmp_path):
+def _truncate(p):
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _empty(p):
+    p.write_bytes(b"")
+
+
+def _flip_a_byte(p):
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated data file": (_data_file, _truncate, r"__0_0\.distcp: \d+ bytes, meta\.json records \d+ \(truncated"),
+    "0-byte data file": (_data_file, _empty, r"__0_0\.distcp: 0 bytes, meta\.json records"),
+    "flipped byte": (_data_file, _flip_a_byte, r"__0_0\.distcp: sha256 differs from meta\.json \(corrupted\)"),
+    "0-byte DCP metadata": (lambda d: d / ".metadata", _empty, r"\.metadata: 0 bytes"),
+    "damaged meta.json": (lambda d: d / "meta.json", _truncate, r"meta\.json: unreadable \(JSONDecodeError"),
+    "no meta.json": (lambda d: d / "meta.json", lambda p: p.unlink(), r"meta\.json: missing"),
+    "missing data file": (_data_file, lambda p: p.unlink(), r"__0_0\.distcp: missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_damaged_checkpoint_is_named_and_skipped(tmp_path, case):
+    pick, damage, reason = DAMAGE[case]
+    good = ckpt.save_checkpoint(tmp_path, 2, _state(2.0))
+    bad = ckpt.save_checkpoint(tmp_path, 4, _state(4.0))
+    damage(pick(bad))
+    assert (tmp_path / "latest").read_text().strip() == bad.name
+    with pytest.raises(ckpt.DamagedCheckpoint, match=reason):
+        ckpt.load_checkpoint(bad, _template())
+    skipped = []
+    step_dir, meta, state = ckpt.load_newest(tmp_path, _template, on_skip=skipped.append)
+    assert step_dir == good and meta["step"] == 2 and torch.equal(state["w"], torch.full((3,), 2.0))
+    assert len(skipped) == 1 and skipped[0].startswith(f"skipped checkpoint {bad}: ")
+    assert re.search(reason, skipped[0]), skipped
+    # `latest` no longer names the damaged checkpoint
+    assert (tmp_path / "latest").read_text().strip() == good.name
+    # a new save of the same step replaces the damaged one; pruning keeps the newest good ones
+    again = ckpt.save_checkpoint(tmp_path, 4, _state(4.0), keep=2)
+    assert ckpt.load_newest(tmp_path, _template)[0] == again
+
+
+def test_no_checkpoint_verifies_is_an_error_naming_each(tmp_path):
+    a = ckpt.save_checkpoint(tmp_path, 1, _state(1.0))
+    b = ckpt.save_checkpoint(tmp_path, 2, _state(2.0))
+    _truncate(_data_file(a))
+    (b / "meta.json").write_text("{}")
+    with pytest.raises(ckpt.DamagedCheckpoint, match=r"no checkpoint verifies \(step_00000002: .*meta\.json: no "
+                                                     r"per-file checksums.*; step_00000001: .*__0_0\.distcp"):
+        ckpt.load_newest(tmp_path, _template)
+    assert ckpt.load_newest(tmp_path / "nothing-here", _template) is None
+
+
+def test_non_finite_state_is_never_written(tmp_path):
     good = ckpt.save_checkpoint(tmp_path, 1, _state(1.0))
-    # a directory that looks like a newer step but never got its meta.json
-    broken = tmp_path / "step_00000009"
-    broken.mkdir()
-    torch.save(_state(9.0), broken / ckpt.rank_file_name(0))
+    bad = _state(2.0)
+    bad["b"][7] = float("nan")
+    with pytest.raises(ckpt.NonFiniteState, match=r"step 2: refusing to save a checkpoint: 1 tensor\(s\) hold NaN/inf \(b\)"):
+        ckpt.save_checkpoint(tmp_path, 2, bad)
+    assert not (tmp_path / "step_00000002").exists() and not list(tmp_path.glob(".tmp-*"))
     assert ckpt.latest_checkpoint(tmp_path) == good
-    # latest naming the broken one (e.g. edited by hand): fall back to the newest complete
-    (tmp_path / "latest").write_text("step_00000009\n")
-    assert ckpt.latest_checkpoint(tmp_path) == good
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        ckpt.load_checkpoint(broken)
 
 
 def test_keep_prunes_old_checkpoints(tmp_path):
     for s in (1, 2, 3, 4):
         ckpt.save_checkpoint(tmp_path, s, _state(float(s)), keep=2)
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000003", "step_00000004"]
+    # saved behind newer steps (a run resumed past damaged ones): those do not count toward `keep`,
+    # so the good step before is kept
+    ckpt.save_checkpoint(tmp_path, 1, _state(1.0))
+    ckpt.save_checkpoint(tmp_path, 2, _state(2.0), keep=2)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == [f"step_0000000{i}" for i in (1, 2, 3, 4)]

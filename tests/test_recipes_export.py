@@ -40,7 +40,7 @@ def ours_from_checkpoint(run_dir: Path, step_dir: Path):
 
     cfg = ModelConfig.from_dict(json.loads((run_dir / "model_config.json").read_text()))
     model = build_model(cfg, init_parallel(tp=1, pp=1, backend="gloo")).eval()
-    model.load_state_dict(ckpt.load_checkpoint(step_dir)["model"])
+    ckpt.load_checkpoint(step_dir, ckpt.TensorLayout().model_items(model))
     return model
 
 
@@ -105,9 +105,9 @@ def test_step_and_dtype_choose_what_is_written(trained, tmp_path):
     assert result.max_abs_diff is not None and result.max_abs_diff < 1e-4  # same rounded weights on both sides
     raw = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert raw["torch_dtype"] == raw["dtype"] == "bfloat16"
-    saved = ckpt.load_checkpoint(trained / "checkpoints" / "step_00000003")["model"]
-    newest = ckpt.load_checkpoint(ckpt.latest_checkpoint(trained / "checkpoints"))["model"]
-    name = "lm.embedding.word_embeddings.weight"
+    saved = ckpt.read_items(trained / "checkpoints" / "step_00000003")[1]
+    newest = ckpt.read_items(ckpt.latest_checkpoint(trained / "checkpoints"))[1]
+    name = "model/lm.embedding.word_embeddings.weight"
     assert not torch.equal(saved[name], newest[name])
     with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as f:
         torch.testing.assert_close(f.get_tensor("model.embed_tokens.weight"), saved[name].to(torch.bfloat16),
@@ -283,10 +283,10 @@ def test_tensor_parallel_2_run_exports_under_torchrun(tiny_corpus, tmp_path):
     assert export.returncode == 0, export.stderr[-3000:]
     assert export.stdout.count("checked: transformers logits match ours") == 1  # rank 0 alone reports
     step_dir = ckpt.latest_checkpoint(run_dir / "checkpoints")
-    shards = [ckpt.load_checkpoint(step_dir, rank=r)["model"]["lm.embedding.word_embeddings.weight"] for r in (0, 1)]
-    assert shards[0].shape[0] * 2 == AutoModelForCausalLM.from_pretrained(out).config.vocab_size
+    full = ckpt.read_items(step_dir)[1]["model/lm.embedding.word_embeddings.weight"]  # both TP shards
+    assert full.shape[0] == AutoModelForCausalLM.from_pretrained(out).config.vocab_size
     with safe_open(str(out / "model.safetensors"), "pt") as f:
-        torch.testing.assert_close(f.get_tensor("model.embed_tokens.weight"), torch.cat(shards), atol=0, rtol=0)
+        torch.testing.assert_close(f.get_tensor("model.embed_tokens.weight"), full, atol=0, rtol=0)
 
 
 def test_a_span_corruption_run_exports_its_sentinels(tiny_corpus, tmp_path):

@@ -79,12 +79,10 @@ def test_resume_reproduces_uninterrupted_run_bitwise(tiny_corpus, tmp_path):
     for step in range(1, 7):
         got = (first.losses if step <= 3 else second.losses)[step]
         assert got == full.losses[step], (step, got, full.losses[step])  # exact, not approximate
-    a = ckpt.load_checkpoint(full.checkpoint)
-    b = ckpt.load_checkpoint(second.checkpoint)
-    assert a["step"] == b["step"] == 6 and a["data"] == b["data"]
-    for k, v in a["model"].items():
-        if isinstance(v, torch.Tensor):
-            assert torch.equal(v, b["model"][k]), k
+    (meta_a, a), (meta_b, b) = ckpt.read_items(full.checkpoint), ckpt.read_items(second.checkpoint)
+    assert meta_a["step"] == meta_b["step"] == 6 and a.keys() == b.keys()
+    for k, v in a.items():
+        assert torch.equal(v, b[k]) if isinstance(v, torch.Tensor) else v == b[k], k
     # re-evaluating the finished run from its directory gives its final held-out metrics
     from recipes.train import evaluate_run
 
@@ -151,7 +149,7 @@ class _NaNGradient(torch.autograd.Function):
 
 
 def _all_finite(step_dir) -> bool:
-    return all(bool(torch.isfinite(v).all()) for v in ckpt.load_checkpoint(step_dir)["model"].values()
+    return all(bool(torch.isfinite(v).all()) for v in ckpt.read_items(step_dir)[1].values()
                if isinstance(v, torch.Tensor) and v.is_floating_point())
 
 

@@ -1,0 +1,197 @@
+"""Resuming is exact: an interrupted and resumed run logs the losses and ends with the
+weights of an uninterrupted one, bit for bit, with dropout on, for a decoder and an
+encoder recipe, with 0 and 2 DataLoader workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_CORPUS, TINY_TOKENIZER
+from recipes import checkpoint as ckpt
+from recipes.train import run
+from recipes.train_config import load_train_config
+from test_recipes_train import CONFIGS, shrink
+
+
+def _cfg(recipe, tiny_corpus, run_dir, *, workers=0, **schedule):
+    cfg = shrink(load_train_config(CONFIGS / recipe), tiny_corpus, run_dir, steps=6, every=1, mb=2, accum=2,
+                 **schedule)
+    R = dataclasses.replace
+    return R(cfg, model=R(cfg.model, hidden_dropout=0.1), data=R(cfg.data, loader_workers=workers),
+             eval=R(cfg.eval, at_end=False, infill_sample=False))
+
+
+def assert_same_checkpoint(a, b):
+    (meta_a, items_a), (meta_b, items_b) = ckpt.read_items(a), ckpt.read_items(b)
+    assert meta_a["step"] == meta_b["step"] and items_a.keys() == items_b.keys()
+    for k, v in items_a.items():
+        assert torch.equal(v, items_b[k]) if isinstance(v, torch.Tensor) else v == items_b[k], k
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["gpt_fim_tiny.yaml", "spanbert_tiny.yaml"])
+def test_resume_with_dropout_is_bitwise_exact(recipe, tiny_corpus, tmp_path):
+    full = run(_cfg(recipe, tiny_corpus, tmp_path / "full"), progress=False)
+    assert sorted(full.losses) == [1, 2, 3, 4, 5, 6]
+    for workers, stop in ((0, 2), (2, 4)):
+        run_dir = tmp_path / f"workers{workers}"
+        first = run(_cfg(recipe, tiny_corpus, run_dir, workers=workers, stop_after_steps=stop), progress=False)
+        second = run(_cfg(recipe, tiny_corpus, run_dir, workers=workers), progress=False)
+        assert second.start_step == stop
+        losses = {**first.losses, **second.losses}
+        assert losses == full.losses, (workers, stop, losses, full.losses)  # exact, not approximate
+        assert_same_checkpoint(second.checkpoint, full.checkpoint)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied", "meta.json"])
+def test_resume_skips_a_damaged_checkpoint_naming_the_file(damage, tiny_corpus, tmp_path, capsys):
+    """The newest checkpoint damaged on disk (its data file cut in half or to 0 bytes, or its
+    meta.json cut): resume names the file, falls back to the previous one, repoints `latest`, and
+    finishes with the weights of an undamaged run."""
+    cfg = shrink(load_train_config(CONFIGS / "gpt_fim_tiny.yaml"), tiny_corpus, tmp_path / "run", steps=4, every=1,
+                 stop_after_steps=3)
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, at_end=False, infill_sample=False))
+    run(cfg, progress=False)
+    newest = tmp_path / "run" / "checkpoints" / "step_00000003"
+    victim = newest / "meta.json" if damage == "meta.json" else next(newest.glob("*.distcp"))
+    victim.write_bytes(b"" if damage == "emptied" else victim.read_bytes()[: victim.stat().st_size // 2])
+    capsys.readouterr()
+    resumed = run(dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, stop_after_steps=0)),
+                  progress=False)
+    out = capsys.readouterr().out
+    assert resumed.start_step == 2 and sorted(resumed.losses) == [3, 4]
+    assert f"skipped checkpoint {newest}: {victim}: " in out, out
+    assert "resumed from" in out and "step_00000002 at step 2" in out
+    reference = run(dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, run_dir=str(tmp_path / "ref")),
+                                        schedule=dataclasses.replace(cfg.schedule, stop_after_steps=0)),
+                    progress=False)
+    assert resumed.losses[4] == reference.losses[4]
+    assert_same_checkpoint(resumed.checkpoint, reference.checkpoint)
+
+
+# ----------------------------------------------------------------------------- other layouts and kills
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(run_dir: Path, cache: str, *extra: str) -> list[str]:
+    out = [str(CONFIGS / "gpt_fim_tiny.yaml"), f"data.cache_dir={cache}", "data.seq_length=64",
+           "schedule.warmup_steps=1", f"logging.run_dir={run_dir}", "logging.every_steps=1",
+           "logging.progress_bar=false", "logging.tensorboard=false", "eval.at_end=false",
+           "eval.infill_sample=false", "parallel.device=cpu", "checkpoint.keep=0"]
+    out += [f"data.corpus.{k}={v}" for k, v in TINY_CORPUS.items()]
+    out += [f"data.tokenizer.{k}={v}" for k, v in TINY_TOKENIZER.items()]
+    return out + list(extra)
+
+
+def _env() -> dict:
+    from recipes.sweep import run_env  # without the rendezvous settings of this (pytest) process
+
+    return {**run_env(), "OMP_NUM_THREADS": "1"}
+
+
+def _train(args: list[str], nproc: int = 1, **kw) -> subprocess.CompletedProcess:
+    launch = [sys.executable, "-m", "recipes.train"]
+    if nproc > 1:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                  "-m", "recipes.train"]
+    done = subprocess.run(launch + args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900, **kw)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _train_records(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "train"]
+
+
+@pytest.mark.slow
+def test_checkpoints_move_between_parallel_layouts(tiny_corpus, tmp_path):
+    """One run resized between allocations: 1 process -> TP 2 -> DP 2 -> 1 process (TP 1->2, TP 2->1,
+    DP 1->2, DP 2->1), each leg resuming the previous leg's sharded checkpoint, logs the losses of an
+    uninterrupted single-process run (same global batch of 4)."""
+    cache = tiny_corpus[2]
+    steps = ["schedule.train_steps=8", "checkpoint.every_steps=2"]
+    _train(_cli(tmp_path / "ref", cache, *steps, "schedule.micro_batch_size=4"))
+    legs = [(1, ["schedule.micro_batch_size=4"]),
+            (2, ["schedule.micro_batch_size=4", "parallel.tensor_parallel=2"]),
+            (2, ["schedule.micro_batch_size=2"]),
+            (1, ["schedule.micro_batch_size=4"])]
+    run_dir = tmp_path / "resized"
+    for i, (nproc, layout) in enumerate(legs):
+        done = _train(_cli(run_dir, cache, *steps, *layout, f"schedule.stop_after_steps={2 * i + 2}"), nproc)
+        if i:
+            assert f"at step {2 * i}" in done.stdout, done.stdout
+    meta = ckpt.read_meta(run_dir / "checkpoints" / "step_00000006")
+    assert meta["layout"] == {"world": 2, "tp": 1, "dp": 2}
+    ref = {r["step"]: r["loss"] for r in _train_records(tmp_path / "ref")}
+    got = {r["step"]: r["loss"] for r in _train_records(run_dir)}
+    assert sorted(got) == sorted(ref) == list(range(1, 9))
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5), (step, got, ref)
+
+
+def _newest_step(ckpt_dir: Path) -> int:
+    found = ckpt.step_dirs(ckpt_dir)
+    return int(found[0].name[5:]) if found else 0
+
+
+def _kill_when(proc: subprocess.Popen, ready, delay: float) -> None:
+    """SIGKILL ``proc`` ``delay`` seconds after ``ready()`` turns true (polled every ms)."""
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (rc {proc.returncode}) before the kill point: "
+                                 f"{proc.stderr.read()[-3000:]}")
+        time.sleep(0.001)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tiny_corpus, tmp_path):
+    """A run with dropout is killed (SIGKILL) five times at points drawn from a seeded generator,
+    during steps and during checkpoint saves, and resumed each time: every metrics line it logged
+    and its final weights equal an uninterrupted run's, bit for bit."""
+    cache, total = tiny_corpus[2], 10
+    extra = [f"schedule.train_steps={total}", "checkpoint.every_steps=1", "schedule.micro_batch_size=4",
+             "model.hidden_dropout=0.1"]
+    _train(_cli(tmp_path / "ref", cache, *extra))
+    run_dir = tmp_path / "killed"
+    cdir = run_dir / "checkpoints"
+    launch = [sys.executable, "-m", "recipes.train", *_cli(run_dir, cache, *extra)]
+    rng = np.random.default_rng(20240611)
+    kinds = list(rng.permutation(["save", "save", "save", "step", "step"]))
+    partial = 0
+    for kind in kinds:
+        base = _newest_step(cdir)
+        target = base + int(rng.integers(1, 3))
+        assert target < total
+        during_save = kind == "save"
+        proc = subprocess.Popen(launch, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        if during_save:  # the save of step `target` has begun: its temporary directory exists
+            _kill_when(proc, lambda: (cdir / f".tmp-step_{target:08d}").exists(), 0.0)
+            partial += (cdir / f".tmp-step_{target:08d}").exists()  # killed before it was published
+        else:  # somewhere in the step after `target` was published
+            _kill_when(proc, lambda: (cdir / f"step_{target:08d}").exists(), float(rng.uniform(0, 0.05)))
+    assert partial >= 1  # at least one kill left a half-written save behind
+    _train(launch[3:])  # the last resume runs to the end
+    assert_same_checkpoint(cdir / f"step_{total:08d}", tmp_path / "ref" / "checkpoints" / f"step_{total:08d}")
+    ref = {r["step"]: r for r in _train_records(tmp_path / "ref")}
+    timing = {"tokens_per_s", "mfu"}
+    logged = _train_records(run_dir)  # a step redone after a kill is logged again
+    assert {r["step"] for r in logged} == set(ref) and len(logged) > total
+    for r in logged:
+        same = {k: v for k, v in r.items() if k not in timing}
+        assert same == {k: v for k, v in ref[r["step"]].items() if k not in timing}, (r, ref[r["step"]])
