@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from data_pipeline.corpus import CorpusError
 from recipes import checkpoint as ckpt
 from recipes.batches import micro_batch_indices, samples_per_step
 from recipes.config import ConfigError, save_config, to_dict
@@ -486,6 +487,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NON_FINITE
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except CorpusError as exc:
+        print(f"corpus error: {exc}", file=sys.stderr)
+        return 2
+    except ckpt.DamagedCheckpoint as exc:  # checkpoints exist and none verifies
+        print(f"checkpoint error: {exc}", file=sys.stderr)
         return 2
     finally:
         shutdown()

@@ -256,3 +256,12 @@ def test_prefetching_stream_reads_the_same_batches(tiny_corpus, tmp_path):
     assert len(stream) == len(direct) == 4
     for a, b in zip(stream, direct):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_empty_corpus_file_fails_naming_the_file_and_reason(tmp_path, capsys):
+    empty = tmp_path / "docs.jsonl"
+    empty.write_text("")
+    code = main([str(CONFIGS / "gpt_fim_tiny.yaml"), f"data.corpus.source={empty}",
+                 f"data.cache_dir={tmp_path / 'cache'}", f"logging.run_dir={tmp_path / 'run'}"])
+    assert code == 2
+    assert f"corpus error: corpus file {empty} is empty: 0 bytes, no records to read" in capsys.readouterr().err
