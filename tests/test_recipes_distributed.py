@@ -49,4 +49,7 @@ def test_torchrun_two_process_data_parallel_matches_one_process(tiny_corpus, tmp
     assert sorted(l1) == sorted(l2) == [1, 2, 3]
     for step in l1:
         assert l2[step] == pytest.approx(l1[step], rel=1e-4), (step, l1, l2)
-    assert (tmp_path / "dp2" / "checkpoints" / "step_00000003" / "rank_00001.pt").is_file()
+    from recipes import checkpoint as ckpt
+
+    meta = ckpt.verify(tmp_path / "dp2" / "checkpoints" / "step_00000003")
+    assert meta["layout"] == {"world": 2, "tp": 1, "dp": 2}

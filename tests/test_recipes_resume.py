@@ -146,16 +146,18 @@ def _newest_step(ckpt_dir: Path) -> int:
     return int(found[0].name[5:]) if found else 0
 
 
-def _kill_when(proc: subprocess.Popen, ready, delay: float) -> None:
-    """SIGKILL ``proc`` ``delay`` seconds after ``ready()`` turns true (polled every ms)."""
-    while not ready():
+def _kill_when(proc: subprocess.Popen, ready, delay: float):
+    """SIGKILL ``proc`` ``delay`` seconds after ``ready()`` returns something true (polled
+    continuously); returns that value."""
+    while not (found := ready()):
         if proc.poll() is not None:
             raise AssertionError(f"the run ended (rc {proc.returncode}) before the kill point: "
                                  f"{proc.stderr.read()[-3000:]}")
-        time.sleep(0.001)
+        time.sleep(0.0002)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    return found
 
 
 @pytest.mark.slow
@@ -163,7 +165,7 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tiny_
     """A run with dropout is killed (SIGKILL) five times at points drawn from a seeded generator,
     during steps and during checkpoint saves, and resumed each time: every metrics line it logged
     and its final weights equal an uninterrupted run's, bit for bit."""
-    cache, total = tiny_corpus[2], 10
+    cache, total = tiny_corpus[2], 12
     extra = [f"schedule.train_steps={total}", "checkpoint.every_steps=1", "schedule.micro_batch_size=4",
              "model.hidden_dropout=0.1"]
     _train(_cli(tmp_path / "ref", cache, *extra))
@@ -177,12 +179,11 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tiny_
         base = _newest_step(cdir)
         target = base + int(rng.integers(1, 3))
         assert target < total
-        during_save = kind == "save"
         proc = subprocess.Popen(launch, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True)
-        if during_save:  # the save of step `target` has begun: its temporary directory exists
-            _kill_when(proc, lambda: (cdir / f".tmp-step_{target:08d}").exists(), 0.0)
-            partial += (cdir / f".tmp-step_{target:08d}").exists()  # killed before it was published
+        if kind == "save":  # the first save seen in progress from `target` on (a busy poller may miss one)
+            tmp = _kill_when(proc, lambda: [p for p in cdir.glob(".tmp-step_*") if int(p.name[10:]) >= target], 0.0)
+            partial += tmp[0].exists()  # killed before it was published
         else:  # somewhere in the step after `target` was published
             _kill_when(proc, lambda: (cdir / f"step_{target:08d}").exists(), float(rng.uniform(0, 0.05)))
     assert partial >= 1  # at least one kill left a half-written save behind
