@@ -28,7 +28,7 @@ def _cfg(recipe, tiny_corpus, run_dir, *, workers=0, **schedule):
                  **schedule)
     R = dataclasses.replace
     return R(cfg, model=R(cfg.model, hidden_dropout=0.1), data=R(cfg.data, loader_workers=workers),
-             eval=R(cfg.eval, at_end=False, infill_sample=False))
+             eval=R(cfg.eval, at_end=False, infill=R(cfg.eval.infill, enabled=False)))
 
 
 def assert_same_checkpoint(a, b):
@@ -60,7 +60,8 @@ def test_resume_skips_a_damaged_checkpoint_naming_the_file(damage, tiny_corpus, 
     finishes with the weights of an undamaged run."""
     cfg = shrink(load_train_config(CONFIGS / "gpt_fim_tiny.yaml"), tiny_corpus, tmp_path / "run", steps=4, every=1,
                  stop_after_steps=3)
-    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, at_end=False, infill_sample=False))
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, at_end=False, infill=dataclasses.replace(
+        cfg.eval.infill, enabled=False)))
     run(cfg, progress=False)
     newest = tmp_path / "run" / "checkpoints" / "step_00000003"
     victim = newest / "meta.json" if damage == "meta.json" else next(newest.glob("*.distcp"))
@@ -88,7 +89,7 @@ def _cli(run_dir: Path, cache: str, *extra: str) -> list[str]:
     out = [str(CONFIGS / "gpt_fim_tiny.yaml"), f"data.cache_dir={cache}", "data.seq_length=64",
            "schedule.warmup_steps=1", f"logging.run_dir={run_dir}", "logging.every_steps=1",
            "logging.progress_bar=false", "logging.tensorboard=false", "eval.at_end=false",
-           "eval.infill_sample=false", "parallel.device=cpu", "checkpoint.keep=0"]
+           "eval.infill.enabled=false", "parallel.device=cpu", "checkpoint.keep=0"]
     out += [f"data.corpus.{k}={v}" for k, v in TINY_CORPUS.items()]
     out += [f"data.tokenizer.{k}={v}" for k, v in TINY_TOKENIZER.items()]
     return out + list(extra)
