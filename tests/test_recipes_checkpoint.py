@@ -130,3 +130,12 @@ def test_keep_prunes_old_checkpoints(tmp_path):
     ckpt.save_checkpoint(tmp_path, 1, _state(1.0))
     ckpt.save_checkpoint(tmp_path, 2, _state(2.0), keep=2)
     assert sorted(p.name for p in tmp_path.glob("step_*")) == [f"step_0000000{i}" for i in (1, 2, 3, 4)]
+
+
+def test_tensors_load_into_another_dtype(tmp_path):
+    """A bf16 run's weights load into the fp32 model an export rebuilds."""
+    w = torch.randn(4, 8).to(torch.bfloat16)
+    step_dir = ckpt.save_checkpoint(tmp_path, 1, {"model/w": w})
+    target = {"model/w": torch.zeros(4, 8, dtype=torch.float32)}
+    ckpt.load_checkpoint(step_dir, target)
+    assert torch.equal(target["model/w"], w.float())

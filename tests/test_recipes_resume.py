@@ -80,6 +80,26 @@ def test_resume_skips_a_damaged_checkpoint_naming_the_file(damage, tiny_corpus, 
     assert_same_checkpoint(resumed.checkpoint, reference.checkpoint)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (megatron's distributed optimizer)")
+def test_distributed_optimizer_state_survives_a_resume(tiny_corpus, tmp_path):
+    """bf16 weights under megatron's distributed optimizer: its per-rank state item round-trips."""
+    def cfg(run_dir, **schedule):
+        c = shrink(load_train_config(CONFIGS / "gpt_fim_tiny.yaml"), tiny_corpus, run_dir, steps=4, every=2,
+                   **schedule)
+        R = dataclasses.replace
+        return R(c, parallel=R(c.parallel, device="cuda", precision="bf16"),
+                 optim=R(c.optim, distributed_optimizer="on"),
+                 eval=R(c.eval, at_end=False, infill=R(c.eval.infill, enabled=False)))
+
+    full = run(cfg(tmp_path / "full"), progress=False)
+    run(cfg(tmp_path / "split", stop_after_steps=2), progress=False)
+    second = run(cfg(tmp_path / "split"), progress=False)
+    assert second.start_step == 2
+    for step in (3, 4):
+        assert second.losses[step] == pytest.approx(full.losses[step], rel=1e-3), (step, second.losses, full.losses)
+
+
 # ----------------------------------------------------------------------------- other layouts and kills
 
 ROOT = Path(__file__).resolve().parents[1]
