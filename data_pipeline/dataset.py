@@ -1,16 +1,22 @@
-"""A torch ``Dataset`` that applies an objective transform to sampler output,
-with a resumable position in the sample stream.
+"""Positions in a sample stream -> transformed micro-batches, for training and evaluation.
 
-Global position ``g`` means ``(epoch, index) = divmod(g, len(sampler))``; the
-transform gets ``rng = np.random.default_rng([seed, epoch, index])``. So
-``dataset[g]`` is the same in any process, read order or DataLoader worker
-count, and a run resumed from ``state_dict()`` sees exactly the samples it
-would have seen.
+Global position ``g`` means ``(epoch, index) = divmod(g, len(sampler))``. A read
+takes a whole micro-batch of positions: the sampler reads the raw batch in one
+go (the fields the transform reads), and the transform runs on it with every row keyed by its own
+``(seed, epoch, index)`` (:class:`objectives.streams.RowStreams`). So a
+position's sample is the same in any batch, process, read order or DataLoader
+worker count, and a run resumed at a position sees exactly the samples it would
+have seen.
+
+The dataset holds no position of its own: the trainer's step decides which
+positions a micro-batch reads (:mod:`recipes.batches`), and a checkpoint records
+the position through :meth:`ObjectiveDataset.position_state`, which
+:meth:`ObjectiveDataset.position_of` checks against this dataset on resume.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator, Sequence
 
 from objectives.extras import require
 
@@ -19,88 +25,105 @@ require("train", "torch", by=__name__)
 import numpy as np
 import torch
 
-from objectives.sample import Transform as BatchTransform
-
-Transform = Callable[[dict, np.random.Generator], dict]
+from objectives.sample import Batch, row
+from objectives.streams import RowStreams
 
 
 class ObjectiveDataset(torch.utils.data.Dataset):
-    def __init__(self, sampler, transform: Transform | None = None, seed: int = 0):
+    """``dataset.read(positions)`` -> the transformed batch (numpy); ``dataset[positions]``
+    the same for a DataLoader (``batch_size=None`` and a sampler of position lists);
+    ``dataset[g]`` one sample (the batch of one)."""
+
+    def __init__(self, sampler, transform=None, seed: int = 0):
         self.sampler = sampler
         self.transform = transform
         self.seed = int(seed)
         self.samples_per_epoch = len(sampler)
-        self.position = 0  # global samples consumed (advanced by the training loop)
 
     def __len__(self) -> int:
-        """Samples per epoch; ``dataset[g]`` accepts any ``g >= 0`` (later epochs)."""
+        """Samples per epoch; any position ``g >= 0`` can be read (later epochs)."""
         return self.samples_per_epoch
 
-    def locate(self, position: int) -> tuple[int, int]:
-        if position < 0:
-            raise IndexError(f"ObjectiveDataset: position must be >= 0, got {position}")
-        return divmod(int(position), self.samples_per_epoch)
+    def locate(self, positions) -> tuple[np.ndarray, np.ndarray]:
+        """``(epoch, index)`` int64 arrays of global positions."""
+        p = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if p.size and p.min() < 0:
+            raise IndexError(f"ObjectiveDataset: positions must be >= 0, got {int(p.min())}")
+        return np.divmod(p, self.samples_per_epoch)
 
-    def __getitem__(self, position: int) -> dict[str, np.ndarray]:
-        epoch, index = self.locate(position)
-        sample = self.sampler.sample(epoch, index)
-        if isinstance(self.transform, BatchTransform):  # the batch contract: a sample and its key
-            sample = self.transform(sample, self.seed, epoch=epoch, index=index)
-        elif self.transform is not None:
-            sample = self.transform(sample, np.random.default_rng([self.seed, epoch, index]))
-        return sample
+    def streams(self, positions) -> RowStreams:
+        """The transform's row streams for these positions: keys ``(seed, epoch, index)``."""
+        epoch, index = self.locate(positions)
+        return RowStreams.for_rows(self.seed, epoch, index)
 
-    # ---- resumable position -----------------------------------------------------------
-    def advance(self, n: int) -> None:
-        """Mark ``n`` more samples as consumed (call once per global batch)."""
-        self.position += int(n)
+    def read(self, positions: Sequence[int] | np.ndarray) -> Batch:
+        """One micro-batch: the raw rows of ``positions`` and the transform on them."""
+        epoch, index = self.locate(positions)
+        if self.transform is None:
+            return self.sampler.read(epoch, index)
+        batch = self.sampler.read(epoch, index, fields=getattr(self.transform, "reads", None))
+        return self.transform.batch(batch, RowStreams.for_rows(self.seed, epoch, index))
 
-    def state_dict(self) -> dict[str, int]:
-        epoch, consumed = self.locate(self.position)
+    def __getitem__(self, positions):
+        if np.ndim(positions) == 0:
+            return row(self.read([int(positions)]), 0)
+        return self.read(positions)
+
+    # ---- the stream position in a checkpoint ---------------------------------------------
+    def position_state(self, position: int) -> dict[str, int]:
+        """What a checkpoint records for stream ``position``: the position and what it means."""
+        epoch, consumed = divmod(int(position), self.samples_per_epoch)
         return {"seed": self.seed, "samples_per_epoch": self.samples_per_epoch, "epoch": epoch,
-                "consumed_samples": consumed, "position": self.position}
+                "consumed_samples": consumed, "position": int(position)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def position_of(self, state: dict[str, Any]) -> int:
+        """The position a checkpoint recorded, checked against this dataset (same data, same seed)."""
         for key in ("epoch", "consumed_samples"):
             if key not in state:
-                raise KeyError(f"ObjectiveDataset.load_state_dict: state lacks {key!r}; it has {sorted(state)}")
+                raise KeyError(f"ObjectiveDataset.position_of: state lacks {key!r}; it has {sorted(state)}")
         if int(state.get("samples_per_epoch", self.samples_per_epoch)) != self.samples_per_epoch:
             raise ValueError(
-                f"ObjectiveDataset.load_state_dict: saved samples_per_epoch={state['samples_per_epoch']} but this "
+                f"ObjectiveDataset: saved samples_per_epoch={state['samples_per_epoch']} but this "
                 f"dataset has {self.samples_per_epoch}; the data or sampler changed")
         if int(state.get("seed", self.seed)) != self.seed:
-            raise ValueError(f"ObjectiveDataset.load_state_dict: saved seed={state['seed']}, this dataset has {self.seed}")
-        self.position = int(state["epoch"]) * self.samples_per_epoch + int(state["consumed_samples"])
+            raise ValueError(f"ObjectiveDataset: saved seed={state['seed']}, this dataset has {self.seed}")
+        return int(state["epoch"]) * self.samples_per_epoch + int(state["consumed_samples"])
 
-    def loader(self, batch_size: int, *, num_workers: int = 0, collate_fn=None, rank: int = 0,
-               world_size: int = 1, num_samples: int | None = None, **kwargs) -> torch.utils.data.DataLoader:
-        """A DataLoader reading from the current position on (infinite unless ``num_samples``).
+    def loader(self, batch_size: int, *, start: int = 0, num_workers: int = 0, rank: int = 0,
+               world_size: int = 1, num_batches: int | None = None, **kwargs) -> torch.utils.data.DataLoader:
+        """A DataLoader of collated micro-batches from stream position ``start`` on (infinite
+        unless ``num_batches``); each worker reads whole micro-batches.
 
-        With data parallelism, rank ``r`` of ``w`` reads positions ``position + r, + r + w, ...``,
-        so one global batch of ``batch_size * w`` samples is consumed per step.
-        """
-        if collate_fn is None:
-            from data_pipeline.collate import collate as collate_fn
-        sampler = StreamPositions(self.position, rank=rank, world_size=world_size, num_samples=num_samples)
-        return torch.utils.data.DataLoader(self, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                           collate_fn=collate_fn, **kwargs)
+        With data parallelism, rank ``r`` of ``w`` reads the ``r``-th ``batch_size`` positions of
+        every ``batch_size * w`` (one global batch per step)."""
+        from data_pipeline.collate import collate
+
+        sampler = StreamBatches(start, batch_size, rank=rank, world_size=world_size, num_batches=num_batches)
+        return torch.utils.data.DataLoader(self, sampler=sampler, batch_size=None, num_workers=num_workers,
+                                           collate_fn=collate, **kwargs)
 
 
-class StreamPositions(torch.utils.data.Sampler):
-    """Global stream positions from ``start``: ``start + rank + k * world_size``."""
+class StreamBatches(torch.utils.data.Sampler):
+    """Position lists of consecutive micro-batches from ``start``; rank ``r`` of ``w`` takes
+    positions ``start + (k * w + r) * batch_size + [0, batch_size)`` for k = 0, 1, ..."""
 
-    def __init__(self, start: int = 0, *, rank: int = 0, world_size: int = 1, num_samples: int | None = None):
+    def __init__(self, start: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                 num_batches: int | None = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        self.start, self.rank, self.world_size, self.num_samples = int(start), rank, world_size, num_samples
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.start, self.batch_size, self.rank, self.world_size = int(start), int(batch_size), rank, world_size
+        self.num_batches = num_batches
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[list[int]]:
         k = 0
-        while self.num_samples is None or k < self.num_samples:
-            yield self.start + self.rank + k * self.world_size
+        while self.num_batches is None or k < self.num_batches:
+            first = self.start + (k * self.world_size + self.rank) * self.batch_size
+            yield list(range(first, first + self.batch_size))
             k += 1
 
     def __len__(self) -> int:
-        if self.num_samples is None:
-            raise TypeError("StreamPositions is infinite; pass num_samples for a length")
-        return self.num_samples
+        if self.num_batches is None:
+            raise TypeError("StreamBatches is infinite; pass num_batches for a length")
+        return self.num_batches

@@ -104,22 +104,32 @@ class PackedDocumentSampler:
         return self._docs[key]
 
     # -- reads ------------------------------------------------------------------------------
-    def sample(self, epoch: int, index: int) -> dict[str, np.ndarray]:
-        if epoch < 0 or not 0 <= index < self._len:
-            raise IndexError(f"PackedDocumentSampler: (epoch={epoch}, index={index}) out of range; "
+    def read(self, epoch, index, fields=None) -> dict[str, np.ndarray]:
+        """Contexts of (epoch[b], index[b]) as ``tokens`` [B, seq_length + 1] (a batch)."""
+        epoch, index = np.asarray(epoch, np.int64).reshape(-1), np.asarray(index, np.int64).reshape(-1)
+        if epoch.shape != index.shape:
+            epoch, index = np.broadcast_arrays(epoch, index)
+        bad = (epoch < 0) | (index < 0) | (index >= self._len)
+        if bad.any():
+            b = int(np.flatnonzero(bad)[0])
+            raise IndexError(f"PackedDocumentSampler: (epoch={int(epoch[b])}, index={int(index[b])}) out of range; "
                              f"{self._len} samples per epoch")
-        order, ends = self._layout(int(epoch))
         L = self.seq_length + 1
-        start = int(index) * self.seq_length
-        out = np.full(L, self.pad, np.int32)
-        k = int(np.searchsorted(ends, start, side="right"))
-        pos = start
-        while pos < start + L and k < len(order):
-            slot_start = int(ends[k - 1]) if k else 0
-            doc = self._document(int(epoch), int(order[k]))
-            piece = np.append(doc, np.int32(self.eot))[pos - slot_start:]
-            take = min(piece.size, start + L - pos)
-            out[pos - start : pos - start + take] = piece[:take]
-            pos += take
-            k += 1
+        out = np.full((epoch.size, L), self.pad, np.int32)
+        for b, (e, i) in enumerate(zip(epoch.tolist(), index.tolist())):
+            order, ends = self._layout(e)
+            start = i * self.seq_length
+            k = int(np.searchsorted(ends, start, side="right"))
+            pos = start
+            while pos < start + L and k < len(order):
+                slot_start = int(ends[k - 1]) if k else 0
+                doc = self._document(e, int(order[k]))
+                piece = np.append(doc, np.int32(self.eot))[pos - slot_start:]
+                take = min(piece.size, start + L - pos)
+                out[b, pos - start : pos - start + take] = piece[:take]
+                pos += take
+                k += 1
         return {"tokens": out}
+
+    def sample(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+        return {"tokens": self.read([epoch], [index])["tokens"][0]}

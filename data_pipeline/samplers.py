@@ -1,12 +1,17 @@
 """Samplers: every sample is a pure function of ``(seed, epoch, index)``.
 
-A sampler has ``len(sampler)`` samples per epoch and ``sampler.sample(epoch,
-index) -> dict[str, np.ndarray]``. Randomness comes from
-``np.random.default_rng([seed, epoch, ...])`` (per-epoch orders) and
-``mix64(seed, epoch, index, ...)`` (per-sample picks) only, so any read order, any
-number of DataLoader workers and any resume point give the same samples.
-The index -> position mappings are numpy (cumsum / searchsorted / repeat), and
-token reads are slices or one fancy-index gather from the memory-mapped data.
+A sampler has ``len(sampler)`` samples per epoch and reads a whole batch at once:
+``sampler.read(epoch, index)`` with int arrays (one row per sample) returns a
+batch in the form :mod:`objectives.sample` describes (per-token fields
+right-padded, ``length`` per row); ``sampler.sample(epoch, index)`` is row 0 of
+the batch of one. ``read(..., fields=...)`` may leave out what no consumer reads
+(``SegmentPairSampler`` then skips the other document's segment). Randomness comes from ``objectives.streams`` only: a
+permutation per epoch from ``generator("sampler.order", seed, epoch)`` and
+per-sample picks from the row streams of purpose ``"sampler.pick"``, so no
+sampler draw can coincide with a transform's, and any read order, batch, number
+of DataLoader workers and resume point give the same samples. The index ->
+position mappings are numpy (cumsum / searchsorted / repeat) over the whole
+batch, and token reads are one fancy-index gather from the memory-mapped data.
 """
 
 from __future__ import annotations
@@ -17,28 +22,12 @@ from typing import Sequence
 import numpy as np
 
 from data_pipeline.indexed import TokenData
-from objectives.sample import SpecialTokens
+from objectives import streams
+from objectives.sample import Batch, SpecialTokens, row
+from objectives.streams import RowStreams
 
-_STREAM_ORDER, _STREAM_PICK = 0, 1
-
-
-_M64 = (1 << 64) - 1
-
-
-def epoch_rng(seed: int, epoch: int, *extra: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(epoch), *map(int, extra)])
-
-
-def mix64(*values: int) -> int:
-    """A 64-bit hash (splitmix64 finaliser chained over the values): a cheap, deterministic
-    per-sample random draw where building a Generator would cost more than the read."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = ((h ^ (int(v) & _M64)) * 0xBF58476D1CE4E5B9) & _M64
-        h ^= h >> 31
-        h = (h * 0x94D049BB133111EB) & _M64
-        h ^= h >> 29
-    return h
+_SITE_OTHER = streams.site("samplers.other_segment")
+_SITE_CUT = streams.site("samplers.source_target_cut")
 
 
 class _EpochCache:
@@ -57,13 +46,60 @@ class _EpochCache:
         return value
 
 
-def _check_index(sampler, epoch: int, index: int) -> None:
-    if epoch < 0 or not 0 <= index < len(sampler):
-        raise IndexError(f"{type(sampler).__name__}: (epoch={epoch}, index={index}) out of range; "
+def _rows(sampler, epoch, index) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch, index) as checked int64 arrays of one shape."""
+    epoch, index = np.asarray(epoch, np.int64).reshape(-1), np.asarray(index, np.int64).reshape(-1)
+    if epoch.shape != index.shape:
+        epoch, index = np.broadcast_arrays(epoch, index)
+    if epoch.size and (epoch.min() < 0 or index.min() < 0 or index.max() >= len(sampler)):
+        bad = int(np.flatnonzero((epoch < 0) | (index < 0) | (index >= len(sampler)))[0])
+        raise IndexError(f"{type(sampler).__name__}: (epoch={int(epoch[bad])}, index={int(index[bad])}) out of range; "
                          f"{len(sampler)} samples per epoch")
+    return epoch, index
 
 
-class PackedContextSampler:
+def _by_epoch(epoch: np.ndarray):
+    """(epoch value, rows of that epoch) for each epoch in a batch (usually one)."""
+    if epoch.size and epoch.min() == epoch.max():
+        yield int(epoch[0]), slice(None)
+        return
+    for e in np.unique(epoch):
+        yield int(e), np.flatnonzero(epoch == e)
+
+
+def _windows(flat: np.ndarray, start: np.ndarray, n: np.ndarray, width: int, dtype) -> np.ndarray:
+    """Rows ``flat[start[b] : start[b] + n[b]]`` as a [B, width] array of ``dtype``, zero-padded.
+
+    The rows are picked from a sliding-window view of ``flat`` (one fancy index on its
+    first axis copies them whole); rows that would run past the end are copied one by one."""
+    B = start.size
+    out = np.zeros((B, width), dtype)
+    if width == 0 or B == 0:
+        return out
+    N = flat.shape[0]
+    fits = start + width <= N
+    if N >= width and fits.any():
+        view = np.lib.stride_tricks.as_strided(flat, shape=(N - width + 1, width), strides=(flat.strides[0],) * 2,
+                                               writeable=False)
+        out[fits] = view[start[fits]]
+    for b in np.flatnonzero(~fits).tolist():
+        out[b, : n[b]] = flat[start[b]: start[b] + n[b]]
+    if n.min() < width:                                   # what follows a short row is not its own
+        np.copyto(out, np.zeros((), dtype), where=np.arange(width)[None, :] >= n[:, None])
+    return out
+
+
+class _Sampler:
+    """The single-sample view every sampler shares: row 0 of the batch of one."""
+
+    def sample(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+        return row(self.read([epoch], [index]), 0)
+
+    def read(self, epoch, index, fields=None) -> Batch:
+        raise NotImplementedError
+
+
+class PackedContextSampler(_Sampler):
     """GPT contexts of ``seq_length + 1`` tokens from documents joined by EOT.
 
     Each epoch shuffles the document order globally; sample ``i`` is stream
@@ -91,39 +127,38 @@ class PackedContextSampler:
 
     def _order(self, epoch: int):
         n = len(self._doc_len)
-        perm = epoch_rng(self.seed, epoch, _STREAM_ORDER).permutation(n) if self.shuffle else np.arange(n)
-        ends = np.cumsum(self._doc_len[perm] + 1)  # stream end (exclusive) of each doc incl. its EOT
-        return perm, ends
+        perm = streams.generator("sampler.order", self.seed, epoch).permutation(n) if self.shuffle else np.arange(n)
+        length = self._doc_len[perm] + 1                 # each document with its EOT
+        ends = np.cumsum(length)                          # stream end (exclusive) of each slot
+        return perm, ends, ends - length, self._doc_off[perm], self._doc_len[perm]
 
-    def sample(self, epoch: int, index: int) -> dict[str, np.ndarray]:
-        _check_index(self, epoch, index)
-        perm, ends = self._epoch(epoch)
-        start = index * self.seq_length
-        stop = start + self.seq_length + 1
-        k0 = int(np.searchsorted(ends, start, side="right"))
-        k1 = int(np.searchsorted(ends, stop - 1, side="right")) + 1
-        docs = perm[k0:k1]
-        seg_end = ends[k0:k1]  # exclusive, includes EOT
-        seg_start = seg_end - (self._doc_len[docs] + 1)
-        lo = np.maximum(seg_start, start)
-        hi = np.minimum(seg_end, stop)
-        if len(docs) == 1:  # fast path: one document (plus maybe its EOT)
-            a = self._doc_off[docs[0]] + (lo[0] - seg_start[0])
-            n_tok = min(hi[0], seg_end[0] - 1) - lo[0]
-            out = np.empty(self.seq_length + 1, dtype=np.int32)
-            out[:n_tok] = self.data.tokens[a : a + n_tok]
-            out[n_tok:] = self.eot
-            return {"tokens": out}
-        counts = hi - lo
-        which = np.repeat(np.arange(len(docs)), counts)
-        pos = np.arange(start, stop) 
-        within = pos - seg_start[which]
-        is_eot = within == self._doc_len[docs][which]
-        src = self._doc_off[docs][which] + within
-        src[is_eot] = 0
-        out = self.data.tokens[src].astype(np.int32)
-        out[is_eot] = self.eot
+    def read(self, epoch, index, fields=None) -> Batch:
+        epoch, index = _rows(self, epoch, index)
+        L = self.seq_length + 1
+        out = np.empty((epoch.size, L), np.int32)
+        for e, rows in _by_epoch(epoch):
+            out[rows] = self._contexts(e, index[rows])
         return {"tokens": out}
+
+    def _contexts(self, epoch: int, index: np.ndarray) -> np.ndarray:
+        perm, ends, starts, offs, lens = self._epoch(epoch)
+        B, L = index.size, self.seq_length + 1
+        start = index * self.seq_length
+        k0 = np.searchsorted(ends, start, side="right")                   # slot holding each first token
+        k1 = np.searchsorted(ends, start + L - 1, side="right")           # ... and each last token
+        n_seg = k1 - k0 + 1
+        seg_row = np.repeat(np.arange(B), n_seg)
+        seg = k0[seg_row] + np.arange(seg_row.size) - np.repeat(np.cumsum(n_seg) - n_seg, n_seg)
+        lo = np.maximum(starts[seg], start[seg_row])
+        hi = np.minimum(ends[seg], start[seg_row] + L)
+        count = hi - lo
+        slot = np.repeat(seg, count)
+        within = np.arange(B * L, dtype=np.int64) - np.repeat(np.cumsum(count) - count, count) \
+            + np.repeat(lo - starts[seg], count)                           # position inside the slot's document
+        is_eot = within == lens[slot]
+        out = self.data.tokens[np.where(is_eot, 0, offs[slot] + within)].astype(np.int32)
+        out[is_eot] = self.eot
+        return out.reshape(B, L)
 
 
 class _SegmentTable:
@@ -155,11 +190,12 @@ class _SegmentTable:
         self.num_sentences = nxt[self.first_sentence] - self.first_sentence
 
 
-class SegmentSampler:
+class SegmentSampler(_Sampler):
     """One segment of up to ``max_tokens`` tokens from one document, starting at a sentence start.
 
     Fields: ``tokens`` int32 [n], ``word_start`` bool [n] (first token always a
-    word start), ``sentence_start`` bool [n]. For SpanBERT / MLM / UniLM.
+    word start), ``sentence_start`` bool [n]. For SpanBERT / MLM / UniLM. A batch
+    is as wide as its longest segment.
     """
 
     min_sentences = 1
@@ -185,28 +221,41 @@ class SegmentSampler:
     def _order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return self.segments
-        return self.segments[epoch_rng(self.seed, epoch, _STREAM_ORDER).permutation(len(self.segments))]
+        return self.segments[streams.generator("sampler.order", self.seed, epoch).permutation(len(self.segments))]
 
-    def _segment(self, seg: int, prefix: str = "") -> dict[str, np.ndarray]:
+    def segment_ids(self, epoch, index) -> np.ndarray:
+        """The segment (row of the segment table) of each (epoch, index)."""
+        epoch, index = _rows(self, epoch, index)
+        seg = np.empty(epoch.size, np.int64)
+        for e, rows in _by_epoch(epoch):
+            seg[rows] = self._epoch(e)[index[rows]]
+        return seg
+
+    def _segments(self, seg: np.ndarray, prefix: str = "", sentences: bool = True) -> Batch:
+        """Tokens / word starts (/ sentence starts) of table segments ``seg``, padded."""
         t, data = self.table, self.data
-        a, b = int(t.start[seg]), int(t.stop[seg])
-        word_start = data.word_start[a:b].copy()
-        word_start[0] = True
-        out = {f"{prefix}tokens": data.tokens[a:b].astype(np.int32), f"{prefix}word_start": word_start}
-        if not prefix:
-            s0 = t.first_sentence[seg]
-            starts = data.sentence_offsets[s0 : s0 + t.num_sentences[seg]] - a
-            sentence_start = np.zeros(b - a, dtype=bool)
-            sentence_start[starts] = True
-            out["sentence_start"] = sentence_start
+        a = t.start[seg]
+        n = t.stop[seg] - a
+        W = int(n.max(initial=0))
+        tokens = _windows(data.tokens, a, n, W, np.int32)
+        word_start = _windows(data.word_start, a, n, W, bool)
+        if W:
+            word_start[:, 0] = n > 0
+        out = {f"{prefix}tokens": tokens, f"{prefix}word_start": word_start}
+        if sentences:
+            k = t.num_sentences[seg]
+            s_row = np.repeat(np.arange(seg.size), k)
+            s_idx = np.repeat(t.first_sentence[seg] - (np.cumsum(k) - k), k) + np.arange(s_row.size)
+            col = data.sentence_offsets[s_idx] - a[s_row]
+            sentence_start = np.zeros((seg.size, W), bool)
+            keep = col < n[s_row]                       # a segment cut at max_tokens ends mid-sentence
+            sentence_start[s_row[keep], col[keep]] = True
+            out[f"{prefix}sentence_start"] = sentence_start
+        out[f"{prefix}length"] = n.astype(np.int64)
         return out
 
-    def segment_id(self, epoch: int, index: int) -> int:
-        _check_index(self, epoch, index)
-        return int(self._epoch(epoch)[index])
-
-    def sample(self, epoch: int, index: int) -> dict[str, np.ndarray]:
-        return self._segment(self.segment_id(epoch, index))
+    def read(self, epoch, index, fields=None) -> Batch:
+        return self._segments(self.segment_ids(epoch, index))
 
 
 class SegmentPairSampler(SegmentSampler):
@@ -223,18 +272,26 @@ class SegmentPairSampler(SegmentSampler):
         if data.num_documents < 2:
             raise ValueError(f"{data.prefix}: a segment pair sampler needs >= 2 documents, got {data.num_documents}")
 
-    def sample(self, epoch: int, index: int) -> dict[str, np.ndarray]:
-        seg = self.segment_id(epoch, index)
-        out = self._segment(seg)
-        doc = self.table.document[seg]
+    def read(self, epoch, index, fields=None) -> Batch:
+        epoch, index = _rows(self, epoch, index)
+        seg = self.segment_ids(epoch, index)
+        out = self._segments(seg)
+        if fields is not None and not any(f.startswith("random_") for f in fields):
+            return out                                  # no consumer reads the other segment
+        doc = self.table.document
         n = len(self.table.start)
+        picks = RowStreams.for_rows(self.seed, epoch, index, purpose="sampler.pick")
+        rows = np.arange(seg.size)
+        other = np.full(seg.size, -1, np.int64)
         for attempt in range(16):
-            other = mix64(self.seed, epoch, index, _STREAM_PICK, attempt) % n
-            if self.table.document[other] != doc:
+            todo = rows[other < 0]
+            if not todo.size:
                 break
-        else:  # a corpus dominated by one document: scan to the next other document
-            other = int(np.flatnonzero(self.table.document != doc)[0])
-        out.update(self._segment(other, prefix="random_"))
+            cand = picks.integers_at(_SITE_OTHER, todo, attempt, 0, n)
+            other[todo[doc[cand] != doc[seg[todo]]]] = cand[doc[cand] != doc[seg[todo]]]
+        for r in rows[other < 0]:                      # a corpus dominated by one document: scan on
+            other[r] = int(np.flatnonzero(doc != doc[seg[r]])[0])
+        out.update(self._segments(other, prefix="random_", sentences=False))
         return out
 
 
@@ -256,19 +313,28 @@ class SourceTargetSampler(SegmentSampler):
         super().__init__(data, self.max_source_tokens + self.max_target_tokens, seed=seed, min_tokens=2,
                          shuffle=shuffle)
 
-    def sample(self, epoch: int, index: int) -> dict[str, np.ndarray]:
-        seg = self.segment_id(epoch, index)
-        s = self._segment(seg)
-        cuts = np.flatnonzero(s["sentence_start"])[1:]
-        cut = int(cuts[mix64(self.seed, epoch, index, _STREAM_PICK) % len(cuts)])
-        a = max(0, cut - self.max_source_tokens)
-        b = min(len(s["tokens"]), cut + self.max_target_tokens)
-        src_ws = s["word_start"][a:cut].copy()
-        src_ws[0] = True
-        tgt_ws = s["word_start"][cut:b].copy()
-        tgt_ws[0] = True
-        return {"source_tokens": s["tokens"][a:cut], "source_word_start": src_ws,
-                "target_tokens": s["tokens"][cut:b], "target_word_start": tgt_ws}
+    def read(self, epoch, index, fields=None) -> Batch:
+        epoch, index = _rows(self, epoch, index)
+        seg = self.segment_ids(epoch, index)
+        t, data = self.table, self.data
+        a0 = t.start[seg]
+        # the cut: the start of one of the segment's sentences 1 .. k-1, uniformly
+        k = t.num_sentences[seg]
+        u = RowStreams.for_rows(self.seed, epoch, index, purpose="sampler.pick").uniform(_SITE_CUT, 1)[:, 0]
+        j = 1 + np.minimum((u * (k - 1)).astype(np.int64), k - 2)
+        cut = data.sentence_offsets[t.first_sentence[seg] + j]
+        src_a = np.maximum(a0, cut - self.max_source_tokens)
+        tgt_b = np.minimum(t.stop[seg], cut + self.max_target_tokens)
+        out: Batch = {}
+        for name, lo, hi in (("source_", src_a, cut), ("target_", cut, tgt_b)):
+            n = hi - lo
+            W = int(n.max(initial=0))
+            tokens = _windows(data.tokens, lo, n, W, np.int32)
+            ws = _windows(data.word_start, lo, n, W, bool)
+            if W:
+                ws[:, 0] = n > 0
+            out.update({f"{name}tokens": tokens, f"{name}word_start": ws, f"{name}length": n.astype(np.int64)})
+        return out
 
 
 def blend_schedule(weights: Sequence[float], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -295,12 +361,13 @@ def blend_schedule(weights: Sequence[float], size: int) -> tuple[np.ndarray, np.
     return ids[order].astype(np.int64), ks[order].astype(np.int64)
 
 
-class BlendedSampler:
+class BlendedSampler(_Sampler):
     """Weighted blend of samplers in exact proportions; ``size`` samples per epoch.
 
     Sub-sampler ``d`` contributes ``c_d`` samples per blended epoch; its ``j``-th
     one in blended epoch ``e`` is its global draw ``e * c_d + j``, wrapping into
-    the sub-sampler's own later epochs as needed.
+    the sub-sampler's own later epochs as needed. The parts must give the same
+    fields (per-token groups are padded to the widest part).
     """
 
     def __init__(self, samplers: Sequence, weights: Sequence[float], size: int | None = None):
@@ -316,10 +383,37 @@ class BlendedSampler:
     def __len__(self) -> int:
         return self.size
 
-    def sample(self, epoch: int, index: int) -> dict[str, np.ndarray]:
-        _check_index(self, epoch, index)
-        d = int(self.dataset_index[index])
-        g = epoch * int(self.counts[d]) + int(self.dataset_sample_index[index])
-        sub = self.samplers[d]
-        sub_epoch, sub_index = divmod(g, len(sub))
-        return sub.sample(sub_epoch, sub_index)
+    def read(self, epoch, index, fields=None) -> Batch:
+        epoch, index = _rows(self, epoch, index)
+        d = self.dataset_index[index]
+        g = epoch * self.counts[d] + self.dataset_sample_index[index]
+        parts = []
+        for k in np.unique(d):
+            rows = np.flatnonzero(d == k)
+            sub = self.samplers[int(k)]
+            parts.append((rows, sub.read(*np.divmod(g[rows], len(sub)), fields=fields)))
+        return _merge_rows(parts, epoch.size)
+
+
+def _merge_rows(parts, B: int) -> Batch:
+    """Batches of some rows each -> one batch of B rows (2-D fields padded with zeros; a
+    token group of parts with different widths and no lengths gets ``length``)."""
+    fields = list(parts[0][1])
+    for _, b in parts[1:]:
+        if set(b) != set(fields):
+            raise KeyError(f"BlendedSampler: parts give different fields: {sorted(fields)} vs {sorted(b)}")
+    out: Batch = {}
+    for f in [f for f in fields if f.endswith("tokens")]:
+        n = f[: -len("tokens")] + "length"
+        if n not in fields and len({b[f].shape[1] for _, b in parts}) > 1:
+            out[n] = np.empty(B, np.int64)
+            for rows, b in parts:
+                out[n][rows] = b[f].shape[1]
+    for f in fields:
+        arrs = [b[f] for _, b in parts]
+        shape = (B,) + tuple(max(a.shape[i] for a in arrs) for i in range(1, arrs[0].ndim))
+        grid = np.zeros(shape, arrs[0].dtype)
+        for (rows, _), a in zip(parts, arrs):
+            grid[(rows,) + tuple(slice(0, n) for n in a.shape[1:])] = a
+        out[f] = grid
+    return out

@@ -1,20 +1,21 @@
 """Combining transforms: run several in sequence, or pick one per sample by weight.
 
-``Compose([a, b])(sample, rng)`` is ``b(a(sample, rng), rng)``: one rng threads
-through, so the result is still a pure function of (sample, seed).
+Both are transforms themselves (``batch(batch, streams)``, a sample is the batch
+of one). ``Compose([a, b])`` runs ``a`` then ``b`` on its output, member ``i``
+drawing from ``streams.child(i)``, so the result is still a pure function of
+(sample, key).
 
-``MixByWeight([(w1, t1), (w2, t2)])`` draws the objective from the sample's own
-rng (one uniform draw, before the chosen transform draws anything), so a mix is
-as deterministic as its members. Batches only collate when every sample has the
-same fields, so a mix fills the fields its chosen member did not write with
+``MixByWeight([(w1, t1), (w2, t2)])`` draws each row's objective from the row's
+own stream (at its own site) and runs every member's ``batch`` on the rows that
+chose it, with those rows' streams, putting the rows back in input order: a
+row's output is what its member gives on that row alone. Batches only collate
+when every row has the same fields, so a mix fills the fields its chosen member
+did not write with
 *neutral* values that no loss reads, given as ``fill={field: (kind, value)}``
 with kind ``"scalar"`` or ``"per_token"`` (int32, length of the sample's
 ``tokens``). :func:`objectives.registry.build_spec` passes the values the
 objectives' Task declarations define (``objectives.task.HEAD_KINDS``); a member
 whose output misses a field with no neutral value raises ``ValueError`` naming it.
-
-``MixByWeight.batch(samples, rng)`` is the vectorised form: it runs each member's
-``batch`` on the samples that chose it and returns the rows in input order.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from objectives.sample import Sample
+from objectives.sample import Batch, Transform
+from objectives.streams import RowStreams, site
+
+_SITE_CHOICE = site("compose.mix_choice")
+
 
 def _fill_entry(field: str, entry) -> tuple[str, int, type]:
     kind, value = entry[0], entry[1]
@@ -32,8 +37,8 @@ def _fill_entry(field: str, entry) -> tuple[str, int, type]:
     return kind, int(value), np.int32
 
 
-class Compose:
-    """Apply transforms in order, threading one rng through all of them."""
+class Compose(Transform):
+    """Apply transforms in order; member ``i`` draws from ``streams.child(i)``."""
 
     def __init__(self, transforms: Sequence):
         if not transforms:
@@ -45,18 +50,18 @@ class Compose:
             writes += [f for f in getattr(t, "writes", ()) if f not in writes]
         self.writes = tuple(writes)
 
-    def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
-        out = sample
-        for t in self.transforms:
-            out = t(out, rng)
+    def apply(self, batch: Batch, streams: RowStreams) -> Batch:
+        out = batch
+        for i, t in enumerate(self.transforms):
+            out = t.batch(out, streams.child(i))
         return dict(out)
 
     def __repr__(self) -> str:
         return f"Compose({self.transforms!r})"
 
 
-class MixByWeight:
-    """Pick one member per sample with probability proportional to its weight.
+class MixByWeight(Transform):
+    """Pick one member per row with probability proportional to its weight.
 
     ``tag_field`` (optional) names an int32 scalar field that records the index
     of the chosen member, e.g. for per-objective loss logging.
@@ -83,50 +88,24 @@ class MixByWeight:
             raise ValueError(f"MixByWeight: no neutral value for field(s) {sorted(set(missing))} that only "
                              f"some members write; pass fill={{field: (kind, value)}}")
 
-    def choose(self, rng: np.random.Generator) -> int:
-        return int(np.searchsorted(self.cumulative, rng.random(), side="right"))
+    def choose(self, streams: RowStreams) -> np.ndarray:
+        """Each row's member index, from its own stream."""
+        u = streams.uniform(_SITE_CHOICE, 1)[:, 0]
+        return np.searchsorted(self.cumulative, u, side="right")
 
-    def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
-        k = self.choose(rng)
-        out = dict(self.transforms[k](sample, rng))
-        n = len(out["tokens"]) if "tokens" in out else 0
-        for field in self.writes:
-            if field in out:
-                continue
-            if field not in self.fill:
-                raise ValueError(f"MixByWeight: member {k} did not write {field!r} and it has no neutral value")
-            kind, value, dtype = self.fill[field]
-            if kind == "scalar":
-                out[field] = np.array(value, dtype=dtype)
-            elif kind == "per_token":
-                out[field] = np.full(n, value, dtype=dtype)
-            else:
-                raise ValueError(f"MixByWeight: fill kind for {field!r} must be 'scalar' or 'per_token', got {kind!r}")
-        if self.tag_field:
-            out[self.tag_field] = np.array(k, dtype=np.int32)
-        return out
-
-    def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> Sample:
-        """Vectorised form: one choice per sample (drawn from ``rng`` for the whole
-        batch), each member's ``batch`` on its share, rows put back in input order."""
-        B = len(samples)
-        choice = np.searchsorted(self.cumulative, rng.random(B), side="right")
-        parts: dict[int, tuple[np.ndarray, Sample]] = {}
+    def apply(self, batch: Batch, streams: RowStreams) -> Batch:
+        choice = self.choose(streams)
+        B = len(choice)
+        parts: dict[int, tuple[np.ndarray, Batch]] = {}
         for k in np.unique(choice):
             rows = np.flatnonzero(choice == k)
-            member = self.transforms[int(k)]
-            sub = [samples[i] for i in rows]
-            if hasattr(member, "batch"):
-                out = member.batch(sub, rng)
-            else:
-                outs = [member(s, rng) for s in sub]
-                out = {f: np.stack([o[f] for o in outs]) for f in outs[0]}
-            parts[int(k)] = (rows, out)
+            sub = {f: v[rows] for f, v in batch.items()}
+            parts[int(k)] = (rows, self.transforms[int(k)].batch(sub, streams.take(rows)))
         fields = list(dict.fromkeys(f for _, out in parts.values() for f in out)) + \
             [f for f in self.writes if all(f not in out for _, out in parts.values())]
         ref = next(iter(parts.values()))[1]
         S = ref["tokens"].shape[1] if "tokens" in ref else 0
-        result: Sample = {}
+        result: Batch = {}
         for f in fields:
             template = next((out[f] for _, out in parts.values() if f in out), None)
             if template is None:

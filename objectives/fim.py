@@ -44,9 +44,12 @@ kept as it is. For tokenizers that never merge across a space (sentencepiece
 with ``split_by_whitespace``, GPT-2 style pre-tokenisers) this yields the same
 ids as encoding each piece from scratch; for any lossless tokenizer
 (``decode(encode(t)) == t`` and decode concatenates piece texts) the pieces
-decode to exactly the original text. Documents holding tokens whose text is
-not a clean string on its own (byte-fallback pieces) are decoded and the three
-pieces re-encoded whole.
+decode to exactly the original text. Tokens whose text is not a clean string
+on its own (byte-fallback pieces of a multi-byte character) are never
+re-encoded: each is a word of its own, a cut never falls inside one character's
+bytes (a continuation byte counts 0 characters, a lead byte 1), and they move
+with their piece unchanged, also where a packed context starts or ends partway
+through a character. FIM never changes a token it does not re-encode.
 
 ``line``: cut points uniform over line starts (0, after each newline, the end),
 so the middle is whole lines. ``token``: cut points uniform over token
@@ -56,6 +59,11 @@ Documents containing reserved ids other than EOT (pads, sentinels, unk,
 ...) are passed through unchanged: their text cannot round-trip. Empty
 documents (EOT EOT) are left alone, as in Megatron (which, unlike here, also
 gives FIM to an empty fragment after the last EOT).
+
+Randomness: document ``d`` of a context (0-based, EOT-delimited) takes the four
+uniforms ``4d .. 4d+3`` of its row's stream: FIM or not, SPM or PSM, two cuts.
+:meth:`FIM.transform_context` and :meth:`FIM.transform_document` take those
+uniforms directly.
 
 Speed: token texts, lengths and word-start flags come from a table built once
 per transform (``decode([id])`` for every id, about a second for a 32k
@@ -71,21 +79,22 @@ the output. With the project tokenizer the fragments go through
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 import numpy as np
 
-from objectives.causal_lm import CausalLMConfig, check_context, pack_fields
-from objectives.sample import CONTRACT_FIELDS, Batch, Sample, SpecialTokens, check_rate, lengths, require_fields
+from objectives.causal_lm import CausalLMConfig, check_contexts, pack_fields
+from objectives.sample import CONTRACT_FIELDS, Batch, SpecialTokens, Transform, check_rate, lengths, require_fields
 from objectives.streams import RowStreams, site
 from objectives.task import Evaluation, Task
 
 SCOPES = ("context", "document")
 SPLIT_LEVELS = ("character", "token", "line")
-# length given to ids without a clean text of their own: any document holding one sums above it
-_IRREGULAR = 1 << 40
+# length given to reserved ids: any document holding one sums above it (and passes through)
+_RESERVED = 1 << 40
 _PROBES = ("a b", " a", "a  b", "a\nb")
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _SITE_DOCUMENT = site("fim.document")
 
 
@@ -139,26 +148,39 @@ class FIMConfig:
 class _PieceTable:
     """Per token id: its text, its length in characters, whether it starts a word.
 
-    Built once from ``decode([id])``; ids whose text is not a clean string on
-    its own (reserved ids, byte-fallback pieces decoding to U+FFFD or nothing)
-    get length ``_IRREGULAR``, so one cumulative sum both measures a document
-    and flags it.
+    Built once from ``decode([id])``. Ids whose text is not a clean string on its
+    own (byte-fallback pieces decoding to U+FFFD or nothing) are *irregular*: a
+    word of their own (so never re-encoded), and one character long, or none for a
+    UTF-8 continuation byte (known from the piece's name ``<0xXX>`` through the
+    tokenizer's ``id_to_piece``), so cuts land between characters. (A tokenizer
+    without ``id_to_piece`` counts every such piece as a character: cuts may then
+    fall between the bytes of one character, the tokens still unchanged.) Reserved ids get length ``_RESERVED``, so one cumulative
+    sum both measures a document and flags one holding them.
     """
 
     def __init__(self, tokenizer, vocab_size: int, first_regular: int):
         texts = [""] * vocab_size
-        length = np.full(vocab_size, _IRREGULAR, dtype=np.int64)
+        length = np.full(vocab_size, _RESERVED, dtype=np.int64)
         word_start = np.zeros(vocab_size, dtype=bool)
+        irregular = np.zeros(vocab_size, dtype=bool)
+        piece = getattr(tokenizer, "id_to_piece", None)
         for v in range(first_regular, vocab_size):
             t = tokenizer.decode([v])
-            if not t or "\ufffd" in t:
+            if t and "\ufffd" not in t:
+                texts[v] = t
+                length[v] = len(t)
+                word_start[v] = t[0] == " "
                 continue
-            texts[v] = t
-            length[v] = len(t)
-            word_start[v] = t[0] == " "
+            m = _BYTE_PIECE.fullmatch(piece(v)) if piece is not None else None
+            n = 0 if m is not None and 0x80 <= int(m.group(1), 16) < 0xC0 else 1
+            texts[v] = "\ufffd" * n                     # stands in for it where text is measured
+            length[v] = n
+            word_start[v] = True
+            irregular[v] = True
         self.texts = texts
         self.length = length
         self.word_start = word_start
+        self.irregular = irregular
 
 
 def check_lossless(tokenizer) -> None:
@@ -198,7 +220,7 @@ def original_order(doc: np.ndarray, special: SpecialTokens) -> np.ndarray:
     return d
 
 
-class FIM:
+class FIM(Transform):
     """Fill-in-the-middle on a packed context (or one document); see the module doc."""
 
     reads = ("tokens",)
@@ -233,25 +255,29 @@ class FIM:
         self._cache_size = config.encode_cache_size
 
     # -- the transform ---------------------------------------------------------------------
-    def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
-        require_fields(sample, self.reads, "FIM")
+    def apply(self, batch: Batch, streams: RowStreams) -> Batch:
         c = self.config
         if c.seq_length is None:
             raise ValueError("FIM: a packed context needs FIMConfig.seq_length; FIM.documents() rewrites "
                              "single documents without one")
-        out = dict(sample)
-        ctx = check_context(sample["tokens"], c.seq_length + 1, self.vocab_size, "FIM")
-        out.update(
-            pack_fields(
-                # document scope: the documents were FIM'd before packing (FIM.documents)
-                self.transform_context(ctx, rng) if c.scope == "context" else ctx,
-                self.special,
-                document_masking=c.document_masking,
-                reset_position_ids=c.reset_position_ids,
-                eod_mask_loss=c.eod_mask_loss,
-            )
-        )
-        return out
+        ctx = check_contexts(batch, c.seq_length + 1, self.vocab_size, "FIM")
+        if c.scope == "document":          # the documents were FIM'd before packing (FIM.documents)
+            return self.pack(ctx)
+        B, L = ctx.shape
+        is_eot = ctx == self.special.eot
+        n_docs = np.count_nonzero(is_eot, axis=1) + 1
+        u = streams.uniform(_SITE_DOCUMENT, 4 * int(n_docs.max()))   # [B, 4 * most documents]
+        out = np.empty((B, L), np.int32)
+        for b in range(B):
+            out[b] = self.transform_context(ctx[b], u[b, : 4 * n_docs[b]].reshape(-1, 4),
+                                            breaks=np.flatnonzero(is_eot[b]))
+        return self.pack(out)
+
+    def pack(self, contexts: np.ndarray) -> Batch:
+        """Contexts [B, S+1] (FIM'd) -> the contract fields [B, S] (as causal LM emits them)."""
+        c = self.config
+        return pack_fields(contexts, self.special, document_masking=c.document_masking,
+                           reset_position_ids=c.reset_position_ids, eod_mask_loss=c.eod_mask_loss)
 
     def documents(self, batch: Batch, streams: RowStreams) -> Batch:
         """Document-level FIM (the batch contract): ``{"tokens": [B, W], "length": [B]}``, one
@@ -284,11 +310,14 @@ class FIM:
             raise ValueError("FIM.documents: expects one document per row without EOT in field 'tokens'")
         return arr.astype(np.int32, copy=False)
 
-    def transform_context(self, ctx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Packed context int[L] -> FIM'd context int[L] (truncated / fim_pad-padded)."""
+    def transform_context(self, ctx: np.ndarray, draws, *, breaks: np.ndarray | None = None) -> np.ndarray:
+        """Packed context int[L] -> FIM'd context int[L] (truncated / fim_pad-padded);
+        ``draws`` [documents, 4]: each document's uniforms (see the module doc)."""
+        ctx = np.asarray(ctx, dtype=np.int32)
         n = ctx.shape[0]
-        breaks = np.flatnonzero(ctx == self.special.eot)
-        draws = rng.random((breaks.shape[0] + 1, 4))
+        if breaks is None:
+            breaks = np.flatnonzero(ctx == self.special.eot)
+        draws = np.asarray(draws, dtype=np.float64).reshape(breaks.shape[0] + 1, 4)
         full = self._transform(ctx, breaks, draws)
         if full.shape[0] >= n:
             return full[:n]
@@ -359,22 +388,20 @@ class FIM:
         flags, so finding a word's ends is one ``rfind``/``find``, not a Python loop."""
         table = self._table
         cum = table.length.take(ctx).cumsum()  # cum[i]: characters up to and including token i
-        ws = table.word_start.take(ctx).tobytes()  # ws[i]: 1 where token i starts a word
+        flags = table.word_start.take(ctx)
+        irregular = table.irregular.take(ctx)
+        if irregular.any():                     # the token after a byte piece starts a word too
+            flags[1:] |= irregular[:-1]
+        ws = flags.tobytes()  # ws[i]: 1 where token i starts a word
         texts = table.texts
         cap = self.config.max_reencode_tokens
         character_level = self.config.split_level == "character"
-        first_regular = self.special.first_regular
         encode = self._encode
         plans = []
         for d0, d1, u in chosen:
             base = cum.item(d0 - 1) if d0 else 0
             total = cum.item(d1 - 1) - base
-            if total >= _IRREGULAR:
-                # byte-fallback pieces (no clean text of their own): decode the whole
-                # document; reserved ids inside: pass through (documented)
-                doc = ctx[d0:d1]
-                if int(doc.min()) >= first_regular:
-                    plans.append((d0, d1, u[1], *self._text_split_whole(doc, u)))
+            if total >= _RESERVED:              # reserved ids inside: pass through (documented)
                 continue
             if character_level:
                 c1, c2 = min(int(u[2] * (total + 1)), total), min(int(u[3] * (total + 1)), total)
@@ -458,11 +485,6 @@ class FIM:
             c2 = cand[min(int(u[3] * len(cand)), len(cand) - 1)]
         return (c1, c2) if c1 <= c2 else (c2, c1)
 
-    def _text_split_whole(self, doc: np.ndarray, u: list):
-        """Decode the whole document, cut its text, encode the three pieces."""
-        text = self.tokenizer.decode(doc.tolist())
-        c1, c2 = self._cut_chars(len(text), u, lambda: text)
-        return [self._encode(text[:c1])], [self._encode(text[c1:c2])], [self._encode(text[c2:])]
 
 
 _EMPTY = np.zeros(0, np.int32)

@@ -3,9 +3,8 @@
 Per sample:
 
 1. words come from ``word_start``; 15% of the words (``mask_rate``, met in
-   expectation: a fractional budget keeps its last n-gram with the matching
-   probability) are chosen as whole-word n-grams of 1/2/3/4 words with
-   probabilities 40/30/20/10% (``objectives.masking.choose_span_set``);
+   expectation, fractional budgets too) are chosen as whole-word n-grams of
+   1/2/3/4 words with probabilities 40/30/20/10% (``objectives.masking.choose_spans``);
 2. every chosen *word* independently is replaced by a similar word (80%), by a
    random word (10%) or kept (10%) (``replace_probs``); no [MASK] is ever used;
 3. a word with no similar word in the table gets a random word instead.
@@ -25,32 +24,39 @@ Input: a segment ``tokens`` [n] + ``word_start`` [n]. Output (length
 ``kv_start``/``kv_end`` = every row sees the non-pad tokens ``[0, n+2)``.
 An empty segment gives ``[CLS] [SEP]`` and no targets.
 
-``MacBERT.batch(samples, rng)`` does a list of samples at once ([B, S] arrays);
-it draws differently from per-sample calls, but is as deterministic.
+``MacBERT.batch(batch, streams)`` builds [B, S] arrays for a batch of segments,
+row b drawing from its own stream; ``MacBERT(...)(sample, seed, epoch=, index=)``
+is the batch of one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from objectives import masking
-from objectives.sample import Sample, SpecialTokens, check_rate, require_fields, check_transform_args
+from objectives.mlm import body_to_output, flag_grid, maskable, segment_grid, set_targets, single_segment_fields
+from objectives.sample import Batch, SpecialTokens, Transform, check_rate, check_transform_args
+from objectives.task import Task
+from objectives.streams import RowStreams, site
 from objectives.similar_words import (
     SimilarWords,
     from_embedding_file,
     from_synonym_file,
 )
-from objectives.task import Task
 
 SIMILAR = 0
 RANDOM_WORD = 1
 KEEP = 2
 
 SIMILAR_FORMATS = ("auto", "table", "synonyms", "embeddings")
+
+_SITE_ACTION = site("macbert.action")
+_SITE_SIMILAR = site("macbert.similar")
+_SITE_RANDOM_WORD = site("macbert.random_word")
+_SITE_RANDOM_ID = site("macbert.random_id")
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,13 @@ def _empty_table() -> SimilarWords:
     return SimilarWords.from_neighbours({})
 
 
-def replace_words(rng: np.random.Generator, tokens: np.ndarray, word_first: np.ndarray, word_len: np.ndarray,
-                  table: SimilarWords, *, replace_probs, low: int, high: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def replace_words(streams: RowStreams, tokens: np.ndarray, word_first: np.ndarray, word_len: np.ndarray,
+                  table: SimilarWords, *, rows: np.ndarray, cols: np.ndarray, replace_probs, low: int,
+                  high: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Corrupt chosen words laid end to end in ``tokens`` (word i is
-    ``tokens[word_first[i]:word_first[i]+word_len[i]]``).
+    ``tokens[word_first[i]:word_first[i]+word_len[i]]``); token j sits at row
+    ``rows[j]``, column ``cols[j]`` of the batch, and draws come from that row's stream
+    at the word's first column (the word's choices) or the token's column (random ids).
 
     Returns ``(new_tokens, action, source)`` with per-word ``action`` in
     SIMILAR / RANDOM_WORD / KEEP and ``source``: 0 kept, 1 similar word from the
@@ -109,40 +118,41 @@ def replace_words(rng: np.random.Generator, tokens: np.ndarray, word_first: np.n
     """
     n_words = len(word_first)
     p = np.asarray(replace_probs, np.float64)
-    u = rng.random((3, n_words))
+    w_row, w_col = rows[word_first], cols[word_first]
+    u0 = streams.uniform_at(_SITE_ACTION, w_row, w_col)
     action = np.full(n_words, KEEP, np.int8)
-    action[u[0] < p[0] + p[1]] = RANDOM_WORD
-    action[u[0] < p[0]] = SIMILAR
-    tok_word = np.repeat(np.arange(n_words), word_len)
-    pos = np.arange(len(tokens)) - word_first[tok_word]
-    sub = np.full(n_words, -1, np.int64)
-    if len(table):
+    action[u0 < p[0] + p[1]] = RANDOM_WORD
+    action[u0 < p[0]] = SIMILAR
+    tok_word = np.arange(n_words).repeat(word_len)
+    if not len(table):                                   # every substituted word: random tokens
+        random_tok = (action != KEEP)[tok_word]
+        source = np.where(action == KEEP, 0, 3).astype(np.int8)
+        new = tokens.copy()
+    else:
+        pos = np.arange(len(tokens)) - word_first[tok_word]
+        sub = np.full(n_words, -1, np.int64)
         want_sim = action == SIMILAR
         if want_sim.any():
             idx = table.lookup(tokens, word_first, word_len, tok_word=tok_word, pos=pos)
-            sub = np.where(want_sim, table.pick_similar(idx, u[1]), -1)
+            sub = np.where(want_sim, table.pick_similar(idx, streams.uniform_at(_SITE_SIMILAR, w_row, w_col)), -1)
         need_random = (action == RANDOM_WORD) | (want_sim & (sub < 0))
         if need_random.any():
-            sub = np.where(need_random, table.pick_random(word_len, u[2]), sub)
-    else:
-        need_random = action != KEEP
-    source = np.where(action == KEEP, 0, np.where(sub >= 0, np.where(need_random, 2, 1), 3)).astype(np.int8)
-
-    tok_sub = sub[tok_word]
-    if len(table):
+            u2 = streams.uniform_at(_SITE_RANDOM_WORD, w_row, w_col)
+            sub = np.where(need_random, table.pick_random(word_len, u2), sub)
+        source = np.where(action == KEEP, 0, np.where(sub >= 0, np.where(need_random, 2, 1), 3)).astype(np.int8)
+        tok_sub = sub[tok_word]
         new = np.where(tok_sub >= 0, table.first_tokens[np.maximum(tok_sub, 0)], tokens)
-        later = np.flatnonzero((pos > 0) & (tok_sub >= 0))        # 2nd.. tokens of multi-token substitutes
+        later = ((pos > 0) & (tok_sub >= 0)).nonzero()[0]   # 2nd.. tokens of multi-token substitutes
         if later.size:
             new[later] = table.words.reshape(-1)[tok_sub[later] * table.words.shape[1] + pos[later]]
-    else:
-        new = tokens.copy()
-    rnd = np.flatnonzero(source[tok_word] == 3)
+        random_tok = (source == 3)[tok_word]
+    rnd = random_tok.nonzero()[0]
     if rnd.size:
-        new[rnd] = rng.integers(low, high, size=rnd.size)
+        new[rnd] = streams.integers_at(_SITE_RANDOM_ID, rows[rnd], cols[rnd], low, high)
     return new, action, source
 
 
-class MacBERT:
+class MacBERT(Transform):
     """Whole-word n-gram masking with similar-word substitution (no [MASK])."""
 
     reads = ("tokens", "word_start")
@@ -161,220 +171,51 @@ class MacBERT:
         self.ngram_probs = masking.ngram_length_probs(config.ngram_probs)
         self.replace_probs = masking.check_action_probs(config.replace_probs, "replace_probs")
         self._law = masking.SpanLaw(self.ngram_probs)
-        self._positions = np.arange(int(config.seq_length), dtype=np.int32)
 
-    # ------------------------------------------------------------------ core
-    def substitute(self, rng: np.random.Generator, ctok: np.ndarray, cws: np.ndarray):
-        """Corrupt chosen tokens ``ctok`` (chosen words laid end to end; ``cws`` True at
-        each word's first token). Returns ``(new_tokens, action, source, word_len)``."""
-        word_first = np.flatnonzero(cws)
-        word_len = np.diff(np.append(word_first, len(ctok)))
-        new, action, source = replace_words(rng, ctok.astype(np.int64), word_first, word_len, self.similar,
-                                            replace_probs=self.replace_probs,
-                                            low=self.special.first_regular, high=self.vocab_size)
-        return new, action, source, word_len
+    # ------------------------------------------------------------------ parts (SOP/NSP reuse them)
+    def choose(self, streams: RowStreams, word_start: np.ndarray, *, lengths=None, eligible=None) -> masking.SpanSet:
+        """Whole-word n-grams over a [B, W] grid, ``mask_rate`` of each row's words (as
+        :func:`objectives.masking.effective_word_starts` counts them)."""
+        return masking.choose_spans(streams, word_start, length_probs=self._law, word_share=self.config.mask_rate,
+                                    lengths=lengths, eligible=eligible)
 
-    def choose(self, rng: np.random.Generator, word_start: np.ndarray, *, lengths=None, eligible=None):
-        """Whole-word n-grams over a [B, L] grid (``word_start`` True at row starts and
-        eligible-run starts); returns the :class:`objectives.masking.SpanSet`."""
-        if eligible is not None:
-            n_words = np.count_nonzero(word_start & eligible, axis=1)
-        else:
-            n_words = np.count_nonzero(word_start, axis=1)   # grids are False past each length
-        return masking.choose_span_set(rng, word_start, length_probs=self.ngram_probs,
-                                       budget_words=self.config.mask_rate * n_words,
-                                       lengths=lengths, eligible=eligible)
+    def substitute(self, streams: RowStreams, tokens: np.ndarray, pos: np.ndarray,
+                   word_first: np.ndarray) -> np.ndarray:
+        """In place on ``tokens`` [B, S]: corrupt the chosen words at the flat positions ``pos``
+        (ascending; ``word_first`` True where a chosen word begins). Draws are keyed by each
+        word's (row, column) in ``tokens``. Returns each chosen word's action."""
+        flat = tokens.reshape(-1)
+        first = word_first.nonzero()[0]
+        word_len = np.diff(first, append=pos.size)
+        rows, cols = np.divmod(pos, tokens.shape[1])
+        new, action, _ = replace_words(streams, flat[pos].astype(np.int64), first, word_len, self.similar,
+                                       rows=rows, cols=cols, replace_probs=self.replace_probs,
+                                       low=self.special.first_regular, high=self.vocab_size)
+        flat[pos] = new
+        return action
 
-    def corrupt_grid(self, rng: np.random.Generator, tokens: np.ndarray, word_start: np.ndarray, *,
-                     lengths=None, eligible=None) -> tuple[np.ndarray, np.ndarray, dict]:
-        """MacBERT on a [B, L] grid: the first ``lengths[b]`` tokens of each row, or the
-        ``eligible`` ones (a word also starts where an eligible run begins). Returns
-        ``(new_tokens, pos, info)``: ``pos`` = flat positions of the targets."""
-        ws = _eligible_word_starts(word_start, eligible)
-        if eligible is None and lengths is not None:
-            ws &= np.arange(ws.shape[1])[None, :] < np.asarray(lengths)[:, None]
-        spans = self.choose(rng, ws, lengths=lengths, eligible=eligible)
-        pos, _ = spans.positions()
-        new = tokens.copy()
-        flat = new.reshape(-1)
-        new_c, action, source, word_len = self.substitute(rng, flat[pos], ws.reshape(-1)[pos])
-        flat[pos] = new_c
-        return new, pos, {"spans": spans, "word_start": ws, "action": action, "source": source,
-                          "word_len": word_len}
-
-    # ------------------------------------------------------------------ API
-    def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> Sample:
-        """[B, S] fields for a list of segments, vectorised over the batch."""
+    def apply(self, batch: Batch, streams: RowStreams) -> Batch:
         S = int(self.config.seq_length)
-        L = S - 2
         sp = self.special
-        body, ws, n = _stack_segments(samples, L, "MacBERT", pad=sp.pad)
-        B = len(samples)
+        body, n = segment_grid(batch, S - 2, self.vocab_size, "MacBERT")
+        ws = flag_grid(batch, "word_start", body, "MacBERT")
+        out = single_segment_fields(body, n, S, sp)
+        B, W = body.shape
+        if W == 0:
+            return out
         # reserved ids already in the input (other than unk) are copied, never targets
-        eligible = None
-        low = body < sp.first_regular
-        if low.any():
-            reserved = low & (body != sp.unk) & (np.arange(L)[None, :] < n[:, None])
-            if reserved.any():
-                eligible = (np.arange(L)[None, :] < n[:, None]) & ~reserved
-                ws = _eligible_word_starts(ws, eligible)
-        spans = self.choose(rng, ws, lengths=None if eligible is not None else n, eligible=eligible)
+        eligible = maskable(body, n, sp)
+        lengths = n if eligible is None else None
+        ws = masking.effective_word_starts(ws, lengths=lengths, eligible=eligible)
+        spans = self.choose(streams, ws, lengths=lengths, eligible=eligible)
         pos, _ = spans.positions()
-        flat_body = body.reshape(-1)
-        orig = flat_body[pos]
-        new_c, _, _, _ = self.substitute(rng, orig, ws.reshape(-1)[pos])
-        opos = pos + (pos // max(L, 1)) * 2 + 1                 # body grid -> output grid
-        tokens = np.empty((B, S), np.int32)
-        tokens[:, 1:S - 1] = body
-        tokens[:, 0] = sp.cls
-        tokens[:, S - 1] = sp.pad
-        tokens[np.arange(B), n + 1] = sp.sep
-        tokens.reshape(-1)[opos] = new_c
-        labels = np.full((B, S), sp.pad, np.int32)
-        labels.reshape(-1)[opos] = orig
-        loss_mask = np.zeros((B, S), np.float32)
-        loss_mask.reshape(-1)[opos] = 1.0
-        kv_end = np.empty((B, S), np.int32)
-        kv_end[:] = (n + 2)[:, None]
-        position_ids = np.empty((B, S), np.int32)
-        position_ids[:] = np.arange(S, dtype=np.int32)
-        return {
-            "tokens": tokens,
-            "labels": labels,
-            "loss_mask": loss_mask,
-            "position_ids": position_ids,
-            "segment_ids": np.zeros((B, S), np.int32),
-            "kv_start": np.zeros((B, S), np.int32),
-            "kv_end": kv_end,
-        }
-
-    def choose_row(self, rng: np.random.Generator, body: np.ndarray, word_start: np.ndarray, width: int):
-        """One segment's chosen n-grams, as the batch of one chooses them on a grid of
-        ``width`` columns: ``(start, end, word_start)`` (the word starts the chooser saw)."""
-        sp = self.special
-        n = body.size
-        ws = word_start.copy()
-        if n:
-            ws[0] = True
-        reserved = body < sp.first_regular
-        eligible = None
-        if reserved.any():
-            reserved &= body != sp.unk
-            if reserved.any():
-                eligible = ~reserved
-                ws &= eligible
-                ws[1:] |= eligible[1:] & ~eligible[:-1]
-                ws[0] = eligible[0]
-        if n == 0:
-            return masking._NO_SPANS, masking._NO_SPANS, ws
-        token_mode = eligible is None and (width <= 1 or (n == width and bool(ws[1:].all())))
-        n_words = int(np.count_nonzero(ws))                  # ws is False where not eligible
-        lo, hi = masking.row_spans(rng, ws, self.config.mask_rate * n_words, self._law, by_tokens=False,
-                                   eligible=eligible, row_len=n if eligible is None else None,
-                                   token_mode=token_mode)
-        return lo, hi, ws
-
-    def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
-        """One sample: the batch of one (same draws, same output), on a 1-D fast path."""
-        if not masking.ONE_ROW_FAST_PATH:
-            out = self.batch([sample], rng)
-            return {k: np.asarray(v[0]) for k, v in out.items()}
-        S = int(self.config.seq_length)
-        sp = self.special
-        body, ws = _segment_row(sample, S - 2, "MacBERT")
-        lo, hi, ws = self.choose_row(rng, body, ws, S - 2)
-        pos, _ = masking.row_positions(lo, hi)
-        orig = body[pos]
-        new_c = self.substitute(rng, orig, ws[pos])[0]
-        n = body.size
-        opos = pos + 1
-        tokens = np.full(S, sp.pad, np.int32)
-        tokens[0] = sp.cls
-        tokens[1:n + 1] = body
-        tokens[n + 1] = sp.sep
-        tokens[opos] = new_c
-        labels = np.full(S, sp.pad, np.int32)
-        labels[opos] = orig
-        loss_mask = np.zeros(S, np.float32)
-        loss_mask[opos] = 1.0
-        return {
-            "tokens": tokens,
-            "labels": labels,
-            "loss_mask": loss_mask,
-            "position_ids": self._positions.copy(),
-            "segment_ids": np.zeros(S, np.int32),
-            "kv_start": np.zeros(S, np.int32),
-            "kv_end": np.full(S, n + 2, np.int32),
-        }
+        opos = body_to_output(pos, W, S)
+        set_targets(out, opos)
+        self.substitute(streams, out["tokens"], opos, ws.reshape(-1)[pos])
+        return out
 
     def __repr__(self) -> str:
         return f"MacBERT({self.config!r}, similar_words={len(self.similar)})"
-
-
-def _eligible_word_starts(word_start: np.ndarray, eligible: np.ndarray | None) -> np.ndarray:
-    """Word starts as the span chooser sees them: row starts, and with ``eligible``
-    only eligible tokens, plus the first token of every eligible run."""
-    ws = word_start.copy()
-    ws[:, 0] = True
-    if eligible is not None:
-        ws &= eligible
-        ws[:, 1:] |= eligible[:, 1:] & ~eligible[:, :-1]
-        ws[:, 0] = eligible[:, 0]
-    return ws
-
-
-def _segment_row(sample: Mapping[str, np.ndarray], width: int, who: str,
-                 extra: tuple[str, ...] = ()) -> tuple[np.ndarray, ...]:
-    """One segment as :func:`_stack_segments` checks and cuts it, without padding:
-    ``(tokens int32 [n], word_start bool [n], *extras bool [n])``, n <= ``width``
-    (``word_start`` as given: column 0 is not forced)."""
-    fields = ("tokens", "word_start") + tuple(extra)
-    require_fields(sample, fields, who)
-    cols = [np.asarray(sample[f]) for f in fields]
-    if cols[0].ndim != 1:
-        raise ValueError(f"{who}: tokens must be 1-D")
-    n_all = cols[0].shape[0]
-    for f, a in zip(fields[1:], cols[1:]):
-        if a.ndim != 1 or a.shape[0] != n_all:
-            raise ValueError(f"{who}: {f} must be 1-D with the length of tokens ({n_all}), got shape {a.shape}")
-    return (cols[0][:width].astype(np.int32), *(a[:width].astype(bool) for a in cols[1:]))
-
-
-def _stack_segments(samples: Sequence[Mapping[str, np.ndarray]], width: int, who: str,
-                    extra: tuple[str, ...] = (), pad: int = 0) -> tuple:
-    """Pad segments' ``tokens``/``word_start`` (and ``extra`` bool fields) into
-    [B, width] grids (truncating; flags False past each length, ``word_start``
-    True at column 0); returns ``(tokens, word_start, n, *extras)``."""
-    B = len(samples)
-    fields = ("tokens", "word_start") + tuple(extra)
-    for s in samples:
-        require_fields(s, fields, who)
-    cols = [[np.asarray(s[f]) for s in samples] for f in fields]
-    lens = np.fromiter((t.shape[0] if t.ndim == 1 else -1 for t in cols[0]), np.int64, B)
-    if np.any(lens < 0):
-        raise ValueError(f"{who}: tokens must be 1-D")
-    for f, col in zip(fields[1:], cols[1:]):
-        other = np.fromiter((a.shape[0] if a.ndim == 1 else -1 for a in col), np.int64, B)
-        if not np.array_equal(other, lens):
-            i = int(np.flatnonzero(other != lens)[0])
-            raise ValueError(f"{who}: {f} must be 1-D with the length of tokens ({lens[i]}), "
-                             f"got shape {col[i].shape}")
-    n = np.minimum(lens, width)
-    if np.any(lens > width):
-        cols = [[a[:width] for a in col] for col in cols]
-    grids = [np.full((B, width), pad, np.int32)] + [np.zeros((B, width), bool) for _ in fields[1:]]
-    total = int(n.sum())
-    if B == 1:                                  # one sample: plain copies
-        for g, col in zip(grids, cols):
-            g[0, :total] = col[0][:total]
-    elif total:
-        offs = np.cumsum(n) - n
-        where = np.arange(total, dtype=np.int64) + np.repeat(np.arange(B, dtype=np.int64) * width - offs, n)
-        for g, col in zip(grids, cols):
-            g.reshape(-1)[where] = np.concatenate(col)
-    if width:
-        grids[1][:, 0] = True
-    return (grids[0], grids[1], n, *grids[2:])
 
 
 TASKS = (

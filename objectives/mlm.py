@@ -7,8 +7,7 @@ elsewhere) with ``loss_mask`` 1.0 there; ``position_ids`` 0..; ``segment_ids`` 0
 every row (pads too) sees the non-pad tokens ``[0, n + 2)``.
 
 Choice (:mod:`objectives.masking`): ``mask_rate`` of the segment's tokens are
-targets, met in expectation (a fractional count keeps its last item with the
-matching probability). Token-level: single tokens (or token n-grams with
+targets, met in expectation (fractional budgets too). Token-level: single tokens (or token n-grams with
 ``ngram_probs``). Whole-word: whole words, or n-grams of words with
 ``ngram_probs`` (P of 1, 2, ... words), the budget still counted in tokens.
 Each target becomes [MASK] / a random regular id in ``[first_regular,
@@ -19,22 +18,21 @@ Pass-through on purpose: reserved ids (< first_regular) already in the input,
 except ``unk``, are never targets and are copied unchanged, so a document of
 only special tokens gets no targets; an empty segment gives ``[CLS] [SEP]``.
 
-``MLM.batch(samples, rng)`` builds [B, S] arrays for a list of samples at once
-and ``MLM.batch_arrays(tokens, word_start, lengths, rng)`` for an already
-padded grid: vectorised, deterministic, drawing differently from per-sample
-calls. ``MLM(...)(sample, rng)`` is the batch of one.
+``MLM.batch(batch, streams)`` builds [B, S] arrays for a batch of segments
+(``tokens`` [B, W], ``length`` [B], ``word_start`` [B, W]), row b drawing from
+its own stream; ``MLM(...)(sample, seed, epoch=, index=)`` is the batch of one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from objectives import masking
-from objectives.sample import Sample, SpecialTokens, check_rate, require_fields, check_transform_args
+from objectives.sample import Batch, Sample, SpecialTokens, Transform, check_rate, check_transform_args, lengths
 from objectives.task import Task
+from objectives.streams import RowStreams
 
 
 @dataclass(frozen=True)
@@ -66,45 +64,31 @@ def _check_probs(name: str, probs) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
-def stack_segments(samples: Sequence[Mapping[str, np.ndarray]], width: int, who: str, *,
-                   fields: tuple[str, ...] = (), pad: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Pad segments into a grid: ``(tokens int32 [B, width], n int64 [B], extras)``;
-    segments are cut to ``width``; ``extras[f]`` is a bool [B, width] grid of each
-    per-token flag field in ``fields`` (word_start, sentence_start)."""
-    B = len(samples)
-    tokens = np.full((B, width), pad, np.int32)
-    extras = {f: np.zeros((B, width), bool) for f in fields}
-    n = np.zeros(B, np.int64)
-    for i, s in enumerate(samples):
-        require_fields(s, ("tokens",) + fields, who)
-        t = np.asarray(s["tokens"])
-        if t.ndim != 1 or not (t.size == 0 or np.issubdtype(t.dtype, np.integer)):
-            raise ValueError(f"{who}: tokens must be a 1-D integer array, got dtype {t.dtype} shape {t.shape}")
-        k = min(t.size, width)
-        tokens[i, :k] = t[:k]
-        n[i] = k
-        for f in fields:
-            v = np.asarray(s[f])
-            if v.shape != t.shape:
-                raise ValueError(f"{who}: {f} must have the shape of tokens {t.shape}, got {v.shape}")
-            extras[f][i, :k] = v[:k]
-    return tokens, n, extras
-
-
-def check_grid(tokens: np.ndarray, n: np.ndarray, width: int, vocab_size: int, who: str) -> tuple[np.ndarray, np.ndarray]:
-    """Validate a padded grid and its lengths; returns (tokens int64-safe, n cut to width)."""
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 2:
-        raise ValueError(f"{who}: tokens must be [B, L], got shape {tokens.shape}")
-    n = np.minimum(np.asarray(n, np.int64).reshape(-1), width)
-    if n.shape != (tokens.shape[0],) or np.any(n < 0) or np.any(n > tokens.shape[1]):
-        raise ValueError(f"{who}: lengths must be one int in [0, {tokens.shape[1]}] per row, got {n!r}")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):   # pads included: look closer
-        real = np.arange(tokens.shape[1])[None, :] < n[:, None]
-        lo, hi = int(np.where(real, tokens, 0).min()), int(np.where(real, tokens, 0).max())
+def segment_grid(batch: Batch, width: int, vocab_size: int, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's segments cut to ``width`` columns: ``(tokens int [B, <= width], n int64 [B])``,
+    checked (2-D integer ids in ``[0, vocab_size)``)."""
+    tokens = np.asarray(batch["tokens"])
+    if tokens.ndim != 2 or not (tokens.size == 0 or np.issubdtype(tokens.dtype, np.integer)):
+        raise ValueError(f"{who}: tokens must be a [B, W] integer grid, got dtype {tokens.dtype} shape {tokens.shape}")
+    n = np.minimum(lengths(batch), width)
+    body = tokens[:, :width]
+    if body.size and (int(body.min()) < 0 or int(body.max()) >= vocab_size):
+        real = np.arange(body.shape[1])[None, :] < n[:, None]
+        lo, hi = int(np.where(real, body, 0).min()), int(np.where(real, body, 0).max())
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"{who}: tokens must lie in [0, vocab_size={vocab_size}), got ids in [{lo}, {hi}]")
-    return tokens, n
+    return body, n
+
+
+def flag_grid(batch: Batch, field: str, body: np.ndarray, who: str) -> np.ndarray:
+    """A per-token flag field (``word_start``...) cut to the body's columns, as bool."""
+    if field not in batch:
+        raise KeyError(f"{who}: batch lacks field {field!r}; it has {sorted(batch)}")
+    v = np.asarray(batch[field])
+    if v.ndim != 2 or v.shape[0] != body.shape[0] or v.shape[1] < body.shape[1]:
+        raise ValueError(f"{who}: {field} must be [B, W] like tokens {np.shape(batch['tokens'])}, got {v.shape}")
+    v = v[:, : body.shape[1]]
+    return v if v.dtype == bool else v.astype(bool)
 
 
 def maskable(tokens: np.ndarray, n: np.ndarray, special: SpecialTokens) -> np.ndarray | None:
@@ -121,31 +105,38 @@ def maskable(tokens: np.ndarray, n: np.ndarray, special: SpecialTokens) -> np.nd
     return real & ~reserved
 
 
-def single_segment_fields(body: np.ndarray, n: np.ndarray, seq_length: int, special: SpecialTokens) -> Sample:
+def single_segment_fields(body: np.ndarray, n: np.ndarray, seq_length: int, special: SpecialTokens) -> Batch:
     """``[CLS] body [SEP] PAD`` grids and their fixed fields (no targets yet)."""
     B, L = body.shape
     S = int(seq_length)
-    tokens = np.full((B, S), special.pad, np.int32)
-    cols = np.arange(L)
+    tokens = np.empty((B, S), np.int32)
     tokens[:, 1:1 + L] = body
-    short = np.flatnonzero(n < L)
-    if short.size:
-        tokens[short, 1:1 + L] = np.where(cols[None, :] < n[short, None], body[short], special.pad)
+    tokens[:, 1 + L:] = special.pad
+    if n.min(initial=L) < L:                              # pads after short rows (cols >= n + 1)
+        np.copyto(tokens, special.pad, where=np.arange(S)[None, :] > n[:, None])
     tokens[:, 0] = special.cls
     tokens[np.arange(B), n + 1] = special.sep
     return {
         "tokens": tokens,
         "labels": np.full((B, S), special.pad, np.int32),
         "loss_mask": np.zeros((B, S), np.float32),
-        "position_ids": np.tile(np.arange(S, dtype=np.int32), (B, 1)),
+        "position_ids": rows_of(np.arange(S, dtype=np.int32), B),
         "segment_ids": np.zeros((B, S), np.int32),
         "kv_start": np.zeros((B, S), np.int32),
-        "kv_end": _rows_const((n + 2).astype(np.int32), S),
+        "kv_end": columns_of((n + 2).astype(np.int32), S),
     }
 
 
-def _rows_const(values: np.ndarray, width: int) -> np.ndarray:
-    out = np.empty((len(values), width), values.dtype)
+def rows_of(values: np.ndarray, rows: int) -> np.ndarray:
+    """A [rows, len(values)] array whose every row is ``values``."""
+    out = np.empty((rows, values.size), values.dtype)
+    out[:] = values
+    return out
+
+
+def columns_of(values: np.ndarray, width: int) -> np.ndarray:
+    """A [len(values), width] array whose row b is ``values[b]`` throughout."""
+    out = np.empty((values.size, width), values.dtype)
     out[:] = values[:, None]
     return out
 
@@ -162,93 +153,12 @@ def set_targets(out: Sample, pos: np.ndarray) -> None:
     out["loss_mask"].reshape(-1)[pos] = 1.0
 
 
-def one_row(out: Sample) -> Sample:
-    return {k: np.ascontiguousarray(v[0]) for k, v in out.items()}
-
-
-# One-sample path (``t(sample, rng)``): the same checks, draws and output as the batch
-# of one, on 1-D arrays with a fixed, small number of numpy calls.
-
-
-def segment_row(sample: Mapping[str, np.ndarray], width: int, vocab_size: int, who: str, *,
-                fields: tuple[str, ...] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
-    """One segment cut to ``width``, checked as :func:`stack_segments` + :func:`check_grid`
-    check a batch: ``(body int32 [n], [bool [n] per flag field])``."""
-    require_fields(sample, ("tokens",) + fields, who)
-    t = np.asarray(sample["tokens"])
-    if t.ndim != 1 or not (t.size == 0 or np.issubdtype(t.dtype, np.integer)):
-        raise ValueError(f"{who}: tokens must be a 1-D integer array, got dtype {t.dtype} shape {t.shape}")
-    flags = []
-    for f in fields:
-        v = np.asarray(sample[f])
-        if v.shape != t.shape:
-            raise ValueError(f"{who}: {f} must have the shape of tokens {t.shape}, got {v.shape}")
-        flags.append(v[:width].astype(bool, copy=False))
-    body = t[:width].astype(np.int32, copy=False)
-    if body.size:
-        lo, hi = int(body.min()), int(body.max())
-        if lo < 0 or hi >= vocab_size:
-            raise ValueError(f"{who}: tokens must lie in [0, vocab_size={vocab_size}), got ids in [{lo}, {hi}]")
-    return body, flags
-
-
-def maskable_row(body: np.ndarray, special: SpecialTokens) -> np.ndarray | None:
-    """:func:`maskable` for one row's real tokens."""
-    reserved = body < special.first_regular
-    if not reserved.any():
-        return None
-    reserved &= body != special.unk
-    if not reserved.any():
-        return None
-    return ~reserved
-
-
-def single_segment_row(body: np.ndarray, seq_length: int, special: SpecialTokens,
-                       position_ids: np.ndarray) -> Sample:
-    """``[CLS] body [SEP] PAD`` and its fixed fields for one sample (no targets yet);
-    ``position_ids`` (0..S-1) is copied."""
-    S, n = int(seq_length), body.size
-    tokens = np.full(S, special.pad, np.int32)
-    tokens[0] = special.cls
-    tokens[1:n + 1] = body
-    tokens[n + 1] = special.sep
-    return {
-        "tokens": tokens,
-        "labels": np.full(S, special.pad, np.int32),
-        "loss_mask": np.zeros(S, np.float32),
-        "position_ids": position_ids.copy(),
-        "segment_ids": np.zeros(S, np.int32),
-        "kv_start": np.zeros(S, np.int32),
-        "kv_end": np.full(S, n + 2, np.int32),
-    }
-
-
-def row_targets(rng: np.random.Generator, body: np.ndarray, word_start: np.ndarray | None, width: int,
-                law: masking.SpanLaw, mask_rate: float, special: SpecialTokens):
-    """Spans (body positions) for one segment as the batch of one chooses them:
-    ``word_start`` None = token level. Returns ``(start, end)``."""
-    n = body.size
-    if width == 0:
-        return masking._NO_SPANS, masking._NO_SPANS
-    eligible = maskable_row(body, special)
-    if word_start is None:
-        ws = np.ones(n, bool)
-        token_mode = eligible is None
-    else:
-        ws = word_start
-        # the batch's padded grid is all word starts only when the row fills it
-        token_mode = eligible is None and (width <= 1 or (n == width and bool(ws[1:].all())))
-    n_el = n if eligible is None else int(np.count_nonzero(eligible))
-    return masking.row_spans(rng, ws, mask_rate * n_el, law, eligible=eligible,
-                             row_len=n if eligible is None else None, token_mode=token_mode)
-
-
 # ------------------------------------------------------------------------------------------
 # The transform
 # ------------------------------------------------------------------------------------------
 
 
-class MLM:
+class MLM(Transform):
     """BERT masked LM (token-level or whole-word) on one segment."""
 
     writes = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids", "kv_start", "kv_end")
@@ -260,71 +170,26 @@ class MLM:
         self.length_probs = _check_probs("ngram_probs", config.ngram_probs)
         self.reads = ("tokens", "word_start") if config.whole_word else ("tokens",)
         self._law = masking.SpanLaw(self.length_probs)
-        self._corrupt = masking.Corruption(config.replace_probs, per_span=config.per_span, mask_id=special.mask,
-                                           low=special.first_regular, high=self.vocab_size)
-        self._positions = np.arange(int(config.seq_length), dtype=np.int32)
+        self._corrupt = masking.Corruption.of(config, special, self.vocab_size)
 
-    def batch_arrays(self, tokens: np.ndarray, word_start: np.ndarray | None, lengths: np.ndarray,
-                     rng: np.random.Generator) -> Sample:
-        """[B, S] fields for a padded grid of segments (row b holds ``lengths[b]`` tokens;
-        rows longer than ``seq_length - 2`` are cut)."""
+    def apply(self, batch: Batch, streams: RowStreams) -> Batch:
         cfg, sp = self.config, self.special
         S = int(cfg.seq_length)
-        L = S - 2
-        body, n = check_grid(tokens, lengths, L, self.vocab_size, "MLM")
-        body = body[:, :L]
-        B = body.shape[0]
-        if cfg.whole_word:
-            if word_start is None:
-                raise ValueError("MLM: whole_word=True needs word_start")
-            ws = np.asarray(word_start, bool)[:, :L]
-            if ws.shape != body.shape:
-                raise ValueError(f"MLM: word_start shape {ws.shape} differs from tokens shape {body.shape}")
-        else:
-            ws = np.ones((B, body.shape[1]), bool)
+        body, n = segment_grid(batch, S - 2, self.vocab_size, "MLM")
         out = single_segment_fields(body, n, S, sp)
-        if body.shape[1] == 0:
+        B, W = body.shape
+        if W == 0:
             return out
+        ws = flag_grid(batch, "word_start", body, "MLM") if cfg.whole_word else None
         eligible = maskable(body, n, sp)
         n_el = n if eligible is None else np.count_nonzero(eligible, axis=1)
-        spans = masking.choose_span_set(
-            rng, ws, length_probs=self.length_probs, budget_tokens=cfg.mask_rate * n_el,
-            lengths=n if eligible is None else None, eligible=eligible)
+        spans = masking.choose_spans(streams, ws, length_probs=self._law, budget_tokens=cfg.mask_rate * n_el,
+                                     lengths=n if eligible is None else None, eligible=eligible, width=W)
         pos_b, span = spans.positions()
-        pos = body_to_output(pos_b, body.shape[1], S)
+        pos = body_to_output(pos_b, W, S)
         set_targets(out, pos)
-        action = masking.draw_actions(rng, span, len(spans), probs=cfg.replace_probs, per_span=cfg.per_span)
-        masking.corrupt_positions(rng, out["tokens"].reshape(-1), pos, action, mask_id=sp.mask,
-                                  low=sp.first_regular, high=self.vocab_size)
+        self._corrupt(streams, out["tokens"], pos, span, body_to_output(spans.start, W, S))
         return out
-
-    def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> Sample:
-        """[B, S] fields for a list of segments, vectorised over the batch."""
-        fields = ("word_start",) if self.config.whole_word else ()
-        body, n, extra = stack_segments(samples, self.config.seq_length - 2, "MLM", fields=fields,
-                                        pad=self.special.pad)
-        return self.batch_arrays(body, extra.get("word_start"), n, rng)
-
-    def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
-        """One sample: the batch of one (same draws, same output), on a 1-D fast path."""
-        if not masking.ONE_ROW_FAST_PATH:
-            return one_row(self.batch([sample], rng))
-        cfg = self.config
-        L = int(cfg.seq_length) - 2
-        fields = ("word_start",) if cfg.whole_word else ()
-        body, flags = segment_row(sample, L, self.vocab_size, "MLM", fields=fields)
-        out = single_segment_row(body, cfg.seq_length, self.special, self._positions)
-        lo, hi = row_targets(rng, body, flags[0] if flags else None, L, self._law, cfg.mask_rate, self.special)
-        pos, span = masking.row_positions(lo, hi)
-        pos = pos + 1                                                   # after [CLS]
-        tokens = out["tokens"]
-        out["labels"][pos] = tokens[pos]
-        out["loss_mask"][pos] = 1.0
-        self._corrupt(rng, tokens, pos, span, lo.size)
-        return out
-
-    def __repr__(self) -> str:
-        return f"MLM({self.config!r})"
 
 
 TASKS = (

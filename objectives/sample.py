@@ -50,9 +50,6 @@ row's true length; without it every row is full width (packed contexts).
 Padding is zeros and never read. Scalar fields become ``[B]``.
 :func:`stack` builds a batch from samples and :func:`row` cuts one back out;
 the samplers read whole batches in this form directly.
-
-(Moving to this contract objective by objective: those not yet moved are still
-called as ``t(sample, rng)`` with a ``numpy.random.Generator``.)
 """
 
 from __future__ import annotations
@@ -227,12 +224,13 @@ def as_batch(batch) -> Batch:
 
 def batch_rows(batch: Mapping[str, np.ndarray], who: str) -> int:
     """The batch's number of rows B (every field must agree)."""
-    sizes = {f: np.shape(v)[0] if np.ndim(v) else None for f, v in batch.items()}
-    bad = [f for f, b in sizes.items() if b is None]
-    if bad:
-        raise ValueError(f"{who}: batch field(s) {bad} have no row axis (a single sample? use t(sample, seed))")
+    sizes = {f: (v.shape[0] if v.ndim else None) if isinstance(v, np.ndarray) else
+             (np.shape(v)[0] if np.ndim(v) else None) for f, v in batch.items()}
     values = set(sizes.values())
-    if len(values) != 1:
+    if len(values) != 1 or None in values:
+        bad = [f for f, b in sizes.items() if b is None]
+        if bad:
+            raise ValueError(f"{who}: batch field(s) {bad} have no row axis (a single sample? use t(sample, seed))")
         raise ValueError(f"{who}: batch fields disagree on the number of rows: {sizes}")
     return values.pop()
 

@@ -22,33 +22,21 @@ touch; the boundary of one is then a (masked) token of the other, whose encoder
 output is still used, as in the paper.
 
 Pass-through: reserved ids other than ``unk`` in the input are never targets;
-an empty segment gives ``[CLS] [SEP]`` and no targets. ``SpanBERT.batch`` /
-``batch_arrays`` build [B, S] arrays at once (vectorised, drawing differently
-from per-sample calls); ``SpanBERT(...)(sample, rng)`` is the batch of one.
+an empty segment gives ``[CLS] [SEP]`` and no targets. ``SpanBERT.batch(batch,
+streams)`` builds [B, S] arrays for a batch of segments, row b drawing from its
+own stream; ``SpanBERT(...)(sample, seed, epoch=, index=)`` is the batch of one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
-
 import numpy as np
 
 from objectives import masking
-from objectives.mlm import (
-    body_to_output,
-    check_grid,
-    maskable,
-    one_row,
-    row_targets,
-    segment_row,
-    set_targets,
-    single_segment_fields,
-    single_segment_row,
-    stack_segments,
-)
-from objectives.sample import Sample, SpecialTokens, check_rate, check_transform_args
+from objectives.mlm import body_to_output, flag_grid, maskable, segment_grid, set_targets, single_segment_fields
+from objectives.sample import Batch, SpecialTokens, Transform, check_rate, check_transform_args
 from objectives.task import Task
+from objectives.streams import RowStreams
 
 
 @dataclass(frozen=True)
@@ -75,7 +63,7 @@ class SpanBERTConfig:
         return masking.geometric_length_probs(self.geometric_p, self.max_span)
 
 
-class SpanBERT:
+class SpanBERT(Transform):
     """Geometric whole-word span masking with SBO targets."""
 
     reads = ("tokens", "word_start")
@@ -88,84 +76,36 @@ class SpanBERT:
         self.special = special
         self.length_probs = config.length_probs
         self._law = masking.SpanLaw(self.length_probs)
-        self._corrupt = masking.Corruption(config.replace_probs, per_span=config.per_span, mask_id=special.mask,
-                                           low=special.first_regular, high=self.vocab_size)
-        self._positions = np.arange(int(config.seq_length), dtype=np.int32)
+        self._corrupt = masking.Corruption.of(config, special, self.vocab_size)
 
-    def batch_arrays(self, tokens: np.ndarray, word_start: np.ndarray, lengths: np.ndarray,
-                     rng: np.random.Generator) -> Sample:
-        """[B, S] fields for a padded grid of segments (row b holds ``lengths[b]`` tokens)."""
+    def apply(self, batch: Batch, streams: RowStreams) -> Batch:
         cfg, sp = self.config, self.special
         S = int(cfg.seq_length)
-        L = S - 2
-        body, n = check_grid(tokens, lengths, L, self.vocab_size, "SpanBERT")
-        body = body[:, :L]
-        ws = np.asarray(word_start, bool)[:, :L]
-        if ws.shape != body.shape:
-            raise ValueError(f"SpanBERT: word_start shape {ws.shape} differs from tokens shape {body.shape}")
-        B = body.shape[0]
+        body, n = segment_grid(batch, S - 2, self.vocab_size, "SpanBERT")
+        ws = flag_grid(batch, "word_start", body, "SpanBERT")
+        B, W = body.shape
         out = single_segment_fields(body, n, S, sp)
         out["sbo_left"] = np.full((B, S), -1, np.int32)
         out["sbo_right"] = np.full((B, S), -1, np.int32)
         out["sbo_offset"] = np.zeros((B, S), np.int32)
-        if body.shape[1] == 0:
+        if W == 0:
             return out
         eligible = maskable(body, n, sp)
         n_el = n if eligible is None else np.count_nonzero(eligible, axis=1)
-        spans = masking.choose_span_set(
-            rng, ws, length_probs=self.length_probs, budget_tokens=cfg.mask_rate * n_el,
-            lengths=n if eligible is None else None, eligible=eligible)
+        spans = masking.choose_spans(streams, ws, length_probs=self._law, budget_tokens=cfg.mask_rate * n_el,
+                                     lengths=n if eligible is None else None, eligible=eligible)
         pos_b, span = spans.positions()
-        W = body.shape[1]
         pos = body_to_output(pos_b, W, S)
         set_targets(out, pos)
-        # SBO: boundaries just outside each span, in output columns
-        start_col = body_to_output(spans.start, W, S) % S
-        end_col = start_col + spans.lengths - 1
-        col = pos % S
-        out["sbo_left"].reshape(-1)[pos] = start_col[span] - 1
-        out["sbo_right"].reshape(-1)[pos] = end_col[span] + 1
-        out["sbo_offset"].reshape(-1)[pos] = col - start_col[span] + 1
-        action = masking.draw_actions(rng, span, len(spans), probs=cfg.replace_probs, per_span=cfg.per_span)
-        masking.corrupt_positions(rng, out["tokens"].reshape(-1), pos, action, mask_id=sp.mask,
-                                  low=sp.first_regular, high=self.vocab_size)
+        # SBO: boundaries just outside each span, in output columns (span i covers s_i .. e_i)
+        start = body_to_output(spans.start, W, S)
+        ln = spans.lengths
+        s_col = start % S
+        out["sbo_left"].reshape(-1)[pos] = np.repeat(s_col - 1, ln)
+        out["sbo_right"].reshape(-1)[pos] = np.repeat(s_col + ln, ln)
+        out["sbo_offset"].reshape(-1)[pos] = np.arange(1, pos.size + 1) - np.repeat(np.cumsum(ln) - ln, ln)
+        self._corrupt(streams, out["tokens"], pos, span, start)
         return out
-
-    def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> Sample:
-        """[B, S] fields for a list of segments, vectorised over the batch."""
-        body, n, extra = stack_segments(samples, self.config.seq_length - 2, "SpanBERT",
-                                        fields=("word_start",), pad=self.special.pad)
-        return self.batch_arrays(body, extra["word_start"], n, rng)
-
-    def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
-        """One sample: the batch of one (same draws, same output), on a 1-D fast path."""
-        if not masking.ONE_ROW_FAST_PATH:
-            return one_row(self.batch([sample], rng))
-        cfg = self.config
-        S = int(cfg.seq_length)
-        L = S - 2
-        body, (ws,) = segment_row(sample, L, self.vocab_size, "SpanBERT", fields=("word_start",))
-        out = single_segment_row(body, S, self.special, self._positions)
-        lo, hi = row_targets(rng, body, ws, L, self._law, cfg.mask_rate, self.special)
-        pos, span = masking.row_positions(lo, hi)
-        pos = pos + 1                                                   # after [CLS]
-        tokens = out["tokens"]
-        out["labels"][pos] = tokens[pos]
-        out["loss_mask"][pos] = 1.0
-        # SBO: output columns just outside each span (span lo..hi-1 sits at lo+1..hi)
-        left = np.full(S, -1, np.int32)
-        right = np.full(S, -1, np.int32)
-        offset = np.zeros(S, np.int32)
-        lo_t = lo[span]
-        left[pos] = lo_t
-        right[pos] = hi[span] + 1
-        offset[pos] = pos - lo_t
-        out["sbo_left"], out["sbo_right"], out["sbo_offset"] = left, right, offset
-        self._corrupt(rng, tokens, pos, span, lo.size)
-        return out
-
-    def __repr__(self) -> str:
-        return f"SpanBERT({self.config!r})"
 
 
 TASKS = (

@@ -25,6 +25,7 @@ whose seed words also start with the tag.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -35,6 +36,8 @@ _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 _U_GOLDEN, _U_M1, _U_M2 = np.uint64(_GOLDEN), np.uint64(_M1), np.uint64(_M2)
 _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
 _TO_UNIT = 1.0 / (1 << 53)
+_TO_UNIT32 = 1.0 / (1 << 32)
+_S32, _LOW32 = np.uint64(32), np.uint64(0xFFFFFFFF)
 
 # Every consumer of randomness has its own tag; a new consumer adds a line here.
 PURPOSES: dict[str, int] = {
@@ -63,6 +66,10 @@ def _mix_int(h: int) -> int:
 
 def _mix(z: np.ndarray) -> np.ndarray:
     """The same finaliser, in place on a uint64 array (wrapping products)."""
+    z = np.asarray(z)
+    if z.ndim == 0:                                      # a scalar would warn on the wrap
+        z = z.reshape(1)
+        return _mix(z)[0]
     z ^= z >> _S30
     z *= _U_M1
     z ^= z >> _S27
@@ -71,6 +78,7 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z
 
 
+@functools.lru_cache(maxsize=256)
 def key(purpose: str, *words: int) -> int:
     """The 64-bit key of one stream: ``key("transform", seed, epoch, index)``."""
     h = _mix_int(_GOLDEN ^ _tag(purpose))
@@ -79,12 +87,17 @@ def key(purpose: str, *words: int) -> int:
     return h
 
 
+with np.errstate(over="ignore"):
+    _STEPS = np.arange(1, 1 << 16, dtype=np.uint64) * _U_GOLDEN    # offsets of counters 0 .. 65534
+
+
 def generator(purpose: str, *words: int) -> np.random.Generator:
     """A sequential numpy Generator for consumers that need one (a permutation per
     epoch); its seed words start with the purpose's tag."""
     return np.random.default_rng([_tag(purpose), *(int(w) & _MASK64 for w in words)])
 
 
+@functools.lru_cache(maxsize=1024)
 def site(name: str) -> int:
     """A draw site's id from its name (``"module.what"``); distinct names, distinct sites."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
@@ -92,7 +105,16 @@ def site(name: str) -> int:
 
 def _unit(z: np.ndarray) -> np.ndarray:
     """uint64 words -> float64 uniforms in [0, 1) (the top 53 bits)."""
-    return (z >> _S11).astype(np.float64) * _TO_UNIT
+    return np.multiply(z >> _S11, _TO_UNIT)
+
+
+def _steps(counters) -> np.ndarray:
+    """``(counter + 1) * golden`` as uint64 (wrapping): counter c's offset in a SplitMix64 stream."""
+    c = np.asarray(counters).astype(np.uint64)
+    with np.errstate(over="ignore"):                       # 64-bit products wrap on purpose
+        c += np.uint64(1)
+        c *= _U_GOLDEN
+    return c
 
 
 class RowStreams:
@@ -114,12 +136,13 @@ class RowStreams:
     def for_rows(cls, seed: int, epoch, index, purpose: str = "transform") -> "RowStreams":
         """Streams keyed by ``(purpose, seed, epoch, index)``; ``epoch`` and ``index``
         are ints or arrays (broadcast): row b's key is ``key(purpose, seed, epoch[b], index[b])``."""
-        epoch, index = np.broadcast_arrays(np.asarray(epoch), np.asarray(index))
+        epoch, index = np.asarray(epoch), np.asarray(index)
         for name, a in (("epoch", epoch), ("index", index)):
-            if a.size and (a.dtype.kind not in "iu" or int(a.min()) < 0):
+            if a.size and (a.dtype.kind not in "iu" or a.min() < 0):
                 raise ValueError(f"RowStreams.for_rows: {name} must be integers >= 0, got {a!r}")
-        h = np.uint64(key(purpose, seed))
-        z = epoch.reshape(-1).astype(np.uint64) ^ h
+        if epoch.shape != index.shape:
+            epoch, index = np.broadcast_arrays(epoch, index)
+        z = epoch.reshape(-1).astype(np.uint64) ^ np.uint64(key(purpose, int(seed)))
         _mix(z)
         z ^= index.reshape(-1).astype(np.uint64)
         return cls(_mix(z))
@@ -160,7 +183,8 @@ class RowStreams:
 
     def bits(self, at: int, rows, counters) -> np.ndarray:
         """uint64 words for draw ``counters`` of rows ``rows`` at site ``at`` (broadcast)."""
-        z = self._site_keys(at)[rows] + (np.asarray(counters).astype(np.uint64) + np.uint64(1)) * _U_GOLDEN
+        z = self._site_keys(at)[rows]
+        z += _steps(counters)
         return _mix(z)
 
     def uniform_at(self, at: int, rows, counters) -> np.ndarray:
@@ -168,15 +192,30 @@ class RowStreams:
         ``counters`` are int arrays (or scalars) broadcast together."""
         return _unit(self.bits(at, rows, counters))
 
-    def uniform(self, at: int, n: int) -> np.ndarray:
-        """Draws ``0 .. n-1`` of every row at site ``at``: float64 [B, n]. Row b's draw j is
-        the same whatever ``n`` and whatever the other rows are."""
-        z = self._site_keys(at)[:, None] + np.arange(1, int(n) + 1, dtype=np.uint64)[None, :] * _U_GOLDEN
+    def uniform(self, at: int, counters) -> np.ndarray:
+        """Draws ``0 .. n-1`` (``counters`` = n), or the draws ``counters`` (a 1-D int array),
+        of every row at site ``at``: float64 [B, n]. Row b's draw j is the same whatever
+        the other draws asked for and whatever the other rows are."""
+        if np.ndim(counters) == 0:
+            n = int(counters)
+            steps = _STEPS[:n] if n <= _STEPS.size else _steps(np.arange(n))
+        else:
+            steps = _steps(counters)
+        z = self._site_keys(at)[:, None] + steps[None, :]
         return _unit(_mix(z))
+
+    def split_at(self, at: int, rows, counters, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+        """Two independent draws from one word per (row, counter): a uniform in [0, 1) from
+        its high 32 bits and an integer in ``[low, high)`` from its low 32 bits."""
+        if not 0 < int(high) - int(low) < (1 << 32):
+            raise ValueError(f"split_at: range [{low}, {high}) must hold 1 to 2**32 values")
+        z = self.bits(at, rows, counters)
+        u = np.multiply(z >> _S32, _TO_UNIT32)
+        ids = ((z & _LOW32) * np.uint64(int(high) - int(low))) >> _S32
+        return u, ids.astype(np.int64) + int(low)
 
     def integers_at(self, at: int, rows, counters, low: int, high: int) -> np.ndarray:
         """Integers uniform in ``[low, high)`` (int64), one per (row, counter)."""
         if not int(low) < int(high):
             raise ValueError(f"integers_at: empty range [{low}, {high})")
-        u = self.uniform_at(at, rows, counters)
-        return np.minimum((u * (int(high) - int(low))).astype(np.int64), int(high) - int(low) - 1) + int(low)
+        return self.split_at(at, rows, counters, low, high)[1]

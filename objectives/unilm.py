@@ -38,22 +38,21 @@ An n-gram that would cross the middle [SEP] is cut there. In seq2seq a masked
 target token is predicted from the source and the target to its left (and its
 own [MASK]) only.
 
-``UniLM.batch(samples, rng)`` builds [B, S] arrays at once (vectorised,
-drawing differently from per-sample calls); ``UniLM(...)(sample, rng)`` is the
-batch of one.
+``UniLM.batch(batch, streams)`` builds [B, S] arrays for a batch of segments,
+row b drawing from its own stream; ``UniLM(...)(sample, seed, epoch=, index=)``
+is the batch of one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
-
 import numpy as np
 
-from objectives import intervals, masking
-from objectives.mlm import check_grid, maskable, one_row, set_targets, stack_segments
-from objectives.sample import Sample, SpecialTokens, check_rate, check_transform_args
+from objectives import masking
+from objectives.mlm import flag_grid, maskable, rows_of, segment_grid, set_targets
+from objectives.sample import Batch, SpecialTokens, Transform, check_rate, check_transform_args
 from objectives.task import Task
+from objectives.streams import RowStreams, site
 
 MODES = ("bidirectional", "left_to_right", "right_to_left", "seq2seq")
 BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT, SEQ2SEQ = range(4)
@@ -61,6 +60,8 @@ BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT, SEQ2SEQ = range(4)
 SEGMENT_A = np.array([0, 2, 3, 4], np.int32)
 SEGMENT_B = np.array([1, 2, 3, 5], np.int32)
 NUM_SEGMENT_TYPES = 6
+_SITE_MODE = site("unilm.mode")
+_SITE_CUT = site("unilm.cut")
 
 
 @dataclass(frozen=True)
@@ -101,32 +102,32 @@ class UniLMConfig:
         return p
 
 
-def _pick_in_rows(rng: np.random.Generator, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row a uniformly chosen True column of ``cand`` [B, L]; (column, found)."""
+def _pick_in_rows(u: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row the True column of ``cand`` [B, L] picked by the uniform ``u[b]``; (column, found)."""
     B, L = cand.shape
     count = np.count_nonzero(cand, axis=1)
     flat = np.flatnonzero(cand.ravel())
     offs = np.cumsum(count) - count
-    r = np.minimum((rng.random(B) * count).astype(np.int64), np.maximum(count - 1, 0))
+    r = np.minimum((u * count).astype(np.int64), np.maximum(count - 1, 0))
     found = count > 0
     col = np.zeros(B, np.int64)
     col[found] = flat[(offs + r)[found]] - np.flatnonzero(found) * L
     return col, found
 
 
-def split_points(rng: np.random.Generator, n: np.ndarray, sentence_start: np.ndarray | None,
+def split_points(streams: RowStreams, n: np.ndarray, sentence_start: np.ndarray | None,
                  word_start: np.ndarray | None, width: int) -> np.ndarray:
     """Cut column per row (1 <= cut <= n-1): a sentence start, else a word start, else
     uniform; rows with n < 2 get cut = n."""
-    B = n.size
     cols = np.arange(width)[None, :]
     inside = (cols >= 1) & (cols < n[:, None])
-    cut = np.minimum(1 + (rng.random(B) * np.maximum(n - 1, 0)).astype(np.int64), np.maximum(n - 1, 1))
-    todo = np.ones(B, bool)
-    for flags in (sentence_start, word_start):   # first found wins
+    u = streams.uniform(_SITE_CUT, 3)
+    cut = np.minimum(1 + (u[:, 0] * np.maximum(n - 1, 0)).astype(np.int64), np.maximum(n - 1, 1))
+    todo = np.ones(n.size, bool)
+    for j, flags in ((1, sentence_start), (2, word_start)):   # first found wins
         if flags is None or not todo.any():
             continue
-        col, found = _pick_in_rows(rng, np.asarray(flags, bool) & inside & todo[:, None])
+        col, found = _pick_in_rows(u[:, j], np.asarray(flags, bool)[:, :width] & inside & todo[:, None])
         cut = np.where(found, col, cut)
         todo &= ~found
     return np.where(n >= 2, cut, n)
@@ -134,38 +135,20 @@ def split_points(rng: np.random.Generator, n: np.ndarray, sentence_start: np.nda
 
 def unilm_intervals(mode: np.ndarray, n_real: np.ndarray, source_end: np.ndarray,
                     seq_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """kv_start / kv_end [B, S] per row's mode via :mod:`objectives.intervals`; PAD rows
-    (column >= n_real) see the real tokens ``[0, n_real)``."""
-    B, S = mode.size, int(seq_length)
-    kv_start = np.zeros((B, S), np.int32)
-    kv_end = np.zeros((B, S), np.int32)
-    cols = np.arange(S)[None, :]
-    builders = {
-        BIDIRECTIONAL: intervals.bidirectional,
-        LEFT_TO_RIGHT: intervals.causal,
-        RIGHT_TO_LEFT: intervals.right_to_left,
-    }
-    for m in range(4):
-        rows = np.flatnonzero(mode == m)
-        if rows.size == 0:
-            continue
-        k = rows.size
-        real = cols < n_real[rows, None]
-        # one "document" per row's real part, another for its pads (ids never repeat)
-        doc = np.where(real, 2 * np.arange(k)[:, None], 2 * np.arange(k)[:, None] + 1).ravel()
-        base = (np.arange(k) * S)[:, None]
-        if m == SEQ2SEQ:
-            s, e = intervals.prefix_lm(doc, np.repeat(base[:, 0] + source_end[rows], S))
-        else:
-            s, e = builders[m](doc)
-        s = s.reshape(k, S) - base
-        e = e.reshape(k, S) - base
-        kv_start[rows] = np.where(real, s, 0)
-        kv_end[rows] = np.where(real, e, n_real[rows, None])
-    return kv_start, kv_end
+    """kv_start / kv_end [B, S] per row's mode, as :mod:`objectives.intervals` defines them
+    (``bidirectional``, ``causal``, ``right_to_left``, ``prefix_lm``) for the row's real part
+    ``[0, n_real)`` as one document; PAD rows (column >= n_real) see the real tokens."""
+    i = np.arange(int(seq_length), dtype=np.int32)[None, :]
+    real = i < n_real[:, None]
+    # a real row i sees [0, max(i + 1, prefix)): prefix = n_real (bidirectional, right-to-left),
+    # the source's end (seq2seq) or 0 (left-to-right); right-to-left rows start at i
+    prefix = np.where(mode == SEQ2SEQ, source_end, np.where(mode == LEFT_TO_RIGHT, 0, n_real)).astype(np.int32)
+    kv_end = np.where(real, np.maximum(i + 1, prefix[:, None]), n_real[:, None].astype(np.int32))
+    kv_start = np.where(real & (mode == RIGHT_TO_LEFT)[:, None], i, 0).astype(np.int32)
+    return kv_start, kv_end.astype(np.int32, copy=False)
 
 
-class UniLM:
+class UniLM(Transform):
     """UniLM cloze objective with per-sample bidirectional / l2r / r2l / seq2seq masks."""
 
     writes = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids", "kv_start", "kv_end")
@@ -176,19 +159,21 @@ class UniLM:
         self.config = config
         self.special = special
         self.length_probs = config.length_probs
+        self._law = masking.SpanLaw(self.length_probs)
+        self._corrupt = masking.Corruption.of(config, special, self.vocab_size)
         self.mode_cdf = np.cumsum(np.asarray(config.mode_probs, np.float64))
         self.reads = ("tokens", "word_start") if config.whole_word else ("tokens",)
 
-    def layout(self, rng: np.random.Generator, body: np.ndarray, n: np.ndarray,
+    def layout(self, streams: RowStreams, body: np.ndarray, n: np.ndarray,
                sentence_start: np.ndarray | None, word_start: np.ndarray | None) -> dict:
         """Draw modes and cuts; place [CLS]/[SEP]/PAD. Returns the grids and per-row facts."""
         cfg, sp = self.config, self.special
         S = int(cfg.seq_length)
         B, W = body.shape
-        mode = np.minimum(np.searchsorted(self.mode_cdf, rng.random(B), side="right"), 3)
+        mode = np.minimum(np.searchsorted(self.mode_cdf, streams.uniform(_SITE_MODE, 1)[:, 0], side="right"), 3)
         pair = (mode == SEQ2SEQ) | ((mode == BIDIRECTIONAL) & cfg.bidirectional_pairs & (n >= 2))
         n = np.where(pair, np.minimum(n, S - 3), np.minimum(n, S - 2))
-        cut = np.where(pair, split_points(rng, n, sentence_start, word_start, W), n)
+        cut = np.where(pair, split_points(streams, n, sentence_start, word_start, W), n)
         n_real = n + 2 + pair
         cols = np.arange(S)[None, :]
         # body column j goes to j + 1 before the cut, j + 2 after it (pairs)
@@ -202,62 +187,46 @@ class UniLM:
         rows = np.arange(B)
         tokens[rows, cut + 1] = sp.sep
         tokens[rows[pair], (n_real - 1)[pair]] = sp.sep
-        tokens[cols >= n_real[:, None]] = sp.pad
-        ws = None
-        if word_start is not None:
-            w1 = np.ones((B, S), bool)
-            w1[:, 1:1 + min(W, S - 1)] = word_start[:, :S - 1]
-            w2 = np.ones((B, S), bool)
-            w2[:, 2:2 + min(W, S - 2)] = word_start[:, :S - 2]
-            ws = np.where(second & pair[:, None], w2, w1)
-            ws[:, 0] = True                               # each special is a word of its own
-            ws[rows, cut + 1] = True
-            ws[rows[pair], (n_real - 1)[pair]] = True
+        np.copyto(tokens, sp.pad, where=cols >= n_real[:, None])
         segment = np.where(cols <= (cut + 1)[:, None], SEGMENT_A[mode][:, None], SEGMENT_B[mode][:, None])
         segment = np.where(cols < n_real[:, None], segment, 0).astype(np.int32)
         source_end = np.where(mode == SEQ2SEQ, cut + 2, n_real)
         return {"mode": mode, "pair": pair, "n": n, "cut": cut, "n_real": n_real, "tokens": tokens,
-                "word_start": ws, "segment_ids": segment, "source_end": source_end}
+                "segment_ids": segment, "source_end": source_end}
 
-    def batch_arrays(self, tokens: np.ndarray, lengths: np.ndarray, rng: np.random.Generator, *,
-                     word_start: np.ndarray | None = None, sentence_start: np.ndarray | None = None) -> Sample:
-        """[B, S] fields for a padded grid of segments (row b holds ``lengths[b]`` tokens)."""
+    def apply(self, batch: Batch, streams: RowStreams) -> Batch:
         cfg, sp = self.config, self.special
         S = int(cfg.seq_length)
-        body, n = check_grid(tokens, lengths, S - 2, self.vocab_size, "UniLM")
-        if cfg.whole_word and word_start is None:
-            raise ValueError("UniLM: whole_word=True needs word_start")
-        for name, grid in (("word_start", word_start), ("sentence_start", sentence_start)):
-            if grid is not None and np.shape(grid) != body.shape:
-                raise ValueError(f"UniLM: {name} shape {np.shape(grid)} differs from tokens shape {body.shape}")
+        body, n = segment_grid(batch, S - 2, self.vocab_size, "UniLM")
+        word_start = flag_grid(batch, "word_start", body, "UniLM") if cfg.whole_word or "word_start" in batch \
+            else None
+        sentence_start = flag_grid(batch, "sentence_start", body, "UniLM") if "sentence_start" in batch else None
         B = body.shape[0]
-        lay = self.layout(rng, body, n, sentence_start, word_start)
-        out_tokens = lay["tokens"]
+        lay = self.layout(streams, body, n, sentence_start, word_start)
         n_real = lay["n_real"]
-        pos, span, n_spans = self._choose_targets(rng, body, lay, word_start)
+        pos, span, span_start = self._choose_targets(streams, body, lay, word_start)
         kv_start, kv_end = unilm_intervals(lay["mode"], n_real, lay["source_end"], S)
+        position_ids = rows_of(np.arange(S, dtype=np.int32), B)
         out = {
-            "tokens": out_tokens,
+            "tokens": lay["tokens"],
             "labels": np.full((B, S), sp.pad, np.int32),
             "loss_mask": np.zeros((B, S), np.float32),
-            "position_ids": np.tile(np.arange(S, dtype=np.int32), (B, 1)),
+            "position_ids": position_ids,
             "segment_ids": lay["segment_ids"],
             "kv_start": kv_start,
             "kv_end": kv_end,
         }
         set_targets(out, pos)
-        action = masking.draw_actions(rng, span, n_spans, probs=cfg.replace_probs, per_span=cfg.per_span)
-        masking.corrupt_positions(rng, out["tokens"].reshape(-1), pos, action, mask_id=sp.mask,
-                                  low=sp.first_regular, high=self.vocab_size)
+        self._corrupt(streams, out["tokens"], pos, span, span_start)
         return out
 
-    def _choose_targets(self, rng: np.random.Generator, body: np.ndarray, lay: dict,
-                        word_start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+    def _choose_targets(self, streams: RowStreams, body: np.ndarray, lay: dict,
+                        word_start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cloze picks in body columns (fast ``lengths=`` path), mapped to output positions.
 
         Column ``n`` of a seq2seq row stands for the target's closing [SEP]; a pick that
         would cross the middle [SEP] (between columns cut-1 and cut) is cut in two there.
-        Returns (flat output positions, pick index per position, number of picks)."""
+        Returns (flat output positions, pick index per position, each pick's first output position)."""
         cfg, sp = self.config, self.special
         S = int(cfg.seq_length)
         W = S - 2
@@ -279,10 +248,9 @@ class UniLM:
             ws[rows[pair], np.minimum(cut[pair], W - 1)] = True   # the second part starts a word
             ws[rows[sep_col], n[sep_col]] = True                  # [SEP] is a word of its own
         else:
-            ws = np.ones((B, W), bool)
-        spans = masking.choose_span_set(rng, ws, length_probs=self.length_probs,
-                                        budget_tokens=cfg.mask_rate * n_pick,
-                                        lengths=n + sep_col if eligible is None else None, eligible=eligible)
+            ws = None                                             # token picks
+        spans = masking.choose_spans(streams, ws, length_probs=self._law, budget_tokens=cfg.mask_rate * n_pick,
+                                     lengths=n + sep_col if eligible is None else None, eligible=eligible, width=W)
         start, end = spans.start, spans.end
         row = start // W
         cut_flat = row * W + cut[row]
@@ -293,30 +261,12 @@ class UniLM:
             order = np.argsort(start, kind="stable")
             start, end = start[order], end[order]
         pos_b, span = masking.SpanSet((B, W), start, end).positions()
-        prow, col = np.divmod(pos_b, W)
-        pos = prow * S + col + 1 + (pair[prow] & (col >= cut[prow]))
-        return pos, span, int(start.size)
 
-    def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> Sample:
-        """[B, S] fields for a list of segments, vectorised over the batch."""
-        fields = []
-        for f in ("word_start", "sentence_start"):
-            present = [f in s for s in samples]
-            if all(present):
-                fields.append(f)
-            elif any(present) or (f == "word_start" and self.config.whole_word):
-                raise KeyError(f"UniLM: {f} is in some samples but not all" if any(present)
-                               else "UniLM: whole_word=True needs word_start in every sample")
-        body, n, extra = stack_segments(samples, self.config.seq_length - 2, "UniLM", fields=tuple(fields),
-                                        pad=self.special.pad)
-        return self.batch_arrays(body, n, rng, word_start=extra.get("word_start"),
-                                 sentence_start=extra.get("sentence_start"))
+        def to_output(p):
+            prow, col = np.divmod(p, W)
+            return prow * S + col + 1 + (pair[prow] & (col >= cut[prow]))
 
-    def __call__(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> Sample:
-        return one_row(self.batch([sample], rng))
-
-    def __repr__(self) -> str:
-        return f"UniLM({self.config!r})"
+        return to_output(pos_b), span, to_output(start)
 
 
 def _body_length(config: UniLMConfig) -> int:

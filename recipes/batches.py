@@ -2,9 +2,9 @@
 
 Sample indices are laid out so that step ``t``, micro-batch ``m`` on
 data-parallel rank ``r`` always reads the same global indices, whatever
-happened before. The data stream position saved in a checkpoint is therefore
-just the number of samples consumed, and a resumed run reads exactly the
-samples an uninterrupted one would have.
+happened before. The step owns the data stream position (``t`` steps consumed
+``t * samples_per_step`` samples); a checkpoint records it and a resumed run
+reads exactly the samples an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def micro_batch_indices(step: int, micro: int, *, grad_accum: int, dp_rank: int,
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
-    """Index lists of every micro-batch from ``start_step`` on, in training order,
-    for a ``DataLoader(batch_sampler=...)`` that prefetches in worker processes."""
+    """Index lists of every micro-batch from ``start_step`` on, in training order, for a
+    ``DataLoader(sampler=..., batch_size=None)`` whose workers each read whole micro-batches."""
 
     def __init__(self, start_step: int, total_steps: int, *, grad_accum: int, dp_rank: int, dp_size: int,
                  micro_batch_size: int):

@@ -24,7 +24,9 @@ from recipes.distributed import DistInfo
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, evals: Mapping[str, object], *, info: DistInfo, batches: int,
-             micro_batch_size: int, collate, to_device, autocast=None) -> dict[str, float]:
+             micro_batch_size: int, to_device, autocast=None) -> dict[str, float]:
+    from data_pipeline.collate import collate
+
     was_training = model.training
     model.eval()
     metrics: dict[str, float] = {}
@@ -34,7 +36,7 @@ def evaluate(model: torch.nn.Module, evals: Mapping[str, object], *, info: DistI
             for b in range(batches):
                 idx = micro_batch_indices(b, 0, grad_accum=1, dp_rank=info.dp_rank, dp_size=info.dp_size,
                                           micro_batch_size=micro_batch_size)
-                batch = to_device(collate([dataset[int(i)] for i in idx]))
+                batch = to_device(collate(dataset.read(idx)))
                 ctx = autocast() if autocast is not None else _null()
                 with ctx:
                     out = model(batch)

@@ -127,9 +127,6 @@ class Session:
         self.wrapped = self.optimizer.model  # megatron's DDP wrapper, or the model itself
         self.schedule = WarmupCosine(cfg.optim.lr, cfg.schedule.warmup_steps, cfg.schedule.train_steps,
                                      cfg.optim.min_lr)
-        from data_pipeline.collate import collate
-
-        self.collate = functools.partial(collate, special=self.data.special)
         self.per_step = samples_per_step(grad_accum=cfg.schedule.grad_accum_steps, dp_size=self.info.dp_size,
                                          micro_batch_size=cfg.schedule.micro_batch_size)
         self._checked_counts = False
@@ -156,17 +153,21 @@ class Session:
         return out
 
     def micro_batches(self, step: int) -> list[dict]:
+        """The step's micro-batches, read in this process (one ``read`` each)."""
+        from data_pipeline.collate import collate
+
         s = self.cfg.schedule
         out = []
         for m in range(s.grad_accum_steps):
             idx = micro_batch_indices(step, m, grad_accum=s.grad_accum_steps, dp_rank=self.info.dp_rank,
                                       dp_size=self.info.dp_size, micro_batch_size=s.micro_batch_size)
-            out.append(self.to_device(self.collate([self.data.train[int(i)] for i in idx])))
+            out.append(self.to_device(collate(self.data.train.read(idx))))
         return out
 
     def batch_stream(self, start_step: int):
-        """Micro-batches from ``start_step`` on (on the device), prefetched by
+        """Micro-batches from ``start_step`` on (on the device), each read whole by one of
         ``data.loader_workers`` DataLoader workers; same content as :meth:`micro_batches`."""
+        from data_pipeline.collate import collate
         from recipes.batches import StepBatchSampler
 
         s = self.cfg.schedule
@@ -177,7 +178,7 @@ class Session:
         # its own generator: starting the iterator draws a base seed, which must not come from
         # (and shift) the global stream (the samples themselves are keyed by position)
         loader = torch.utils.data.DataLoader(
-            self.data.train, batch_sampler=sampler, collate_fn=self.collate, num_workers=workers,
+            self.data.train, sampler=sampler, batch_size=None, collate_fn=collate, num_workers=workers,
             prefetch_factor=4 if workers else None, pin_memory=self.info.device.type == "cuda",
             generator=torch.Generator().manual_seed(s.seed))
         for batch in loader:
@@ -187,8 +188,7 @@ class Session:
         from recipes.evaluate import evaluate
 
         return evaluate(self.model, self.data.evals, info=self.info, batches=self.cfg.eval.batches,
-                        micro_batch_size=self.cfg.eval.micro_batch_size, collate=self.collate,
-                        to_device=self.to_device, autocast=self.autocast if self.autocast() is not None else None)
+                        micro_batch_size=self.cfg.eval.micro_batch_size, to_device=self.to_device, autocast=self.autocast if self.autocast() is not None else None)
 
     def train_step(self, step: int, mbs: list[dict], *, loss_hook=None) -> tuple[float, dict, float]:
         """Forward/backward every micro-batch, then one optimizer step. Returns this
@@ -238,14 +238,15 @@ class Session:
     def layout(self) -> ckpt.TensorLayout:
         return ckpt.TensorLayout(self.info.pg_collection.tp, self.info.device.type)
 
-    def state(self, *, model_only: bool = False) -> dict:
+    def state(self, step: int = 0, *, model_only: bool = False) -> dict:
         """This rank's checkpoint items (views of the live tensors, in the layout-independent
-        form of :class:`recipes.checkpoint.TensorLayout`), plus the data position. No RNG
-        state: every random stream is keyed by the step (:func:`step_seed`)."""
+        form of :class:`recipes.checkpoint.TensorLayout`), plus the data position after
+        ``step`` steps. No RNG state: every random stream is keyed by the step
+        (:func:`step_seed`) or by the sample (the data)."""
         items = self.layout.model_items(self.model)
         if not model_only:
             items.update(self.optimizer.checkpoint_items(self.layout))
-            items["data"] = self.data.train.state_dict()
+            items["data"] = self.data.train.position_state(step * self.per_step)
         return items
 
     def save(self, step: int, **hooks) -> Path:
@@ -254,7 +255,7 @@ class Session:
                 "optimizer": self.optimizer.kind, "model_dtype": self.model_cfg.params_dtype,
                 "samples_per_step": self.per_step, "config": to_dict(self.cfg)}
         try:
-            return ckpt.save_checkpoint(self.cfg.checkpoint_dir, step, self.state(), extra_meta=meta,
+            return ckpt.save_checkpoint(self.cfg.checkpoint_dir, step, self.state(step), extra_meta=meta,
                                         keep=self.cfg.checkpoint.keep or None, **hooks)
         except ckpt.NonFiniteState as exc:
             raise NonFiniteLoss(str(exc), step) from None
@@ -270,10 +271,10 @@ class Session:
         if model_only:
             return step_dir, step
         self.optimizer.loaded(items)
-        self.data.train.load_state_dict(items["data"])
-        if self.data.train.position != step * self.per_step:
+        position = self.data.train.position_of(items["data"])
+        if position != step * self.per_step:
             raise RuntimeError(
-                f"{step_dir}: data position {self.data.train.position} != step {step} x {self.per_step} samples "
+                f"{step_dir}: data position {position} != step {step} x {self.per_step} samples "
                 "per step; the batch geometry (micro_batch_size, grad_accum_steps, data-parallel size) changed")
         return step_dir, step
 
@@ -343,7 +344,6 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
                 loss_sum, parts_sum, grad_norm = sess.train_step(step, mbs, loss_hook=loss_hook)
             except NonFiniteLoss as exc:
                 raise NonFiniteLoss(f"{exc}. Last good checkpoint: {last_good or 'none'}", exc.step) from None
-            sess.data.train.advance(sess.per_step)
             done = step + 1
             # the loss each rank holds is its share of the global mean: sum over DP
             names = sorted(parts_sum)

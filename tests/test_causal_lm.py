@@ -14,7 +14,7 @@ V = 64
 def run(ctx, **cfg):
     ctx = np.asarray(ctx, np.int32)
     t = CausalLM(CausalLMConfig(seq_length=len(ctx) - 1, **cfg), special=SP, vocab_size=V)
-    return t({"tokens": ctx}, np.random.default_rng(0))
+    return t({"tokens": ctx}, 0)
 
 
 def test_literal_two_documents():
@@ -56,10 +56,10 @@ def test_eod_mask_loss_and_pads_out_of_loss():
     assert out["loss_mask"].tolist() == [1.0, 0.0, 0.0]
 
 
-def test_rng_is_optional_and_unused():
+def test_key_is_optional_and_unused():
     ctx = np.array([20, 21, EOT, 30, 31], np.int32)
     t = CausalLM(CausalLMConfig(seq_length=4), special=SP, vocab_size=V)
-    a, b = t({"tokens": ctx}), t({"tokens": ctx}, np.random.default_rng(5))
+    a, b = t({"tokens": ctx}), t({"tokens": ctx}, 5)
     assert all(np.array_equal(a[k], b[k]) for k in CONTRACT_FIELDS)
 
 
@@ -79,7 +79,7 @@ def test_bad_input():
         t({"tokens": np.arange(20, 24, dtype=np.int32)})
     with pytest.raises(ValueError, match="outside"):
         t({"tokens": np.array([20, 21, 22, 23, V], np.int32)})
-    with pytest.raises(ValueError, match="1-D integer"):
+    with pytest.raises(ValueError, match="integer"):
         t({"tokens": np.zeros(5, np.float32)})
     with pytest.raises(KeyError, match="tokens"):
         t({"ids": np.zeros(5, np.int32)})

@@ -10,8 +10,9 @@ import pytest
 from objectives import registry
 from objectives.compose import Compose, MixByWeight
 from objectives.macbert import MacBERT, MacBERTConfig
-from objectives.sample import SpecialTokens
+from objectives.sample import SpecialTokens, Transform
 from objectives.sentence_pairs import SOP, SOPConfig
+from objectives.streams import RowStreams, site
 from objectives.task import Task
 
 SP = SpecialTokens()
@@ -21,8 +22,8 @@ SOP_FILL = {f.name: ("per_token" if f.per_token else "scalar", f.neutral)
             for f in registry.task("sop").fields_for(SOPConfig())}
 
 
-class AddDraw:
-    """Toy transform: appends one uniform draw to field ``name``."""
+class AddDraw(Transform):
+    """Toy transform: adds field ``name``, one uniform draw per row."""
 
     reads = ("tokens",)
 
@@ -30,9 +31,9 @@ class AddDraw:
         self.name = name
         self.writes = (name,)
 
-    def __call__(self, sample, rng):
-        out = dict(sample)
-        out[self.name] = np.array(rng.random())
+    def apply(self, batch, streams):
+        out = dict(batch)
+        out[self.name] = streams.uniform(site("test.add_draw"), 1)[:, 0]
         return out
 
 
@@ -43,11 +44,13 @@ def segment(rng, n=40):
             "sentence_start": ss}
 
 
-def test_compose_threads_one_rng_in_order():
+def test_compose_runs_in_order_each_member_on_its_own_stream():
     c = Compose([AddDraw("a"), AddDraw("b")])
-    out = c({"tokens": np.zeros(1)}, np.random.default_rng(5))
-    r = np.random.default_rng(5)
-    assert out["a"] == r.random() and out["b"] == r.random()
+    out = c({"tokens": np.zeros(1)}, 5)
+    key = RowStreams.of(5)
+    assert out["a"] == AddDraw("a").batch({"tokens": np.zeros((1, 1))}, key.child(0))["a"][0]
+    assert out["b"] == AddDraw("b").batch({"tokens": np.zeros((1, 1))}, key.child(1))["b"][0]
+    assert out["a"] != out["b"]
     assert c.writes == ("a", "b") and c.reads == ("tokens",)
     with pytest.raises(ValueError, match="empty"):
         Compose([])
@@ -56,10 +59,10 @@ def test_compose_threads_one_rng_in_order():
 def test_mix_choice_shares_and_determinism():
     m = MixByWeight([(3, AddDraw("x")), (1, AddDraw("y"))], fill={"x": ("scalar", -1), "y": ("scalar", -1)},
                     tag_field="objective_id")
-    picks = np.array([int(m({"tokens": np.zeros(1)}, np.random.default_rng(i))["objective_id"]) for i in range(4000)])
+    picks = m.batch({"tokens": np.zeros((4000, 1))}, RowStreams.for_rows(0, 0, np.arange(4000)))["objective_id"]
     assert abs((picks == 0).mean() - 0.75) < 5 * np.sqrt(0.75 * 0.25 / 4000)
-    a = m({"tokens": np.zeros(1)}, np.random.default_rng(9))
-    b = m({"tokens": np.zeros(1)}, np.random.default_rng(9))
+    a = m({"tokens": np.zeros(1)}, 9)
+    b = m({"tokens": np.zeros(1)}, 9)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert set(a) == {"tokens", "x", "y", "objective_id"}
 
@@ -70,7 +73,7 @@ def test_mix_of_macbert_and_sop_has_one_field_set():
     assert SOP_FILL == {"sop_label": ("scalar", -1)}
     m = MixByWeight([(0.5, mac), (0.5, sop)], fill=SOP_FILL)
     rng = np.random.default_rng(0)
-    outs = [m(segment(rng), np.random.default_rng(i)) for i in range(40)]
+    outs = [m(segment(rng), i) for i in range(40)]
     keys = {frozenset(o) for o in outs}
     assert len(keys) == 1 and "sop_label" in next(iter(keys))
     labels = [int(o["sop_label"]) for o in outs]
@@ -99,7 +102,7 @@ def test_registry_names_and_build():
     assert ALL <= set(registry.names())
     t = registry.build("macbert", {"seq_length": 16, "ngram_probs": [0.5, 0.5]}, special=SP, vocab_size=V)
     assert isinstance(t, MacBERT) and t.config.ngram_probs == (0.5, 0.5)
-    out = t({"tokens": np.arange(20, 30, dtype=np.int32), "word_start": np.ones(10, bool)}, np.random.default_rng(0))
+    out = t({"tokens": np.arange(20, 30, dtype=np.int32), "word_start": np.ones(10, bool)}, 0)
     assert out["tokens"].shape == (16,)
     s = registry.build("sop", {"seq_length": 16}, vocab_size=V)
     assert isinstance(s, SOP)
@@ -157,7 +160,7 @@ def test_build_spec_compose_and_mix():
                     {"weight": 1, "name": "sop", "config": {"seq_length": 24}}], "tag_field": "objective_id"}
     m = registry.build_spec(spec, vocab_size=V)
     assert isinstance(m, MixByWeight) and np.allclose(m.weights, [2 / 3, 1 / 3])
-    out = m(segment(np.random.default_rng(1)), np.random.default_rng(2))
+    out = m(segment(np.random.default_rng(1)), 2)
     assert {"sop_label", "objective_id", "tokens"} <= set(out)
     c = registry.build_spec({"compose": [{"name": "sop", "config": {"seq_length": 24}}]}, vocab_size=V)
     assert isinstance(c, Compose)
@@ -216,7 +219,7 @@ def test_mix_batch_form_keeps_rows_in_order_and_fills_neutral_values():
     m = MixByWeight([(0.5, mac), (0.5, sop)], fill=SOP_FILL, tag_field="objective_id")
     rng = np.random.default_rng(3)
     samples = [segment(rng, 20) for _ in range(40)]
-    out = m.batch(samples, np.random.default_rng(4))
+    out = m.batch(samples, RowStreams.for_rows(4, 0, np.arange(40)))
     assert out["tokens"].shape == (40, 32) and out["sop_label"].shape == (40,)
     chose_sop = out["objective_id"] == 1
     assert 5 < chose_sop.sum() < 35
@@ -227,3 +230,5 @@ def test_mix_batch_form_keeps_rows_in_order_and_fills_neutral_values():
             assert body.tolist() == s["tokens"].tolist()          # in-order pair, no masking
         else:
             assert out["kv_end"][i][0] == len(s["tokens"]) + 2
+        alone = m(s, 4, index=i)                                      # a row is its sample alone
+        assert all(np.array_equal(out[k][i], alone[k]) for k in alone)

@@ -13,7 +13,7 @@ from data_pipeline.samplers import (
     SourceTargetSampler,
     blend_schedule,
 )
-from objectives.sample import SpecialTokens
+from objectives.sample import SpecialTokens, row
 
 EOT = SpecialTokens().eot
 
@@ -64,7 +64,7 @@ def test_packed_equals_naive_stream_of_shuffled_documents(corpus):
     for S in (1, 7, 64):
         sampler = PackedContextSampler(data, S, seed=3)
         for epoch in (0, 1):
-            perm, _ = sampler._order(epoch)
+            perm = sampler._order(epoch)[0]
             assert sorted(perm.tolist()) == list(range(len(docs)))
             stream = np.concatenate([np.append(flat_docs[k], EOT) for k in perm])
             assert len(sampler) == (len(stream) - 1) // S
@@ -199,3 +199,26 @@ def test_blended_sampler_routes_and_wraps(corpus):
     np.testing.assert_array_equal(blend.sample(1, j0)["tokens"], a.sample(e, k)["tokens"])
     with pytest.raises(ValueError, match="weights"):
         BlendedSampler([a], [1, 2])
+
+
+def test_batched_reads_are_the_samples_one_by_one(corpus):
+    """``read(epoch, index)`` on arrays (a batch across epochs, any order) gives row by row
+    what ``sample`` gives alone."""
+    data, _ = corpus
+    a = PackedContextSampler(data, 8, seed=0)
+    samplers = [a, SegmentSampler(data, 12, seed=1), SegmentPairSampler(data, 16, seed=2),
+                SourceTargetSampler(data, 10, 6, seed=3),
+                BlendedSampler([a, PackedContextSampler(data, 16, seed=1)], [3, 1], size=50)]
+    g = np.random.default_rng(4)
+    for sampler in samplers:
+        epoch = g.integers(0, 3, 17)
+        index = g.integers(0, len(sampler), 17)
+        batch = sampler.read(epoch, index)
+        for b in range(17):
+            one = sampler.sample(int(epoch[b]), int(index[b]))
+            got = row(batch, b)
+            assert got.keys() == one.keys(), type(sampler).__name__
+            for k in one:
+                np.testing.assert_array_equal(got[k], one[k], err_msg=f"{type(sampler).__name__}.{k}")
+    with pytest.raises(IndexError, match="out of range"):
+        samplers[1].read([0, 0], [0, len(samplers[1])])

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from objectives import intervals
 from objectives.fim import FIM, FIMConfig, original_order
 from objectives.sample import CONTRACT_FIELDS, SpecialTokens
+from objectives.streams import RowStreams
 
 SP = SpecialTokens()
 EOT, PRE, MID, SUF, FPAD = SP.eot, SP.fim_prefix, SP.fim_middle, SP.fim_suffix, SP.fim_pad
@@ -51,19 +52,19 @@ def make(tokenizer=TOK, vocab_size=V, **cfg):
     return FIM(FIMConfig(**cfg), special=SP, vocab_size=vocab_size, tokenizer=tokenizer)
 
 
-class Draws:
-    """A stand-in Generator with fixed uniforms, to show exact outputs."""
-
-    def __init__(self, rows):
-        self.rows = np.asarray(rows, dtype=np.float64)
-
-    def random(self, shape):
-        return self.rows.reshape(shape)
+def with_draws(t, tokens, rows):
+    """``t`` on one sample with given uniforms (4 per document), to show exact outputs."""
+    tokens = np.asarray(tokens, np.int32)
+    if t.config.scope == "document":
+        return {"tokens": t.transform_document(tokens, rows)}
+    return {k: v[0] for k, v in t.pack(t.transform_context(tokens, rows)[None]).items()}
 
 
-def doc1(t, doc, rng):
-    """One document through the document-level stage, with the 4 draws ``rng.random(4)``."""
-    return {"tokens": t.transform_document(t._check_document(np.asarray(doc)), rng.random(4))}
+def doc_fim(t, doc, seed):
+    """One document through the document-level stage (``FIM.documents``), keyed by ``seed``."""
+    doc = np.asarray(doc, np.int32)
+    out = t.documents({"tokens": doc[None], "length": np.array([doc.size])}, RowStreams.of(seed))
+    return {"tokens": out["tokens"][0, : out["length"][0]]}
 
 
 def cut_u(c, n):
@@ -84,7 +85,7 @@ def test_literal_document(spm_rate, variant, expect):
     t = make(scope="document", fim_rate=1.0, spm_rate=spm_rate, spm_variant=variant)
     doc = np.array(ids("abcdef"), np.int32)
     # cuts at characters 2 and 4: prefix "ab", middle "cd", suffix "ef"
-    out = doc1(t, doc, Draws([0.0, 0.5, cut_u(4, 6), cut_u(2, 6)]))
+    out = with_draws(t, doc, [0.0, 0.5, cut_u(4, 6), cut_u(2, 6)])
     assert out["tokens"].tolist() == expect
     assert TOK.decode(original_order(out["tokens"], SP)) == "abcdef"
 
@@ -96,7 +97,7 @@ def test_literal_context_truncates_the_tail():
     rows = [[0.0, 0.9, cut_u(1, 4), cut_u(3, 4)],  # PSM: a | bc | d
             [0.0, 0.1, cut_u(0, 4), cut_u(2, 4)],  # SPM: "" | ef | gh
             [0.7, 0.0, 0.0, 0.0]]                  # tail "ij": no FIM
-    out = t({"tokens": ctx}, Draws(rows))
+    out = with_draws(t, ctx, rows)
     full = [PRE, *ids("a"), SUF, *ids("d"), MID, *ids("bc"), EOT,
             PRE, SUF, *ids("gh"), MID, *ids("ef"), EOT, *ids("ij")]
     # 18 ids after FIM: cut back to 12, so the second document loses its middle and EOT
@@ -112,7 +113,7 @@ def test_literal_pads_when_retokenised_pieces_are_shorter():
     tok = CharTokenizer("abcdefgh \n", pieces=["cdefgh"])
     t = make(tokenizer=tok, vocab_size=tok.vocab_size, seq_length=8, fim_rate=1.0, spm_rate=0.0)
     ctx = np.array([tok.index[c] for c in "abcdefgh"] + [EOT], np.int32)
-    out = t({"tokens": ctx}, Draws([[0.0, 0.5, cut_u(1, 8), cut_u(2, 8)], [0.9, 0, 0, 0]]))
+    out = with_draws(t, ctx, [[0.0, 0.5, cut_u(1, 8), cut_u(2, 8)], [0.9, 0, 0, 0]])
     a, b, cdefgh = tok.index["a"], tok.index["b"], tok.index["cdefgh"]
     full = [PRE, a, SUF, cdefgh, MID, b, EOT, FPAD, FPAD]
     assert out["tokens"].tolist() == full[:8]
@@ -124,16 +125,15 @@ def test_literal_pads_when_retokenised_pieces_are_shorter():
 def test_token_level_needs_no_tokenizer():
     t = FIM(FIMConfig(scope="document", fim_rate=1.0, spm_rate=0.0, split_level="token"), special=SP, vocab_size=V)
     doc = np.array([20, 21, 22, 23, 24], np.int32)
-    out = doc1(t, doc, Draws([0.0, 0.9, cut_u(1, 5), cut_u(3, 5)]))
+    out = with_draws(t, doc, [0.0, 0.9, cut_u(1, 5), cut_u(3, 5)])
     assert out["tokens"].tolist() == [PRE, 20, SUF, 23, 24, MID, 21, 22]
 
 
 def test_line_level_cuts_on_line_starts():
     t = make(scope="document", fim_rate=1.0, spm_rate=0.0, split_level="line")
     text = "ab\ncd\nef"
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        out = doc1(t, np.array(ids(text), np.int32), rng)["tokens"]
+    for seed in range(50):
+        out = doc_fim(t, np.array(ids(text), np.int32), seed)["tokens"]
         s, m = out.tolist().index(SUF), out.tolist().index(MID)
         prefix, middle = TOK.decode(out[1:s]), TOK.decode(out[m + 1 :])
         assert prefix in ("", "ab\n", "ab\ncd\n", text)
@@ -168,25 +168,25 @@ def test_bad_tokenizer_and_input():
     make(tokenizer=DummyPrefix(), seq_length=8, require_lossless_tokenizer=False)  # accepted on request
     t = make(seq_length=4)
     with pytest.raises(ValueError, match="seq_length \\+ 1 = 5"):
-        t({"tokens": np.array(ids("abcd"), np.int32)}, np.random.default_rng(0))
+        t({"tokens": np.array(ids("abcd"), np.int32)}, 0)
     with pytest.raises(ValueError, match="outside"):
-        t({"tokens": np.array([16, 17, 18, 19, V], np.int32)}, np.random.default_rng(0))
+        t({"tokens": np.array([16, 17, 18, 19, V], np.int32)}, 0)
     d = make(scope="document")
     with pytest.raises(ValueError, match="without EOT"):
-        doc1(d, np.array([16, EOT, 17], np.int32), np.random.default_rng(0))
+        doc_fim(d, np.array([16, EOT, 17], np.int32), 0)
 
 
 def test_degenerate_documents_pass_or_transform_cleanly():
     t = make(scope="document", fim_rate=1.0, spm_rate=0.0)
-    rng = np.random.default_rng(0)
-    assert doc1(t, np.zeros(0, np.int32), rng)["tokens"].tolist() == []
+    rng = 0
+    assert doc_fim(t, np.zeros(0, np.int32), rng)["tokens"].tolist() == []
     # a one-token document: still a valid FIM sample, pieces add up
-    out = doc1(t, np.array([16], np.int32), rng)["tokens"]
+    out = doc_fim(t, np.array([16], np.int32), rng)["tokens"]
     assert sorted(out[np.isin(out, [PRE, MID, SUF])].tolist()) == sorted([PRE, MID, SUF])
     assert original_order(out, SP).tolist() == [16]
     # documents holding reserved ids (pads, sentinels, unk) pass through unchanged
     for doc in ([SP.pad, SP.pad], [SP.unk], [16, MID, 17]):
-        assert doc1(t, np.array(doc, np.int32), rng)["tokens"].tolist() == doc
+        assert doc_fim(t, np.array(doc, np.int32), rng)["tokens"].tolist() == doc
     # a context of only EOTs: every (empty) document keeps its EOT
     c = make(seq_length=4, fim_rate=1.0)
     out = c({"tokens": np.full(5, EOT, np.int32)}, rng)
@@ -213,8 +213,8 @@ def check_context_properties(t, tok, texts, seed, seq_length):
     ctx = np.array(ctx_list[: seq_length + 1], np.int32)
     if len(ctx) < seq_length + 1:
         ctx = np.concatenate([ctx, np.full(seq_length + 1 - len(ctx), EOT, np.int32)])
-    out = t({"tokens": ctx}, np.random.default_rng(seed))
-    again = t({"tokens": ctx}, np.random.default_rng(seed))
+    out = t({"tokens": ctx}, seed)
+    again = t({"tokens": ctx}, seed)
     assert all(np.array_equal(out[k], again[k]) for k in CONTRACT_FIELDS)  # pure in (sample, seed)
     assert all(out[k].shape == (seq_length,) for k in CONTRACT_FIELDS)
     full = reassemble(out)
@@ -265,7 +265,7 @@ def test_context_properties_char_tokenizer(texts, seed, level, variant, rate, se
 def test_document_scope_round_trip(text, seed, variant):
     t = make(scope="document", fim_rate=1.0, spm_rate=0.5, spm_variant=variant)
     doc = np.array(ids(text), np.int32)
-    out = doc1(t, doc, np.random.default_rng(seed))["tokens"]
+    out = doc_fim(t, doc, seed)["tokens"]
     if doc.size:
         assert np.isin(out, [PRE, MID, SUF]).sum() == 3 and len(out) == len(doc) + 3
     assert TOK.decode(original_order(out, SP)) == text
@@ -274,9 +274,10 @@ def test_document_scope_round_trip(text, seed, variant):
 def test_rates_on_large_draws():
     # SPM variant 1 starts with <SUF> and PSM with <PRE>, so the first id tells the mode
     t = make(scope="document", fim_rate=0.3, spm_rate=0.7, split_level="token", spm_variant=1)
-    rng = np.random.default_rng(1)
     doc = np.array(ids("abcdefgh"), np.int32)
-    firsts = np.array([doc1(t, doc, rng)["tokens"][0] for _ in range(10000)])
+    out = t.documents({"tokens": np.tile(doc, (10000, 1)), "length": np.full(10000, doc.size)},
+                      RowStreams.for_rows(1, 0, np.arange(10000)))
+    firsts = out["tokens"][:, 0]
     n_psm, n_spm = int((firsts == PRE).sum()), int((firsts == SUF).sum())
     assert abs((n_psm + n_spm) / 10000 - 0.3) < 0.015  # sd ~0.0046
     assert abs(n_spm / (n_psm + n_spm) - 0.7) < 0.03  # sd ~0.0084
@@ -288,10 +289,9 @@ def test_cut_points_are_uniform_over_characters():
     t = make(tokenizer=tok, vocab_size=tok.vocab_size, scope="document", fim_rate=1.0, spm_rate=0.0)
     text = "aaaaaaaa b"
     doc = np.array(tok.encode(text), np.int32)  # 3 tokens, 10 characters
-    rng = np.random.default_rng(3)
     lens = []
-    for _ in range(6000):
-        out = doc1(t, doc, rng)["tokens"].tolist()
+    for seed in range(6000):
+        out = doc_fim(t, doc, seed)["tokens"].tolist()
         lens.append(len(tok.decode(out[1 : out.index(SUF)])))
     counts = np.bincount(lens, minlength=11)
     # prefix length = min of two uniform cuts on 0..10: P(k) = (2*(10-k)+1)/121
@@ -318,6 +318,9 @@ class SentencePieceAdapter:
 
     def decode(self, ids):
         return self.sp.decode([int(i) - SP.first_regular for i in ids if i >= SP.first_regular])
+
+    def id_to_piece(self, i):
+        return self.sp.id_to_piece(int(i) - SP.first_regular)
 
 
 @pytest.fixture(scope="module")
@@ -353,13 +356,12 @@ def test_sentencepiece_pieces_are_tokenised_as_from_scratch(sp_tok):
     # never merges across a space), so training matches inference-time tokenisation
     t = FIM(FIMConfig(scope="document", fim_rate=1.0, spm_rate=0.0), special=SP,
             vocab_size=sp_tok.vocab_size, tokenizer=sp_tok)
-    rng = np.random.default_rng(0)
     checked = 0
-    for text in sp_texts(7, 300):
+    for seed, text in enumerate(sp_texts(7, 300)):
         if "☃" in text or not text:
             continue
         doc = np.array(sp_tok.encode(text), np.int32)
-        out = doc1(t, doc, rng)["tokens"].tolist()
+        out = doc_fim(t, doc, seed)["tokens"].tolist()
         s, m = out.index(SUF), out.index(MID)
         for piece in (out[1:s], out[s + 1 : m], out[m + 1 :]):
             assert piece == sp_tok.encode(sp_tok.decode(piece))
@@ -374,7 +376,7 @@ def test_literal_sentencepiece(sp_tok):
     text = "the quick brown fox"
     doc = np.array(sp_tok.encode(text), np.int32)
     # cuts at characters 6 ("the qu|ick") and 17 ("brown f|ox"); the words cut are re-encoded
-    out = doc1(t, doc, Draws([0.0, 0.9, cut_u(6, 19), cut_u(17, 19)]))["tokens"].tolist()
+    out = with_draws(t, doc, [0.0, 0.9, cut_u(6, 19), cut_u(17, 19)])["tokens"].tolist()
     s, m = out.index(SUF), out.index(MID)
     assert [sp_tok.decode(p) for p in (out[1:s], out[s + 1 : m], out[m + 1 :])] == ["the qu", "ox", "ick brown f"]
     assert out[1:s] == sp_tok.encode("the qu") and out[m + 1 :] == sp_tok.encode("ick brown f")
@@ -390,7 +392,7 @@ def test_memoised_encodings_never_change_outputs(sp_tok):
         for text in sp_texts(seed, 8):
             ctx += sp_tok.encode(text) + [EOT]
         ctx = np.array((ctx + [EOT] * 97)[:97], np.int32)
-        outs = [t({"tokens": ctx}, np.random.default_rng(seed))["tokens"] for t in (cached, plain, tiny, cached)]
+        outs = [t({"tokens": ctx}, seed)["tokens"] for t in (cached, plain, tiny, cached)]
         assert all(np.array_equal(outs[0], o) for o in outs[1:])
     assert len(plain._cache) == 0 and len(tiny._cache) <= 3
 
@@ -399,10 +401,9 @@ def test_context_level_fim_share():
     # 40 one-token documents per context: the share of documents given FIM follows fim_rate
     t = make(seq_length=79, fim_rate=0.25, split_level="token")
     ctx = np.array([16, EOT] * 40, np.int32)
-    rng = np.random.default_rng(2)
     n_fim = 0
-    for _ in range(300):
-        docs, _ = split_eot(reassemble(t({"tokens": ctx}, rng)))
+    for seed in range(300):
+        docs, _ = split_eot(reassemble(t({"tokens": ctx}, seed)))
         # the first 10 documents (at most 5 ids each) are never truncated
         n_fim += sum(int(d[0] == PRE) for d in docs[:10])
     assert abs(n_fim / 3000 - 0.25) < 0.03  # sd ~0.008
@@ -461,7 +462,46 @@ def test_literal_reencode_cap(cap, middle):
     t = make(tok, tok.vocab_size, scope="document", fim_rate=1.0, spm_rate=0.0, max_reencode_tokens=cap)
     doc = np.array(tok.encode("aaaaaaaa"), np.int32)
     assert len(doc) == 4
-    out = doc1(t, doc, Draws([0.0, 0.9, cut_u(3, 8), cut_u(8, 8)]))["tokens"].tolist()
+    out = with_draws(t, doc, [0.0, 0.9, cut_u(3, 8), cut_u(8, 8)])["tokens"].tolist()
     aa, a = tok.index["aa"], tok.index["a"]
     as_ids = {"aa": aa, "a": a}
     assert out == [PRE, aa, a, SUF, MID, *[as_ids[p] for p in middle]]
+
+
+def piece_bytes(tok, ids):
+    """The UTF-8 bytes that sentencepiece ids stand for (byte pieces as their byte)."""
+    out = b""
+    for i in ids:
+        p = tok.id_to_piece(int(i))
+        out += bytes([int(p[3:5], 16)]) if p.startswith("<0x") else p.replace("\u2581", " ").encode()
+    return out
+
+
+@pytest.mark.parametrize("level", ["character", "line"])
+def test_byte_pieces_cut_by_the_context_edges_are_never_rewritten(sp_tok, level):
+    # "ü" is two byte pieces (C3 BC) here. A packed context that starts after the C3 and
+    # ends after a C3 holds half characters at both ends: FIM must move those pieces as
+    # they are (never decode them to U+FFFD and re-encode that), and no cut may fall
+    # between the bytes of one character.
+    lead, cont = (sp_tok.encode("ü")[k] for k in (0, 1))
+    assert sp_tok.id_to_piece(lead) == "<0xC3>" and sp_tok.id_to_piece(cont) == "<0xBC>"
+    head = [cont] + sp_tok.encode(" the fox ü jumps\nover ü")          # starts mid-character
+    tail = sp_tok.encode("café ü naïve the dog ") + [lead]              # ends mid-character
+    ctx = np.array(head + [EOT] + tail, np.int32)
+    S = len(ctx) - 1
+    t = FIM(FIMConfig(seq_length=S, fim_rate=1.0, spm_rate=0.0, split_level=level), special=SP,
+            vocab_size=sp_tok.vocab_size, tokenizer=sp_tok)
+    bad = "\ufffd".encode()
+    for seed in range(200):
+        full = reassemble(t({"tokens": ctx}, seed))
+        docs, rest = split_eot(full)
+        assert len(docs) == 1
+        doc = docs[0]
+        assert piece_bytes(sp_tok, original_order(doc, SP)) == piece_bytes(sp_tok, head), seed
+        s, m = doc.tolist().index(SUF), doc.tolist().index(MID)      # PSM: <PRE> p <SUF> s <MID> m
+        pieces = [doc[1:s], doc[m + 1:], doc[s + 1:m]]                 # prefix, middle, suffix
+        for k, piece in enumerate(pieces):      # a continuation byte opens a piece only at the document start
+            if piece.size and piece_bytes(sp_tok, piece[:1])[0] & 0xC0 == 0x80:
+                assert sum(p.size for p in pieces[:k]) == 0, seed
+        regular = rest[rest >= SP.first_regular]                       # the tail, FIM'd and cut at S + 1
+        assert bad not in piece_bytes(sp_tok, regular), seed

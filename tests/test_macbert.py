@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from objectives import intervals
 from objectives.macbert import KEEP, RANDOM_WORD, SIMILAR, MacBERT, MacBERTConfig, load_similar_words
 from objectives.sample import SpecialTokens
+from objectives.streams import RowStreams
 from objectives.similar_words import (
     MAX_WORD_TOKENS,
     SimilarWords,
@@ -43,7 +44,7 @@ def test_literal_every_word_replaced_by_its_only_neighbour():
     table = SimilarWords.from_neighbours({(20,): [(21,)], (30, 31): [(32, 33)], (40,): [(41,)]})
     t = make(table, seq_length=8, mask_rate=1.0, ngram_probs=(1.0,), replace_probs=(1.0, 0.0, 0.0))
     s = {"tokens": np.array([20, 30, 31, 40], np.int32), "word_start": np.array([1, 1, 0, 1], bool)}
-    out = t(s, np.random.default_rng(0))
+    out = t(s, 0)
     assert out["tokens"].tolist() == [3, 21, 32, 33, 41, 4, 0, 0]
     assert out["labels"].tolist() == [0, 20, 30, 31, 40, 0, 0, 0]
     assert out["loss_mask"].tolist() == [0, 1, 1, 1, 1, 0, 0, 0]
@@ -54,7 +55,7 @@ def test_literal_every_word_replaced_by_its_only_neighbour():
 def test_literal_keep_leaves_tokens_but_sets_labels():
     t = make(seq_length=6, mask_rate=1.0, ngram_probs=(1.0,), replace_probs=(0.0, 0.0, 1.0))
     s = {"tokens": np.array([50, 51, 52], np.int32), "word_start": np.array([1, 0, 1], bool)}
-    out = t(s, np.random.default_rng(1))
+    out = t(s, 1)
     assert out["tokens"].tolist() == [3, 50, 51, 52, 4, 0]
     assert out["labels"].tolist() == [0, 50, 51, 52, 0, 0]
 
@@ -67,7 +68,7 @@ def test_mismatched_length_candidates_are_dropped_and_fall_back_to_random_word_o
     s = {"tokens": np.array([30, 31], np.int32), "word_start": np.array([1, 0], bool)}
     seen = set()
     for seed in range(30):
-        out = t(s, np.random.default_rng(seed))
+        out = t(s, seed)
         seen.add(tuple(out["tokens"][1:3].tolist()))
         assert out["tokens"][3] == SP.sep and out["labels"][1:3].tolist() == [30, 31]
     assert seen == {(30, 31), (60, 61)}
@@ -75,9 +76,8 @@ def test_mismatched_length_candidates_are_dropped_and_fall_back_to_random_word_o
 
 def test_no_table_means_random_tokens_in_regular_range():
     t = make(seq_length=40, mask_rate=1.0, ngram_probs=(1.0,), replace_probs=(1.0, 0.0, 0.0))
-    rng = np.random.default_rng(3)
-    s = segment(rng, 30, low=900, high=910)  # originals in [900, 910): substitutes differ almost surely
-    out = t(s, rng)
+    s = segment(np.random.default_rng(3), 30, low=900, high=910)  # originals in [900, 910): substitutes differ
+    out = t(s, 3)
     body = out["tokens"][1:31]
     assert out["loss_mask"][1:31].all()
     assert body.min() >= SP.first_regular and body.max() < V
@@ -113,8 +113,8 @@ def test_properties(n, seed, S, word_frac):
                                                      "word_start": np.array(wss[:n], bool)}
     n = len(s["tokens"])
     t = make(table, seq_length=S)
-    a = t(s, np.random.default_rng(seed))
-    b = t(s, np.random.default_rng(seed))
+    a = t(s, seed)
+    b = t(s, seed)
     for k in a:  # a pure function of (sample, seed)
         assert np.array_equal(a[k], b[k]), k
         assert a[k].shape == (S,) and a[k].dtype == (np.float32 if k == "loss_mask" else np.int32)
@@ -149,7 +149,7 @@ def test_substitutes_are_table_neighbours_of_the_same_length():
         ws_ = [words[i] for i in r.integers(0, len(words), 150)]
         toks = np.array([x for w in ws_ for x in w], np.int32)[:510]
         flags = np.array([j == 0 for w in ws_ for j in range(len(w))], bool)[:510]
-        out = t({"tokens": toks, "word_start": flags}, r)
+        out = t({"tokens": toks, "word_start": flags}, seed)
         lm = out["loss_mask"][1:511].astype(bool)
         new = out["tokens"][1:511]
         starts = np.flatnonzero(flags)
@@ -169,10 +169,13 @@ def _big_draw(t, rows=1500, n=500, seed=11):
     ws = rng.random((rows, n)) < 0.6
     ws[:, 0] = True
     tokens = rng.integers(16, V, (rows, n)).astype(np.int32)
-    new, pos, info = t.corrupt_grid(rng, tokens, ws, lengths=np.full(rows, n))
+    keys = RowStreams.for_rows(seed, 0, np.arange(rows))
+    spans = t.choose(keys, ws, lengths=np.full(rows, n))
+    pos, _ = spans.positions()
+    action = t.substitute(keys, tokens, pos, ws.reshape(-1)[pos])
     chosen = np.zeros(rows * n, bool)
     chosen[pos] = True
-    return ws, chosen.reshape(rows, n), info
+    return ws, chosen.reshape(rows, n), {"spans": spans, "action": action}
 
 
 def test_budget_ngram_and_replacement_shares():
@@ -210,19 +213,18 @@ def test_config_out_of_range_names_the_field(field, value):
 
 def test_empty_and_one_token_segments():
     t = make(seq_length=6)
-    out = t({"tokens": np.zeros(0, np.int32), "word_start": np.zeros(0, bool)}, np.random.default_rng(0))
+    out = t({"tokens": np.zeros(0, np.int32), "word_start": np.zeros(0, bool)}, 0)
     assert out["tokens"].tolist() == [3, 4, 0, 0, 0, 0] and out["loss_mask"].sum() == 0
-    out = make(seq_length=6, mask_rate=1.0)({"tokens": np.array([77], np.int32), "word_start": np.array([True])},
-                                            np.random.default_rng(0))
+    out = make(seq_length=6, mask_rate=1.0)({"tokens": np.array([77], np.int32), "word_start": np.array([True])}, 0)
     assert out["labels"].tolist() == [0, 77, 0, 0, 0, 0]
 
 
 def test_bad_fields():
     t = make(seq_length=8)
     with pytest.raises(KeyError, match="word_start"):
-        t({"tokens": np.array([20, 21], np.int32)}, np.random.default_rng(0))
+        t({"tokens": np.array([20, 21], np.int32)}, 0)
     with pytest.raises(ValueError, match="word_start"):
-        t({"tokens": np.array([20, 21], np.int32), "word_start": np.array([True])}, np.random.default_rng(0))
+        t({"tokens": np.array([20, 21], np.int32), "word_start": np.array([True])}, 0)
     with pytest.raises(ValueError, match="no file"):
         make(similar_words="/nonexistent/table.npz")
 
@@ -310,7 +312,7 @@ def test_reserved_ids_in_input_are_copied_never_targets_but_unk_can_be():
     t = make(seq_length=12, mask_rate=1.0, ngram_probs=(1.0,), replace_probs=(1.0, 0.0, 0.0))
     s = {"tokens": np.array([20, SP.eot, 21, SP.unk, 22, SP.mask], np.int32), "word_start": np.ones(6, bool)}
     for seed in range(10):
-        out = t(s, np.random.default_rng(seed))
+        out = t(s, seed)
         assert out["tokens"][2] == SP.eot and out["tokens"][6] == SP.mask
         assert out["loss_mask"][[2, 6]].sum() == 0
         assert out["loss_mask"][[1, 3, 4, 5]].all()          # unk is an ordinary word here
@@ -321,5 +323,5 @@ def test_word_after_a_reserved_id_is_its_own_word():
     table = SimilarWords.from_neighbours({(20,): [(21,)], (31,): [(32,)]})
     t = make(table, seq_length=8, mask_rate=1.0, ngram_probs=(1.0,), replace_probs=(1.0, 0.0, 0.0))
     s = {"tokens": np.array([20, SP.eot, 31], np.int32), "word_start": np.array([1, 0, 0], bool)}
-    out = t(s, np.random.default_rng(0))
+    out = t(s, 0)
     assert out["tokens"].tolist()[:5] == [3, 21, SP.eot, 32, 4]

@@ -6,8 +6,42 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from objectives import masking as m
+from objectives.streams import RowStreams
 
 SETTINGS = settings(max_examples=40, deadline=None)
+
+
+def streams(seed, rows):
+    return RowStreams.for_rows(seed, 0, np.arange(rows))
+
+
+def span_ids(seed, ws, **kw):
+    """Dense span ids of ``choose_spans`` ([S] for a 1-D ``ws``), row b keyed (seed, 0, b)."""
+    ws = np.asarray(ws, bool)
+    out = m.choose_spans(streams(seed, 1 if ws.ndim == 1 else ws.shape[0]), ws, **kw).span_id()
+    return out[0] if ws.ndim == 1 else out
+
+
+NONE, MASK, RANDOM, KEEP = range(4)
+
+
+def corrupt(seed, tokens, sid, probs=(0.8, 0.1, 0.1), per_span=True, low=16, high=30, mask_id=2):
+    """Corruption of the spans of a dense ``sid`` ([B, S]): (new tokens, actions [B, S]), the
+    actions read off the result (original ids must lie outside [low, high) to tell random from kept)."""
+    tokens = np.atleast_2d(np.array(tokens, copy=True))
+    sid = np.atleast_2d(sid)
+    B, S = sid.shape
+    chosen = sid.ravel() >= 0
+    pos = np.flatnonzero(chosen)
+    key = (pos // S) * (S + 1) + sid.ravel()[pos]
+    uniq, span = np.unique(key, return_inverse=True)
+    first = np.full(uniq.size, B * S, np.int64)
+    np.minimum.at(first, span, pos)                  # each span's first position
+    original = tokens.copy()
+    m.Corruption(probs, per_span=per_span, mask_id=mask_id, low=low, high=high)(streams(seed, B), tokens, pos,
+                                                                             span, first)
+    act = np.where(tokens == mask_id, MASK, np.where(tokens == original, KEEP, RANDOM))
+    return tokens, np.where(sid >= 0, act, NONE)
 
 
 def words_of(ws):
@@ -31,16 +65,6 @@ def spans_of(span_id):
 # ----------------------------------------------------------------------------- literals
 
 
-def test_word_spans_literal():
-    starts, ends = m.word_spans(np.array([1, 0, 1, 1, 0, 0, 1], bool))
-    assert starts.tolist() == [0, 2, 3, 6]
-    assert ends.tolist() == [2, 3, 6, 7]
-    # position 0 starts a word even when the flag says otherwise
-    starts, ends = m.word_spans(np.array([0, 0, 1], bool))
-    assert starts.tolist() == [0, 2] and ends.tolist() == [2, 3]
-    assert m.word_spans(np.zeros(0, bool))[0].size == 0
-
-
 def test_geometric_law_matches_spanbert():
     p = m.geometric_length_probs(0.2, 10)
     raw = np.array([0.2 * 0.8 ** (k - 1) for k in range(1, 11)])
@@ -51,28 +75,26 @@ def test_geometric_law_matches_spanbert():
 
 def test_full_budget_takes_every_word_literal():
     ws = np.array([1, 0, 1, 1, 0, 0, 1], bool)
-    sid = m.choose_spans(np.random.default_rng(0), ws, length_probs=[1.0], budget_tokens=7)
+    sid = span_ids(0, ws, length_probs=[1.0], budget_tokens=7)
     # all 4 words chosen, one span each, numbered left to right
     assert sid.tolist() == [0, 0, 1, 2, 2, 2, 3]
 
 
 def test_zero_budget_chooses_nothing():
     ws = np.ones(50, bool)
-    sid = m.choose_spans(np.random.default_rng(0), ws, budget_tokens=0)
+    sid = span_ids(0, ws, budget_tokens=0)
     assert np.all(sid == -1)
 
 
 def test_actions_literal_mask_everything():
-    tokens = np.array([20, 21, 22, 23], np.int32)
+    tokens = np.array([40, 41, 42, 43], np.int32)
     sid = np.array([-1, 0, 0, 1])
-    new, act = m.bert_corrupt(np.random.default_rng(0), tokens, sid, mask_id=2, low=16, high=30,
-                              probs=(1.0, 0.0, 0.0))
-    assert new.tolist() == [20, 2, 2, 2]
-    assert act.tolist() == [m.ACTION_NONE, m.ACTION_MASK, m.ACTION_MASK, m.ACTION_MASK]
-    new, act = m.bert_corrupt(np.random.default_rng(0), tokens, sid, mask_id=2, low=16, high=30,
-                              probs=(0.0, 0.0, 1.0))
-    assert new.tolist() == [20, 21, 22, 23]
-    assert act.tolist() == [m.ACTION_NONE, m.ACTION_KEEP, m.ACTION_KEEP, m.ACTION_KEEP]
+    new, act = corrupt(0, tokens, sid, probs=(1.0, 0.0, 0.0))
+    assert new[0].tolist() == [40, 2, 2, 2]
+    assert act[0].tolist() == [NONE, MASK, MASK, MASK]
+    new, act = corrupt(0, tokens, sid, probs=(0.0, 0.0, 1.0))
+    assert new[0].tolist() == [40, 41, 42, 43]
+    assert act[0].tolist() == [NONE, KEEP, KEEP, KEEP]
 
 
 # ----------------------------------------------------------------------------- properties
@@ -101,8 +123,8 @@ def test_spans_are_whole_eligible_words(grid, use_eligible, by_words):
     elig = el if use_eligible else np.ones_like(ws)
     budget = rate * (elig.sum(1) if not by_words else ws.sum(1) + 1)
     kw = {"budget_words": budget} if by_words else {"budget_tokens": budget}
-    sid = m.choose_spans(np.random.default_rng(seed), ws, length_probs=probs, eligible=eligible, **kw)
-    again = m.choose_spans(np.random.default_rng(seed), ws, length_probs=probs, eligible=eligible, **kw)
+    sid = span_ids(seed, ws, length_probs=probs, eligible=eligible, **kw)
+    again = span_ids(seed, ws, length_probs=probs, eligible=eligible, **kw)
     assert sid.shape == (B, S) and sid.dtype == np.int32
     assert np.array_equal(sid, again), "span choice must be a pure function of (input, seed)"
     for b in range(B):
@@ -128,7 +150,7 @@ def test_spans_are_whole_eligible_words(grid, use_eligible, by_words):
 def test_spanset_views_agree(seed, B, S):
     g = np.random.default_rng(seed)
     ws = g.random((B, S)) < 0.6
-    spans = m.choose_span_set(g, ws, length_probs=[0.5, 0.3, 0.2], budget_tokens=0.4 * S)
+    spans = m.choose_spans(streams(seed, B), ws, length_probs=[0.5, 0.3, 0.2], budget_tokens=0.4 * S)
     pos, span = spans.positions()
     dense = spans.span_id()
     assert np.array_equal(np.flatnonzero(dense.ravel() >= 0), pos)
@@ -145,7 +167,7 @@ def test_lengths_equals_prefix_eligibility(seed, B):
     S = 40
     ws = g.random((B, S)) < 0.7
     n = g.integers(0, S + 1, B)
-    sid = m.choose_spans(np.random.default_rng(seed), ws, budget_tokens=0.3 * n, lengths=n)
+    sid = span_ids(seed, ws, budget_tokens=0.3 * n, lengths=n)
     assert not np.any((sid >= 0) & (np.arange(S)[None, :] >= n[:, None]))
 
 
@@ -173,7 +195,7 @@ def span_word_lengths(sid, ws):
 
 def test_token_budget_and_geometric_lengths(big_words):
     probs = m.geometric_length_probs(0.2, 10)
-    sid = m.choose_spans(np.random.default_rng(1), big_words, length_probs=probs, budget_tokens=0.15 * S_BIG)
+    sid = span_ids(1, big_words, length_probs=probs, budget_tokens=0.15 * S_BIG)
     frac = (sid >= 0).mean()
     assert abs(frac - 0.15) < 0.002, frac
     lens = span_word_lengths(sid, big_words)
@@ -186,7 +208,7 @@ def test_token_budget_and_geometric_lengths(big_words):
 def test_word_budget_and_ngram_shares(big_words):
     probs = np.array([0.4, 0.3, 0.2, 0.1])
     budget = 0.15 * big_words.sum(1)
-    sid = m.choose_spans(np.random.default_rng(2), big_words, length_probs=probs, budget_words=budget)
+    sid = span_ids(2, big_words, length_probs=probs, budget_words=budget)
     words_chosen = (big_words & (sid >= 0)).sum()
     assert abs(words_chosen / budget.sum() - 1) < 0.01
     lens = span_word_lengths(sid, big_words)
@@ -196,17 +218,17 @@ def test_word_budget_and_ngram_shares(big_words):
 
 def test_token_level_budget_per_row_is_tight():
     ws = np.ones((B_BIG, S_BIG), bool)
-    sid = m.choose_spans(np.random.default_rng(3), ws, budget_tokens=0.15 * S_BIG)
+    sid = span_ids(3, ws, budget_tokens=0.15 * S_BIG)
     per_row = (sid >= 0).sum(1)
     assert abs(per_row.mean() - 0.15 * S_BIG) < 0.1
     assert per_row.min() >= 76 and per_row.max() <= 77     # 76.5 -> 76 or 77, never further
 
 
 def test_eighty_ten_ten_shares(big_words):
-    sid = m.choose_spans(np.random.default_rng(4), big_words, length_probs=[0.7, 0.3], budget_tokens=0.15 * S_BIG)
+    sid = span_ids(4, big_words, length_probs=[0.7, 0.3], budget_tokens=0.15 * S_BIG)
     for per_span in (False, True):
-        act = m.bert_actions(np.random.default_rng(5), sid, per_span=per_span)
-        assert np.array_equal(act == m.ACTION_NONE, sid < 0)
+        _, act = corrupt(5, np.zeros(sid.shape, np.int32), sid, per_span=per_span)
+        assert np.array_equal(act == NONE, sid < 0)
         if per_span:   # one draw per span: count spans
             B, S = sid.shape
             chosen = sid >= 0
@@ -223,10 +245,9 @@ def test_eighty_ten_ten_shares(big_words):
 
 
 def test_random_replacements_are_regular_ids():
-    tokens = np.full(20000, 40, np.int32)
-    sid = np.arange(20000)
-    new, act = m.bert_corrupt(np.random.default_rng(0), tokens, sid, mask_id=2, low=16, high=50,
-                              probs=(0.0, 1.0, 0.0))
+    tokens = np.full((4, 5000), 40, np.int32)
+    sid = np.tile(np.arange(5000), (4, 1))
+    new, act = corrupt(0, tokens, sid, low=16, high=50, probs=(0.0, 1.0, 0.0))
     assert new.min() >= 16 and new.max() < 50
     assert len(np.unique(new)) == 34                  # the whole range gets used
 
@@ -244,11 +265,10 @@ def test_random_replacements_are_regular_ids():
     ({"budget_tokens": 2, "eligible": np.ones(5, bool)}, "eligible shape"),
     ({"budget_tokens": 2, "lengths": 11}, "lengths"),
     ({"budget_tokens": 2, "lengths": 3, "eligible": np.ones(10, bool)}, "at most one"),
-    ({"budget_tokens": 2, "overfill": 0.5}, "overfill"),
 ])
 def test_choose_spans_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        m.choose_spans(np.random.default_rng(0), np.ones(10, bool), **kwargs)
+        m.choose_spans(streams(0, 1), np.ones(10, bool), **kwargs)
 
 
 @pytest.mark.parametrize("p, k, match", [(0.0, 10, "geometric p"), (-0.1, 10, "geometric p"),
@@ -261,42 +281,64 @@ def test_geometric_rejects_bad_config(p, k, match):
 @pytest.mark.parametrize("probs", [(0.8, 0.1), (0.8, 0.1, 0.2), (1.2, -0.1, -0.1), (0.5, 0.5, float("nan"))])
 def test_action_probs_rejected(probs):
     with pytest.raises(ValueError, match="probs"):
-        m.bert_actions(np.random.default_rng(0), np.zeros(3, int), probs=probs)
+        m.Corruption(probs, per_span=False, mask_id=2, low=16, high=30)
 
 
 def test_empty_replacement_range_rejected():
     with pytest.raises(ValueError, match="empty"):
-        m.bert_corrupt(np.random.default_rng(0), np.zeros(3, np.int32), np.zeros(3, int), mask_id=2,
-                       low=16, high=16, probs=(0, 1, 0))
+        m.Corruption((0, 1, 0), per_span=False, mask_id=2, low=16, high=16)
 
 
 def test_empty_and_tiny_inputs_pass_through():
-    g = np.random.default_rng(0)
-    assert m.choose_spans(g, np.zeros(0, bool), budget_tokens=1).shape == (0,)
-    assert m.choose_spans(g, np.zeros((3, 0), bool), budget_tokens=1).shape == (3, 0)
+    assert span_ids(0, np.zeros(0, bool), budget_tokens=1).shape == (0,)
+    assert span_ids(0, np.zeros((3, 0), bool), budget_tokens=1).shape == (3, 0)
     # nothing eligible: nothing chosen
-    assert np.all(m.choose_spans(g, np.ones(6, bool), budget_tokens=3, eligible=np.zeros(6, bool)) == -1)
+    assert np.all(span_ids(0, np.ones(6, bool), budget_tokens=3, eligible=np.zeros(6, bool)) == -1)
     # one token, budget 0.15: chosen 15% of the time
-    hits = sum(int(m.choose_spans(g, np.ones(1, bool), budget_tokens=0.15)[0] == 0) for _ in range(400))
-    rows = (m.choose_spans(g, np.ones((20000, 1), bool), budget_tokens=0.15) == 0).mean()
-    assert abs(hits / 400 - 0.15) < 0.07 and abs(rows - 0.15) < 0.01
+    rows = (span_ids(0, np.ones((20000, 1), bool), budget_tokens=0.15) == 0).mean()
+    assert abs(rows - 0.15) < 0.01
 
 
-def test_row_blocks_match_caller_split():
-    """Large batches run in row blocks; splitting the batch at block bounds changes nothing."""
+def test_a_rows_spans_do_not_depend_on_its_batch():
+    """Row b's spans are a function of its stream and its own words, whatever else is in the batch."""
     S = 300
-    step = m.rows_per_chunk(S)
     g = np.random.default_rng(3)
-    ws = g.random((2 * step + 5, S)) < 0.7
-    n = g.integers(0, S + 1, ws.shape[0])
-    whole = m.choose_spans(np.random.default_rng(9), ws, length_probs=[0.6, 0.4], budget_tokens=0.2 * n, lengths=n)
-    rng = np.random.default_rng(9)
-    parts = [m.choose_spans(rng, ws[a:a + step], length_probs=[0.6, 0.4], budget_tokens=0.2 * n[a:a + step],
-                            lengths=n[a:a + step]) for a in range(0, ws.shape[0], step)]
-    assert np.array_equal(whole, np.concatenate(parts))
+    ws = g.random((40, S)) < 0.7
+    n = g.integers(0, S + 1, 40)
+    kw = dict(length_probs=[0.6, 0.3, 0.1])
+    whole = m.choose_spans(streams(9, 40), ws, budget_tokens=0.2 * n, lengths=n, **kw).span_id()
+    keys = streams(9, 40)
+    for b in (0, 7, 39):
+        alone = m.choose_spans(keys.take([b]), ws[b:b + 1], budget_tokens=0.2 * n[b], lengths=n[b], **kw)
+        assert np.array_equal(alone.span_id()[0], whole[b])
+    order = g.permutation(40)
+    shuffled = m.choose_spans(keys.take(order), ws[order], budget_tokens=0.2 * n[order], lengths=n[order], **kw)
+    assert np.array_equal(shuffled.span_id(), whole[order])
     with pytest.raises(ValueError, match="one value per row"):
-        m.choose_spans(rng, ws, budget_tokens=[1.0, 2.0])
+        m.choose_spans(keys, ws, budget_tokens=[1.0, 2.0])
     with pytest.raises(ValueError, match="one int per row"):
-        m.choose_spans(rng, ws, budget_tokens=1.0, lengths=[1, 2])
+        m.choose_spans(keys, ws, budget_tokens=1.0, lengths=[1, 2])
     with pytest.raises(ValueError, match="eligible shape"):
-        m.choose_spans(rng, ws, budget_tokens=1.0, eligible=np.ones((2, S), bool))
+        m.choose_spans(keys, ws, budget_tokens=1.0, eligible=np.ones((2, S), bool))
+    with pytest.raises(ValueError, match="streams"):
+        m.choose_spans(streams(0, 3), ws, budget_tokens=1.0)
+
+
+def test_short_rows_keep_the_length_law_and_the_budget():
+    """Rows of 30-120 tokens (as the tiny recipes' segments): SpanBERT's kept spans still
+    have mean 3.8 words and the law's shares, and 15% of the tokens are masked on average."""
+    g = np.random.default_rng(7)
+    B, S = 8000, 120
+    n = g.integers(30, S + 1, B)
+    ws = g.random((B, S)) < 0.75
+    probs = m.geometric_length_probs(0.2, 10)
+    sid = span_ids(11, ws, length_probs=probs, budget_tokens=0.15 * n, lengths=n)
+    ws_eff = ws.copy()
+    ws_eff[:, 0] = True
+    lens = span_word_lengths(sid, ws_eff)
+    se = lens.std() / np.sqrt(lens.size)
+    assert abs(lens.mean() - 3.797) < 4 * se, (lens.mean(), se)
+    share = np.bincount(lens, minlength=11)[1:] / lens.size
+    assert np.all(np.abs(share - probs) < 4 * np.sqrt(probs * (1 - probs) / lens.size) + 1e-3), share - probs
+    masked = (sid >= 0).sum()
+    assert abs(masked / (0.15 * n.sum()) - 1) < 0.02, masked / (0.15 * n.sum())

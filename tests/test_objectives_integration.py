@@ -1,8 +1,9 @@
 """Objectives inside users' pipelines: numpy-only import, HF ``datasets.map``, torch DataLoader.
 
-The pattern both pipelines use: the rng of sample ``index`` in ``epoch`` is
-``np.random.default_rng([seed, epoch, index])``, so what a sample becomes does
-not depend on the order, the process or the number of workers that build it.
+The pattern both pipelines use: sample ``index`` of ``epoch`` is keyed by
+``(seed, epoch, index)`` (``t(sample, seed, epoch=, index=)``, or a batch with
+``RowStreams.for_rows(seed, epoch, indices)``), so what a sample becomes does not
+depend on the order, the batch, the process or the number of workers that build it.
 """
 
 import json
@@ -17,6 +18,7 @@ from objectives.macbert import MacBERT, MacBERTConfig
 from objectives.sample import SpecialTokens
 from objectives.sentence_pairs import SOP, SOPConfig
 from objectives.similar_words import SimilarWords
+from objectives.streams import RowStreams
 
 SP = SpecialTokens()
 V = 400
@@ -45,7 +47,7 @@ def make_transform():
 
 
 def build(transform, doc, epoch, index):
-    return transform(doc, np.random.default_rng([SEED, epoch, index]))
+    return transform(doc, SEED, epoch=epoch, index=index)
 
 
 # ------------------------------------------------------------------ numpy alone
@@ -81,9 +83,7 @@ for name in registry.names():
     if registry.task(name).sampler_for(registry.make_config(name, {}, defaults={"seq_length": 32})).startswith("packed"):
         sample = {"tokens": rng.integers(16, 300, 33).astype(np.int32)}
     if all(f in sample for f in getattr(t, "reads", ())):
-        # objectives on the batch contract take a key; those being moved still a Generator
-        from objectives.sample import Transform
-        out = t(sample, 1) if isinstance(t, Transform) else t(sample, np.random.default_rng(1))
+        out = t(sample, 1)
         assert out["tokens"].shape == (32,), (name, out["tokens"].shape)
         called.append(name)
 bad = [m for m in %(blocked)r if sys.modules.get(m) is not None]
@@ -168,13 +168,13 @@ def test_dataloader_determinism_independent_of_worker_count():
 
 
 class BatchPretrainDataset(PretrainDataset):
-    """The vectorised form: the loader hands over a list of indices (one batch); the
-    batch's rng comes from its first index, so a fixed batch composition gives the
-    same arrays whatever the worker count."""
+    """The vectorised form: the loader hands over a list of indices (one batch); each
+    row is keyed by its own index, so the rows are those of the per-sample form
+    whatever the batch composition or worker count."""
 
     def __getitem__(self, indices):
         samples = [self.docs[i] for i in indices]
-        return self.transform.batch(samples, np.random.default_rng([SEED, self.epoch, indices[0]]))
+        return self.transform.batch(samples, RowStreams.for_rows(SEED, self.epoch, indices))
 
 
 @pytest.mark.slow
@@ -198,3 +198,6 @@ def test_batch_form_dataloader_determinism_independent_of_worker_count():
         for k in x:
             assert np.array_equal(x[k], y[k]), k
     assert a[0]["tokens"].shape == (6, S) and a[0]["sop_label"].shape == (6,)
+    for i in (0, 7, 23):                                  # row i of its batch is sample i alone
+        one = build(sop, ds.docs[i], 0, i)
+        assert all(np.array_equal(a[i // 6][k][i % 6], one[k]) for k in one)

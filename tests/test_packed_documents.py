@@ -95,6 +95,14 @@ def test_the_task_declares_document_scope_through_its_sampler():
 def test_document_scope_call_emits_fields_without_rewriting():
     t = FIM(FIMConfig(seq_length=7, scope="document", fim_rate=1.0, split_level="token"), special=SP, vocab_size=V)
     ctx = np.array([SP.fim_prefix, 20, SP.fim_suffix, 21, SP.fim_middle, 22, SP.eot, 30], np.int32)
-    out = t({"tokens": ctx}, np.random.default_rng(0))
+    out = t({"tokens": ctx}, 0)
     assert out["tokens"].tolist() == ctx[:-1].tolist() and out["labels"].tolist() == ctx[1:].tolist()
     assert out["segment_ids"].tolist() == [0] * 7
+
+
+def test_batched_reads_are_the_contexts_one_by_one(data):
+    s = PackedDocumentSampler(data[0], 16, fim(0.5).documents, seed=3, special=SP)
+    epoch, index = np.array([1, 0, 1, 0]), np.array([2, 0, 0, len(s) - 1])
+    batch = s.read(epoch, index)["tokens"]
+    for b in range(4):
+        assert np.array_equal(batch[b], s.sample(int(epoch[b]), int(index[b]))["tokens"])

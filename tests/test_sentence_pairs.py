@@ -5,8 +5,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from objectives import intervals, masking
+from objectives import intervals
 from objectives.sample import SpecialTokens
+from objectives.streams import RowStreams
 from objectives.sentence_pairs import NSP, SOP, NSPConfig, SOPConfig, choose_split, truncate_pair
 
 SP = SpecialTokens()
@@ -36,13 +37,13 @@ def parts(out):
 def test_literal_sop_in_order_and_swapped():
     s = doc(6, sentence_at=(3,))                         # two sentences: 100 101 102 | 103 104 105
     keep = SOP(SOPConfig(seq_length=10, masking="none", swap_rate=0.0), special=SP, vocab_size=V)
-    out = keep(s, np.random.default_rng(0))
+    out = keep(s, 0)
     assert out["tokens"].tolist() == [3, 100, 101, 102, 4, 103, 104, 105, 4, 0]
     assert out["segment_ids"].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 0]
     assert int(out["sop_label"]) == 0 and out["sop_label"].shape == () and out["sop_label"].dtype == np.int32
     assert out["kv_end"].tolist() == [9] * 10 and out["loss_mask"].sum() == 0
     swap = SOP(SOPConfig(seq_length=10, masking="none", swap_rate=1.0), special=SP, vocab_size=V)
-    out = swap(s, np.random.default_rng(0))
+    out = swap(s, 0)
     assert out["tokens"].tolist() == [3, 103, 104, 105, 4, 100, 101, 102, 4, 0]
     assert out["segment_ids"].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 0] and int(out["sop_label"]) == 1
 
@@ -52,18 +53,18 @@ def test_literal_nsp_random_b_comes_from_other_document():
     s["random_tokens"] = np.array([500, 501, 502, 503, 504], np.int32)
     s["random_word_start"] = np.ones(5, bool)
     t = NSP(NSPConfig(seq_length=10, masking="none", random_rate=1.0), special=SP, vocab_size=V)
-    out = t(s, np.random.default_rng(0))
+    out = t(s, 0)
     # A = 100 101 102 (the only boundary), B = the random segment cut to fit 10 - 3 - 3 = 4 tokens
     assert out["tokens"].tolist() == [3, 100, 101, 102, 4, 500, 501, 502, 503, 4]
     assert int(out["nsp_label"]) == 1
     t0 = NSP(NSPConfig(seq_length=10, masking="none", random_rate=0.0), special=SP, vocab_size=V)
-    assert t0(s, np.random.default_rng(0))["tokens"].tolist() == [3, 100, 101, 102, 4, 103, 104, 105, 4, 0]
+    assert t0(s, 0)["tokens"].tolist() == [3, 100, 101, 102, 4, 103, 104, 105, 4, 0]
 
 
 def test_literal_truncation_keeps_a_and_b_adjacent():
     s = doc(12, sentence_at=(8,))                        # A = 100..107 (8), B = 108..111 (4)
     t = SOP(SOPConfig(seq_length=11, masking="none", swap_rate=0.0), special=SP, vocab_size=V)
-    out = t(s, np.random.default_rng(0))
+    out = t(s, 0)
     # 8 tokens fit: A (longer) loses 4 at its front
     assert out["tokens"].tolist() == [3, 104, 105, 106, 107, 4, 108, 109, 110, 111, 4]
     assert truncate_pair(np.array([8, 5, 3]), np.array([4, 5, 9]), 8)[0].tolist() == [4, 1, 0]
@@ -74,24 +75,24 @@ def test_literal_truncation_keeps_a_and_b_adjacent():
 def test_single_sentence_splits_at_a_word_start():
     s = doc(8, word_frac=0.0)
     s["word_start"][[3, 5]] = True
-    split, kind = choose_split(np.random.default_rng(0), np.array([8]), s["sentence_start"][None],
+    split, kind = choose_split(RowStreams.for_rows(0, 0, [0]), np.array([8]), s["sentence_start"][None],
                                s["word_start"][None])
     assert kind.tolist() == [1] and split[0] in (3, 5)
     t = SOP(SOPConfig(seq_length=12, masking="none", swap_rate=0.0), special=SP, vocab_size=V)
-    firsts = {len(parts(t(s, np.random.default_rng(k)))[0]) for k in range(20)}
+    firsts = {len(parts(t(s, k))[0]) for k in range(20)}
     assert firsts == {3, 5}
 
 
 def test_one_word_splits_at_a_token_and_tiny_docs_get_label_minus_one():
     s = doc(4, word_frac=0.0)
-    _, kind = choose_split(np.random.default_rng(0), np.array([4]), s["sentence_start"][None], s["word_start"][None])
+    _, kind = choose_split(RowStreams.for_rows(0, 0, [0]), np.array([4]), s["sentence_start"][None], s["word_start"][None])
     assert kind.tolist() == [2]
     t = SOP(SOPConfig(seq_length=8, masking="none"), special=SP, vocab_size=V)
-    assert int(t(s, np.random.default_rng(0))["sop_label"]) in (0, 1)
-    one = t(doc(1), np.random.default_rng(0))
+    assert int(t(s, 0)["sop_label"]) in (0, 1)
+    one = t(doc(1), 0)
     assert one["tokens"].tolist() == [3, 100, 4, 0, 0, 0, 0, 0] and int(one["sop_label"]) == -1
     assert one["kv_end"][0] == 3 and one["segment_ids"].sum() == 0
-    empty = t(doc(0), np.random.default_rng(0))
+    empty = t(doc(0), 0)
     assert empty["tokens"].tolist() == [3, 4, 0, 0, 0, 0, 0, 0] and int(empty["sop_label"]) == -1
 
 
@@ -105,7 +106,7 @@ def test_sop_properties(n, seed, S, n_sent, swap_rate):
     s = doc(n, sentence_at=at, word_frac=0.5, rng=rng)
     cfg = dict(seq_length=S, masking="none")
     t = SOP(SOPConfig(swap_rate=swap_rate, **cfg), special=SP, vocab_size=V)
-    a, b = t(s, np.random.default_rng(seed)), t(s, np.random.default_rng(seed))
+    a, b = t(s, seed), t(s, seed)
     for k in a:
         assert np.array_equal(a[k], b[k]), k
     first, second = parts(a)
@@ -120,7 +121,7 @@ def test_sop_properties(n, seed, S, n_sent, swap_rate):
     # the swapped negative is the same two segments in the other order (same seed, same draws)
     t_in = SOP(SOPConfig(swap_rate=0.0, **cfg), special=SP, vocab_size=V)
     t_sw = SOP(SOPConfig(swap_rate=1.0, **cfg), special=SP, vocab_size=V)
-    p_in, p_sw = parts(t_in(s, np.random.default_rng(seed))), parts(t_sw(s, np.random.default_rng(seed)))
+    p_in, p_sw = parts(t_in(s, seed)), parts(t_sw(s, seed))
     assert p_sw == (p_in[1], p_in[0])
     # specials only where the objective put them; segment ids; row intervals = dense reference
     tok = a["tokens"]
@@ -141,7 +142,7 @@ def test_nsp_negatives_come_from_the_other_document(n, r, seed, S):
     s["random_tokens"] = np.arange(600, 600 + r, dtype=np.int32)
     s["random_word_start"] = np.ones(r, bool)
     t = NSP(NSPConfig(seq_length=S, masking="none"), special=SP, vocab_size=V)
-    out = t(s, np.random.default_rng(seed))
+    out = t(s, seed)
     A, B = parts(out)
     assert all(100 <= x < 100 + n for x in A)
     if int(out["nsp_label"]) == 1:
@@ -159,7 +160,7 @@ def _many(t, rows=600, n=500, seed=2):
         s = doc(n, sentence_at=at, word_frac=0.6, rng=rng)
         s["tokens"] = rng.integers(16, V, n).astype(np.int32)
         samples.append(s)
-    return samples, t.batch(samples, rng)
+    return samples, t.batch(samples, RowStreams.for_rows(seed, 0, np.arange(rows)))
 
 
 def test_mlm_budget_and_80_10_10_shares():
@@ -195,7 +196,7 @@ def test_whole_words_are_masked_whole():
     rng = np.random.default_rng(4)
     for k in range(40):
         s = doc(100, sentence_at=(30, 55, 70), word_frac=0.4, rng=rng)
-        out = t(s, np.random.default_rng(k))
+        out = t(s, k)
         lm = out["loss_mask"].astype(bool)
         first, second = parts(out)
         A, B = (second, first) if int(out["sop_label"]) == 1 else (first, second)
@@ -222,9 +223,11 @@ def test_config_out_of_range_names_the_field(cls, field, value):
 def test_bad_fields():
     t = SOP(SOPConfig(seq_length=16), special=SP, vocab_size=V)
     with pytest.raises(KeyError, match="sentence_start"):
-        t({"tokens": np.arange(20, 25, dtype=np.int32), "word_start": np.ones(5, bool)}, np.random.default_rng(0))
+        t({"tokens": np.arange(20, 25, dtype=np.int32), "word_start": np.ones(5, bool)}, 0)
     with pytest.raises(TypeError):
         SOP(NSPConfig(), special=SP, vocab_size=V)
     nsp = NSP(NSPConfig(seq_length=16, random_rate=1.0, masking="none"), special=SP, vocab_size=V)
-    out = nsp(doc(8, sentence_at=(4,)), np.random.default_rng(0))   # no random_tokens: true B, label 0
-    assert int(out["nsp_label"]) == 0
+    with pytest.raises(KeyError, match="random_tokens"):   # NSP without negatives: refused, named
+        nsp(doc(8, sentence_at=(4,)), 0)
+    s = dict(doc(8, sentence_at=(4,)), random_tokens=np.zeros(0, np.int32), random_word_start=np.zeros(0, bool))
+    assert int(nsp(s, 0)["nsp_label"]) == 0                # an empty negative: the true B, label 0

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from objectives.sample import SpecialTokens
+from objectives.streams import RowStreams
 from objectives.spanbert import SpanBERT, SpanBERTConfig
 
 SP = SpecialTokens()
@@ -42,7 +43,7 @@ def runs(mask):
 def test_literal_one_word_touching_both_edges():
     """A span covering the whole body has [CLS] (0) and [SEP] (n + 1) as its boundaries."""
     t = make(seq_length=7, mask_rate=1.0, replace_probs=(1.0, 0.0, 0.0))
-    out = t(sample([20, 21, 22], [1, 0, 0]), np.random.default_rng(0))
+    out = t(sample([20, 21, 22], [1, 0, 0]), 0)
     assert out["tokens"].tolist() == [3, 2, 2, 2, 4, 0, 0]
     assert out["labels"].tolist() == [0, 20, 21, 22, 0, 0, 0]
     assert out["sbo_left"].tolist() == [-1, 0, 0, 0, -1, -1, -1]
@@ -54,7 +55,7 @@ def test_literal_one_word_touching_both_edges():
 def test_literal_one_word_spans():
     """geometric_p = 1: every span is one word; with the full budget every word is one."""
     t = make(seq_length=10, mask_rate=1.0, geometric_p=1.0, replace_probs=(0.0, 0.0, 1.0))
-    out = t(sample([20, 21, 22, 23, 24, 25], [1, 0, 1, 1, 0, 0]), np.random.default_rng(0))
+    out = t(sample([20, 21, 22, 23, 24, 25], [1, 0, 1, 1, 0, 0]), 0)
     # words: [20 21] [22] [23 24 25] at output columns 1-2, 3, 4-6
     assert out["tokens"].tolist() == [3, 20, 21, 22, 23, 24, 25, 4, 0, 0]
     assert out["sbo_left"].tolist() == [-1, 0, 0, 2, 3, 3, 3, -1, -1, -1]
@@ -65,7 +66,7 @@ def test_literal_one_word_spans():
 def test_edge_documents():
     t = make(seq_length=8)
     for toks in ([], [50], [SP.cls, SP.sep, SP.mask]):
-        out = t(sample(toks, [1] * len(toks)), np.random.default_rng(1))
+        out = t(sample(toks, [1] * len(toks)), 1)
         n = len(toks)
         assert out["tokens"][0] == SP.cls and out["tokens"][n + 1] == SP.sep
         if toks != [50]:
@@ -126,8 +127,8 @@ def check_sbo(out, s, S):
 def test_sbo_invariants_and_purity(s, seed, rate):
     S = 40
     t = make(seq_length=S, mask_rate=rate, max_span=4)
-    out = t(s, np.random.default_rng(seed))
-    again = t(s, np.random.default_rng(seed))
+    out = t(s, seed)
+    again = t(s, seed)
     assert all(np.array_equal(out[k], again[k]) for k in out)
     spans = check_sbo(out, s, S)
     ws = s["word_start"][: S - 2].copy()
@@ -142,12 +143,11 @@ def test_sbo_invariants_and_purity(s, seed, rate):
 def test_batch_form(samples, seed):
     S = 48
     t = make(seq_length=S, mask_rate=0.4)
-    out = t.batch(samples, np.random.default_rng(seed))
+    out = t.batch(samples, RowStreams.for_rows(seed, 0, np.arange(len(samples))))
     for b, s in enumerate(samples):
         check_sbo({k: v[b] for k, v in out.items()}, s, S)
-    single = t(samples[0], np.random.default_rng(seed))
-    one = t.batch(samples[:1], np.random.default_rng(seed))
-    assert all(np.array_equal(one[k][0], single[k]) for k in single)
+        single = t(s, seed, index=b)
+        assert all(np.array_equal(out[k][b], single[k]) for k in single), "a row is its sample alone"
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -160,7 +160,7 @@ def test_budget_span_lengths_and_per_span_actions():
     ws = g.random((B, S - 2)) < 0.7
     ws[:, 0] = True
     t = SpanBERT(SpanBERTConfig(seq_length=S), special=SP, vocab_size=32000)
-    out = t.batch_arrays(body, ws, np.full(B, S - 2), np.random.default_rng(12))
+    out = t.batch({"tokens": body, "word_start": ws}, RowStreams.for_rows(12, 0, np.arange(B)))
     target = out["loss_mask"] == 1
     assert abs(target.sum() / (B * (S - 2)) - 0.15) < 0.002
     # spans: first target of each span has offset 1
@@ -197,7 +197,7 @@ def test_bad_config(kw, match):
 
 def test_bad_samples():
     t = make(seq_length=8)
-    rng = np.random.default_rng(0)
+    rng = 0
     with pytest.raises(KeyError, match="word_start"):
         t({"tokens": np.array([20], np.int32)}, rng)
     with pytest.raises(ValueError, match="vocab_size"):

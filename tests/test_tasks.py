@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from objectives import registry
-from objectives.sample import SpecialTokens, Transform
+from objectives.sample import SpecialTokens
 
 SP = SpecialTokens()
 V = 5000
@@ -33,11 +33,6 @@ def _recovered(out: dict) -> list[int]:
     return sorted(int(t) for t in orig if t >= SP.first_regular)
 
 
-def _call(t, sample, i: int) -> dict:
-    # objectives on the batch contract take a key; the others (being moved) a Generator
-    return t(sample, 5, index=i) if isinstance(t, Transform) else t(sample, np.random.default_rng(i))
-
-
 def _config(name: str):
     return registry.make_config(name, {}, defaults={"seq_length": S})
 
@@ -53,13 +48,13 @@ def test_declared_input_length_is_held_whole_and_is_tight(name):
     rng = np.random.default_rng(0)
     for i in range(60):
         sample = _segment(width, rng)
-        out = _call(t, sample, i)
+        out = t(sample, i)
         assert out["tokens"].shape == (S,)
         assert _recovered(out) == sorted(sample["tokens"].tolist()), (name, i)
     lost = 0
     for i in range(60):
         sample = _segment(width + 1, rng)
-        lost += len(_recovered(_call(t, sample, i))) < width + 1
+        lost += len(_recovered(t(sample, i))) < width + 1
     assert lost > 0, f"{name}: {width + 1} tokens always fit, so the declared {width} understates"
 
 
@@ -90,7 +85,7 @@ def test_declared_losses_are_the_fields_the_transform_writes(name):
     rng = np.random.default_rng(1)
     sample = ({"tokens": rng.integers(SP.first_regular, V, task.input_length(cfg)).astype(np.int32)}
               if task.sampler_for(cfg).startswith("packed") else _segment(task.input_length(cfg), rng))
-    out = _call(t, sample, 2)
+    out = t(sample, 2)
     declared = {f.name for f in task.fields_for(cfg)}
     extras = {k for k in out if k.endswith(("_label", "_offset", "_left", "_right"))}
     assert extras == declared, name

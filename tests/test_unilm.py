@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from objectives import masking
 from objectives.sample import SpecialTokens
+from objectives.streams import RowStreams
 from objectives.unilm import NUM_SEGMENT_TYPES, UniLM, UniLMConfig
 
 SP = SpecialTokens()
@@ -62,7 +63,7 @@ SIX = seg([20, 21, 22, 23, 24, 25], sentence_start=[1, 0, 0, 1, 0, 0])
 
 
 def test_literal_seq2seq_layout_and_mask():
-    out = make(seq_length=12, mode_probs=ONLY["seq2seq"], mask_rate=0.0)(SIX, np.random.default_rng(0))
+    out = make(seq_length=12, mode_probs=ONLY["seq2seq"], mask_rate=0.0)(SIX, 0)
     assert out["tokens"].tolist() == [3, 20, 21, 22, 4, 23, 24, 25, 4, 0, 0, 0]
     assert out["segment_ids"].tolist() == [4, 4, 4, 4, 4, 5, 5, 5, 5, 0, 0, 0]
     assert out["kv_start"].tolist() == [0] * 12
@@ -72,28 +73,28 @@ def test_literal_seq2seq_layout_and_mask():
 
 def test_literal_seq2seq_all_targets_include_target_sep():
     t = make(seq_length=12, mode_probs=ONLY["seq2seq"], mask_rate=1.0, replace_probs=(1.0, 0.0, 0.0))
-    out = t(SIX, np.random.default_rng(0))
+    out = t(SIX, 0)
     assert out["tokens"].tolist() == [3, 2, 2, 2, 4, 2, 2, 2, 2, 0, 0, 0]
     assert out["labels"].tolist() == [0, 20, 21, 22, 0, 23, 24, 25, 4, 0, 0, 0]
     t = make(seq_length=12, mode_probs=ONLY["seq2seq"], mask_rate=1.0, predict_target_sep=False)
-    assert t(SIX, np.random.default_rng(0))["loss_mask"][8] == 0
+    assert t(SIX, 0)["loss_mask"][8] == 0
 
 
 def test_literal_unidirectional_and_bidirectional():
     s = seg([20, 21, 22])
-    l2r = make(seq_length=7, mode_probs=ONLY["left_to_right"], mask_rate=0.0)(s, np.random.default_rng(0))
+    l2r = make(seq_length=7, mode_probs=ONLY["left_to_right"], mask_rate=0.0)(s, 0)
     assert l2r["tokens"].tolist() == [3, 20, 21, 22, 4, 0, 0]
     assert l2r["segment_ids"].tolist() == [2, 2, 2, 2, 2, 0, 0]
     assert l2r["kv_start"].tolist() == [0] * 7 and l2r["kv_end"].tolist() == [1, 2, 3, 4, 5, 5, 5]
-    r2l = make(seq_length=7, mode_probs=ONLY["right_to_left"], mask_rate=0.0)(s, np.random.default_rng(0))
+    r2l = make(seq_length=7, mode_probs=ONLY["right_to_left"], mask_rate=0.0)(s, 0)
     assert r2l["segment_ids"].tolist() == [3, 3, 3, 3, 3, 0, 0]
     assert r2l["kv_start"].tolist() == [0, 1, 2, 3, 4, 0, 0] and r2l["kv_end"].tolist() == [5] * 7
-    bi = make(seq_length=10, mode_probs=ONLY["bidirectional"], mask_rate=0.0)(SIX, np.random.default_rng(0))
+    bi = make(seq_length=10, mode_probs=ONLY["bidirectional"], mask_rate=0.0)(SIX, 0)
     assert bi["tokens"].tolist() == [3, 20, 21, 22, 4, 23, 24, 25, 4, 0]
     assert bi["segment_ids"].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 0]
     assert bi["kv_start"].tolist() == [0] * 10 and bi["kv_end"].tolist() == [9] * 10
     single = make(seq_length=10, mode_probs=ONLY["bidirectional"], mask_rate=0.0,
-                  bidirectional_pairs=False)(SIX, np.random.default_rng(0))
+                  bidirectional_pairs=False)(SIX, 0)
     assert single["tokens"].tolist() == [3, 20, 21, 22, 23, 24, 25, 4, 0, 0]
 
 
@@ -101,7 +102,7 @@ def test_literal_unidirectional_and_bidirectional():
 @pytest.mark.parametrize("toks", [[], [50], [SP.cls, SP.mask, SP.sep]])
 def test_edge_documents(mode, toks):
     t = make(seq_length=10, mode_probs=ONLY[mode], mask_rate=1.0)
-    out = t(seg(toks), np.random.default_rng(0))
+    out = t(seg(toks), 0)
     n = len(toks)
     layout = np.where(out["loss_mask"] == 1, out["labels"], out["tokens"])
     if n < 2 or mode in ("left_to_right", "right_to_left"):
@@ -181,8 +182,8 @@ def test_invariants_masks_and_purity(s, seed, whole_word, mode):
     S = 36
     probs = (1 / 3, 1 / 6, 1 / 6, 1 / 3) if mode == "mix" else ONLY[mode]
     t = make(seq_length=S, mode_probs=probs, whole_word=whole_word, mask_rate=0.3)
-    out = t(s, np.random.default_rng(seed))
-    again = t(s, np.random.default_rng(seed))
+    out = t(s, seed)
+    again = t(s, seed)
     assert all(np.array_equal(out[k], again[k]) for k in out)
     got = check_unilm(out, s, S)
     assert mode in ("mix", got)
@@ -193,12 +194,11 @@ def test_invariants_masks_and_purity(s, seed, whole_word, mode):
 def test_batch_form(samples, seed):
     S = 40
     t = make(seq_length=S, mask_rate=0.3)
-    out = t.batch(samples, np.random.default_rng(seed))
+    out = t.batch(samples, RowStreams.for_rows(seed, 0, np.arange(len(samples))))
     for b, s in enumerate(samples):
         check_unilm({k: v[b] for k, v in out.items()}, s, S)
-    single = t(samples[0], np.random.default_rng(seed))
-    one = t.batch(samples[:1], np.random.default_rng(seed))
-    assert all(np.array_equal(one[k][0], single[k]) for k in single)
+        single = t(s, seed, index=b)
+        assert all(np.array_equal(out[k][b], single[k]) for k in single), "a row is its sample alone"
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -210,7 +210,7 @@ def test_mode_shares_budget_and_80_10_10():
     body = g.integers(SP.first_regular, 32000, (B, S - 2)).astype(np.int32)
     ss = g.random((B, S - 2)) < 0.1
     t = UniLM(UniLMConfig(seq_length=S), special=SP, vocab_size=32000)
-    out = t.batch_arrays(body, np.full(B, S - 2), np.random.default_rng(6), sentence_start=ss)
+    out = t.batch({"tokens": body, "sentence_start": ss}, RowStreams.for_rows(6, 0, np.arange(B)))
     first = out["segment_ids"][:, 0]
     shares = np.array([(first == k).mean() for k in (0, 2, 3, 4)])
     assert np.all(np.abs(shares - [1 / 3, 1 / 6, 1 / 6, 1 / 3]) < 0.02), shares
@@ -234,7 +234,8 @@ def test_ngram_shares_of_picks():
     assert np.allclose(t.length_probs, [0.8, 0.1, 0.1])
     assert np.allclose(make(seq_length=16, max_ngram=4, ngram_rate=0.3).length_probs, [0.7, 0.1, 0.1, 0.1])
     ws = np.ones((2000, 510), bool)
-    sid = masking.choose_spans(np.random.default_rng(0), ws, length_probs=t.length_probs, budget_tokens=76.5)
+    sid = masking.choose_spans(RowStreams.for_rows(0, 0, np.arange(2000)), ws, length_probs=t.length_probs,
+                               budget_tokens=76.5).span_id()
     B, S = sid.shape
     chosen = sid >= 0
     sizes = np.bincount((np.arange(B)[:, None] * S + sid)[chosen])
@@ -248,7 +249,7 @@ def test_seq2seq_target_rows_see_only_left_context():
     B, S = 300, 48
     body = g.integers(SP.first_regular, V, (B, S - 2)).astype(np.int32)
     t = make(seq_length=S, mode_probs=ONLY["seq2seq"], mask_rate=0.5)
-    out = t.batch_arrays(body, g.integers(2, S - 2, B), np.random.default_rng(10))
+    out = t.batch({"tokens": body, "length": g.integers(2, S - 2, B)}, RowStreams.for_rows(10, 0, np.arange(B)))
     tgt_rows = out["segment_ids"] == 5
     i = np.nonzero(tgt_rows)
     assert np.all(out["kv_end"][i] == i[1] + 1) and np.all(out["kv_start"][i] == 0)
@@ -274,13 +275,11 @@ def test_bad_config(kw, match):
 
 
 def test_bad_samples():
-    rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="whole_word"):
-        make(seq_length=8, whole_word=True).batch_arrays(np.zeros((1, 6), np.int32), [3], rng)
+    rng = 0
     with pytest.raises(KeyError, match="word_start"):
         make(seq_length=8, whole_word=True)(seg([20, 21]), rng)
-    with pytest.raises(KeyError, match="some samples"):
-        make(seq_length=8).batch([seg([20], sentence_start=[1]), seg([21])], rng)
+    with pytest.raises(KeyError, match="fields"):
+        make(seq_length=8).batch([seg([20], sentence_start=[1]), seg([21])], RowStreams.for_rows(0, 0, [0, 1]))
     with pytest.raises(ValueError, match="vocab_size"):
         make(seq_length=8)(seg([20, 10_000]), rng)
     assert make(seq_length=8).num_segment_types == 6
