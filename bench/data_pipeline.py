@@ -7,7 +7,8 @@
    and per worker;
 2. sample reading from the megatron indexed dataset (mmap): PackedContextSampler
    and SegmentSampler / SegmentPairSampler, tokens/s in one process, over the
-   prepared corpus and over a larger synthetic one.
+   prepared corpus and over a larger synthetic one, in batches of ``--batch``
+   samples (``sampler.read``, as training reads them).
 """
 
 from __future__ import annotations
@@ -56,20 +57,20 @@ def bench_tokenise(prepared, corpus_cfg, workers_list, repeats, copies):
              tokens_per_s_per_worker=round(n / best / workers))
 
 
-def bench_read(name, sampler, seconds, corpus_label):
-    """Random-order reads within one epoch (its order is built once, before timing)."""
+def bench_read(name, sampler, seconds, corpus_label, batch):
+    """Consecutive batches of one epoch (its order is built once, before timing)."""
     n = len(sampler)
-    order = np.random.default_rng(0).permutation(n).tolist()
-    sampler.sample(0, 0)
+    sampler.read([0], [0])
     tokens = count = 0
     t = time.perf_counter()
     while time.perf_counter() - t < seconds:
-        for i in order[count % n : count % n + 1000]:
-            s = sampler.sample(0, i)
-            tokens += sum(len(v) for k, v in s.items() if k.endswith("tokens"))
-            count += 1
+        first = count % max(n - batch, 1)
+        b = sampler.read(np.zeros(batch, np.int64), np.arange(first, first + min(batch, n)))
+        tokens += sum(int(b[k.removesuffix("tokens") + "length"].sum()) if k.removesuffix("tokens") + "length" in b
+                      else b[k].size for k in b if k.endswith("tokens"))
+        count += min(batch, n)
     dt = time.perf_counter() - t
-    emit(bench="read", sampler=name, corpus=corpus_label, samples=count, tokens=tokens, seconds=round(dt, 3),
+    emit(bench="read", sampler=name, corpus=corpus_label, batch=batch, samples=count, tokens=tokens, seconds=round(dt, 3),
          samples_per_s=round(count / dt), tokens_per_s=round(tokens / dt), us_per_sample=round(dt / count * 1e6, 2))
 
 
@@ -95,6 +96,7 @@ def main():
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--copies", type=int, default=6, help="tokenise the corpus this many times over")
+    ap.add_argument("--batch", type=int, default=32, help="samples per read")
     a = ap.parse_args()
     emit(bench="machine", python=platform.python_version(), platform=platform.platform())
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,10 +115,10 @@ def main():
         for label, data in datasets.items():
             for S in (512, 2048, 8192):
                 if data.num_tokens > 4 * S:
-                    bench_read(f"PackedContextSampler(S={S})", PackedContextSampler(data, S), a.seconds, label)
+                    bench_read(f"PackedContextSampler(S={S})", PackedContextSampler(data, S), a.seconds, label, a.batch)
             for n in (128, 512):
-                bench_read(f"SegmentSampler(max_tokens={n})", SegmentSampler(data, n), a.seconds, label)
-            bench_read("SegmentPairSampler(max_tokens=512)", SegmentPairSampler(data, 512), a.seconds, label)
+                bench_read(f"SegmentSampler(max_tokens={n})", SegmentSampler(data, n), a.seconds, label, a.batch)
+            bench_read("SegmentPairSampler(max_tokens=512)", SegmentPairSampler(data, 512), a.seconds, label, a.batch)
 
 
 if __name__ == "__main__":

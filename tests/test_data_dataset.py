@@ -10,7 +10,7 @@ from data_pipeline.indexed import SplitWriter, TokenData
 from data_pipeline.samplers import PackedContextSampler, SegmentPairSampler, SegmentSampler
 from objectives import streams
 from objectives.sample import SpecialTokens, Transform, row, stack
-from objectives.streams import RowStreams, site
+from objectives.streams import site
 
 
 def write_random_docs(prefix, n_docs=30, seed=0):
