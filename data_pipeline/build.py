@@ -29,7 +29,7 @@ from objectives.extras import require
 require("train", "torch", "megatron", "sentencepiece", by=__name__)
 
 from data_pipeline.config import CorpusConfig, TokenizerConfig
-from data_pipeline.corpus import Corpus, CorpusError, _file_identity, is_valid_document, open_corpus
+from data_pipeline.corpus import Corpus, CorpusError, file_identity, is_valid_document, open_corpus
 from data_pipeline.encode import encode_documents
 from data_pipeline.indexed import IndexedDataError, SplitWriter, TokenData, split_files
 from data_pipeline.tokenizer import SentencePieceTokenizer, vocabulary_shortfall
@@ -59,7 +59,7 @@ def cache_key(corpus: Corpus, corpus_cfg: CorpusConfig, tok_cfg: TokenizerConfig
     tok_identity = dataclasses.asdict(tok_cfg)
     tok_identity.pop("exact_vocab_size")  # a check on the result, checked again on reuse
     if tok_cfg.model_path:
-        tok_identity = {"model": _file_identity([Path(tok_cfg.model_path).resolve()])}
+        tok_identity = {"model": file_identity([Path(tok_cfg.model_path).resolve()])}
     payload = json.dumps(
         {"v": FORMAT_VERSION, "corpus": corpus.identity, "corpus_cfg": dataclasses.asdict(corpus_cfg),
          "tokenizer": tok_identity}, sort_keys=True)

@@ -63,7 +63,8 @@ def _has_content(path: Path) -> bool:
     return False
 
 
-def _file_identity(paths: list[Path]) -> str:
+def file_identity(paths: list[Path]) -> str:
+    """A fingerprint of files: their paths, sizes and modification times (a changed file, a new cache key)."""
     h = hashlib.sha256()
     for p in paths:
         st = p.stat()
@@ -117,7 +118,7 @@ def _stdlib_corpus(cfg: CorpusConfig) -> Corpus:
     # prose takes docstrings from a larger slice of files: docstrings are a fraction of the bytes
     max_bytes = cfg.max_bytes * (8 if cfg.source == "stdlib-prose" else 1)
     files = stdlib_files(max_bytes)
-    identity = f"{cfg.source}|{sys.version}|{_file_identity(files)}"
+    identity = f"{cfg.source}|{sys.version}|{file_identity(files)}"
     if cfg.source == "stdlib-code":
         return Corpus(cfg.source, identity, lambda: (_read_source(p) for p in files))
     if cfg.source == "stdlib-defs":
@@ -184,7 +185,7 @@ def open_corpus(cfg: CorpusConfig, cache_dir: str | os.PathLike | None = None) -
         if builder == "text":
             kwargs["sample_by"] = "document"
         field = cfg.text_field
-        identity = f"file|{_file_identity([path.resolve()])}|{field}"
+        identity = f"file|{file_identity([path.resolve()])}|{field}"
         return Corpus(str(path), identity, lambda: _hf_documents(builder, kwargs, field, str(path), cache_dir))
     # a hub dataset name
     kwargs = {"split": cfg.split}
