@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Throughput of the data path training reads, side by side with the peers, one thread.
 
-The training path is what ``recipes/train.py`` runs per micro-batch:
-``collate(dataset.read(positions))`` = the sampler's batched read + the
-objective's transform on the batch (rows keyed by (seed, epoch, index)) +
-collate to torch, with the dataset, transform, sampler and micro-batch size
-built from the recipe YAMLs exactly as ``recipes.data`` builds them. One pass
-reads every sample of epoch 0 in micro-batches.
+The training path is what ``recipes/train.py`` runs per step on one rank:
+``split_rows(collate(dataset.read(positions)), micro_batch_size)`` = the
+sampler's batched read of the step's micro-batches + the objective's transform
+on them (rows keyed by (seed, epoch, index)) + collate to torch + the split
+into micro-batches, with the dataset, transform, sampler, micro-batch size and
+gradient accumulation built from the recipe YAMLs exactly as ``recipes.data``
+builds them. One pass reads every sample of epoch 0, a step at a time.
 
 Peers run in the same process, interleaved with our lines, with the same
 clocks: the closures of ``peer_throughput.py`` and the helpers of
@@ -107,27 +108,30 @@ def recipe(name, overrides):
 
 
 def training_path_line(name, cfg, dataset, special, count_pad):
-    """One pass = ``collate(dataset.read(positions))`` over epoch 0 in the recipe's micro-batches."""
+    """One pass = ``split_rows(collate(dataset.read(positions)), mb)`` over epoch 0, a step
+    (the recipe's ``grad_accum_steps`` micro-batches of ``micro_batch_size``) per read."""
     from data_pipeline.collate import collate
+    from recipes.batches import split_rows
 
     mb = cfg.schedule.micro_batch_size
+    rows = mb * cfg.schedule.grad_accum_steps
     N = len(dataset)
-    batches = [np.arange(i, min(i + mb, N)) for i in range(0, N, mb)]
+    batches = [np.arange(i, min(i + rows, N)) for i in range(0, N, rows)]
     clear = getattr(dataset.transform, "clear_cache", None)
 
     def one_pass():
         if clear:
             clear()
         for pos in batches:
-            collate(dataset.read(pos))
+            split_rows(collate(dataset.read(pos)), mb)
 
     tokens = 0
     for pos in batches:            # untimed: the token count (and FIM's first encodings)
         out = dataset.read(pos)["tokens"]
         tokens += out.size if count_pad else int((out != special.pad).sum())
-    meta = {"recipe": cfg.name, "seq_length": cfg.data.seq_length, "micro_batch": mb, "samples": N,
-            "objective": dataset.transform.__class__.__name__,
-            "impl": "data_pipeline.collate.collate(ObjectiveDataset.read(positions))"}
+    meta = {"recipe": cfg.name, "seq_length": cfg.data.seq_length, "micro_batch": mb, "rows_per_read": rows,
+            "samples": N, "objective": dataset.transform.__class__.__name__,
+            "impl": "recipes.batches.split_rows(data_pipeline.collate.collate(ObjectiveDataset.read(positions)))"}
     return Line(f"train:{name}", name, "train", one_pass, tokens=tokens, meta=meta)
 
 

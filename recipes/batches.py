@@ -5,6 +5,11 @@ data-parallel rank ``r`` always reads the same global indices, whatever
 happened before. The step owns the data stream position (``t`` steps consumed
 ``t * samples_per_step`` samples); a checkpoint records it and a resumed run
 reads exactly the samples an uninterrupted one would have.
+
+A rank reads a step's micro-batches in one go (:func:`step_indices`, one
+``ObjectiveDataset.read``) and splits them (:func:`split_rows`): rows are keyed
+by their own positions, so this gives exactly the micro-batches read one by one,
+with the fixed cost of a read paid once per step.
 """
 
 from __future__ import annotations
@@ -21,9 +26,21 @@ def micro_batch_indices(step: int, micro: int, *, grad_accum: int, dp_rank: int,
     return np.arange(first, first + micro_batch_size, dtype=np.int64)
 
 
+def step_indices(step: int, *, grad_accum: int, dp_rank: int, dp_size: int, micro_batch_size: int) -> np.ndarray:
+    """This rank's sample indices of one step: its micro-batches in order, end to end."""
+    return np.concatenate([micro_batch_indices(step, m, grad_accum=grad_accum, dp_rank=dp_rank, dp_size=dp_size,
+                                               micro_batch_size=micro_batch_size) for m in range(grad_accum)])
+
+
+def split_rows(batch: dict, size: int) -> list[dict]:
+    """A batch of ``k * size`` rows -> ``k`` batches of ``size`` rows (views, in order)."""
+    n = len(next(iter(batch.values())))
+    return [{f: v[a:a + size] for f, v in batch.items()} for a in range(0, n, size)]
+
+
 class StepBatchSampler(torch.utils.data.Sampler):
-    """Index lists of every micro-batch from ``start_step`` on, in training order, for a
-    ``DataLoader(sampler=..., batch_size=None)`` whose workers each read whole micro-batches."""
+    """This rank's index list of every step from ``start_step`` on, in training order, for a
+    ``DataLoader(sampler=..., batch_size=None)`` whose workers each read whole steps."""
 
     def __init__(self, start_step: int, total_steps: int, *, grad_accum: int, dp_rank: int, dp_size: int,
                  micro_batch_size: int):
@@ -32,11 +49,10 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         for step in range(self.start, self.total):
-            for m in range(self.kw["grad_accum"]):
-                yield micro_batch_indices(step, m, **self.kw).tolist()
+            yield step_indices(step, **self.kw).tolist()
 
     def __len__(self) -> int:
-        return max(0, self.total - self.start) * self.kw["grad_accum"]
+        return max(0, self.total - self.start)
 
 
 def samples_per_step(*, grad_accum: int, dp_size: int, micro_batch_size: int) -> int:

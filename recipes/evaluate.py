@@ -18,7 +18,7 @@ from typing import Mapping
 
 import torch
 
-from recipes.batches import micro_batch_indices
+from recipes.batches import split_rows, step_indices
 from recipes.distributed import DistInfo
 
 
@@ -33,10 +33,11 @@ def evaluate(model: torch.nn.Module, evals: Mapping[str, object], *, info: DistI
     try:
         for suite, dataset in evals.items():
             sums: dict[str, torch.Tensor] = {}
-            for b in range(batches):
-                idx = micro_batch_indices(b, 0, grad_accum=1, dp_rank=info.dp_rank, dp_size=info.dp_size,
-                                          micro_batch_size=micro_batch_size)
-                batch = to_device(collate(dataset.read(idx)))
+            # the suite's held-out micro-batches, read in one go (as a step of `batches` micro-batches)
+            idx = step_indices(0, grad_accum=batches, dp_rank=info.dp_rank, dp_size=info.dp_size,
+                               micro_batch_size=micro_batch_size)
+            for batch in split_rows(collate(dataset.read(idx)), micro_batch_size):
+                batch = to_device(batch)
                 ctx = autocast() if autocast is not None else _null()
                 with ctx:
                     out = model(batch)

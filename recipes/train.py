@@ -35,7 +35,7 @@ import torch
 
 from data_pipeline.corpus import CorpusError
 from recipes import checkpoint as ckpt
-from recipes.batches import micro_batch_indices, samples_per_step
+from recipes.batches import samples_per_step, split_rows, step_indices
 from recipes.config import ConfigError, save_config, to_dict
 from recipes.distributed import DistInfo, init_distributed, shutdown
 from recipes.losses import check_counts, step_counts, weighted_loss
@@ -153,20 +153,17 @@ class Session:
         return out
 
     def micro_batches(self, step: int) -> list[dict]:
-        """The step's micro-batches, read in this process (one ``read`` each)."""
+        """The step's micro-batches, read in this process (one ``read`` for the step)."""
         from data_pipeline.collate import collate
 
         s = self.cfg.schedule
-        out = []
-        for m in range(s.grad_accum_steps):
-            idx = micro_batch_indices(step, m, grad_accum=s.grad_accum_steps, dp_rank=self.info.dp_rank,
-                                      dp_size=self.info.dp_size, micro_batch_size=s.micro_batch_size)
-            out.append(self.to_device(collate(self.data.train.read(idx))))
-        return out
+        idx = step_indices(step, grad_accum=s.grad_accum_steps, dp_rank=self.info.dp_rank,
+                           dp_size=self.info.dp_size, micro_batch_size=s.micro_batch_size)
+        return [self.to_device(mb) for mb in split_rows(collate(self.data.train.read(idx)), s.micro_batch_size)]
 
     def batch_stream(self, start_step: int):
-        """Micro-batches from ``start_step`` on (on the device), each read whole by one of
-        ``data.loader_workers`` DataLoader workers; same content as :meth:`micro_batches`."""
+        """Micro-batches from ``start_step`` on (on the device); each step is read whole by one
+        of ``data.loader_workers`` DataLoader workers; same content as :meth:`micro_batches`."""
         from data_pipeline.collate import collate
         from recipes.batches import StepBatchSampler
 
@@ -182,7 +179,8 @@ class Session:
             prefetch_factor=4 if workers else None, pin_memory=self.info.device.type == "cuda",
             generator=torch.Generator().manual_seed(s.seed))
         for batch in loader:
-            yield self.to_device(batch)
+            for mb in split_rows(batch, s.micro_batch_size):
+                yield self.to_device(mb)
 
     def evaluate(self) -> dict[str, float]:
         from recipes.evaluate import evaluate
