@@ -27,10 +27,12 @@ def _segment(n: int, rng) -> dict:
             "random_tokens": np.zeros(0, np.int32), "random_word_start": np.zeros(0, bool)}
 
 
-def _recovered(out: dict) -> list[int]:
-    """The original regular tokens an output holds: a target's label, else its token."""
-    orig = np.where(out["loss_mask"] > 0, out["labels"], out["tokens"])
-    return sorted(int(t) for t in orig if t >= SP.first_regular)
+def _lost(sample: dict, out: dict) -> int:
+    """How many of the sample's (distinct) tokens the output holds neither as a token nor as a
+    target's label. Missing ones are counted rather than the multisets compared: an objective may
+    leave corrupted tokens in its input beside their targets (MASS's source keeps its fragment)."""
+    held = set(out["tokens"].tolist()) | set(out["labels"][out["loss_mask"] > 0].tolist())
+    return len(set(sample["tokens"].tolist()) - held)
 
 
 def _config(name: str):
@@ -50,11 +52,11 @@ def test_declared_input_length_is_held_whole_and_is_tight(name):
         sample = _segment(width, rng)
         out = t(sample, i)
         assert out["tokens"].shape == (S,)
-        assert _recovered(out) == sorted(sample["tokens"].tolist()), (name, i)
+        assert _lost(sample, out) == 0, (name, i)
     lost = 0
     for i in range(60):
         sample = _segment(width + 1, rng)
-        lost += len(_recovered(t(sample, i))) < width + 1
+        lost += _lost(sample, t(sample, i)) > 0
     assert lost > 0, f"{name}: {width + 1} tokens always fit, so the declared {width} understates"
 
 
