@@ -1,67 +1,29 @@
-"""Held-out evaluation: per suite and objective, mean loss and accuracy.
+"""Re-evaluate a run: ``python -m recipes.evaluate RUN_DIR [dotted.key=value ...]``.
 
-Sums (loss, targets, correct) are accumulated over a fixed number of held-out
-micro-batches per data-parallel rank and all-reduced over the DP group, so
-the numbers are exact means over every evaluated target. Metric names are
-``<suite>/<loss>_loss`` and ``<suite>/<loss>_acc``, e.g. ``ltr/lm_loss``
-(left-to-right), ``fim/lm_loss`` (100% FIM data), ``heldout/lm_acc`` (cloze
-accuracy), ``heldout/sop_acc``.
-
-Also a command line: ``python -m recipes.evaluate RUN_DIR [--batches N]``
-re-evaluates the newest checkpoint of a run with its saved config.
+Loads the run's saved config and its newest checkpoint that verifies, and prints
+the held-out metrics (:mod:`recipes.heldout`) as JSON.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Mapping
+import sys
+from pathlib import Path
+from typing import Sequence
 
-import torch
-
-from recipes.batches import split_rows, step_indices
-from recipes.distributed import DistInfo
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, evals: Mapping[str, object], *, info: DistInfo, batches: int,
-             micro_batch_size: int, to_device, autocast=None) -> dict[str, float]:
-    from data_pipeline.collate import collate
-
-    was_training = model.training
-    model.eval()
-    metrics: dict[str, float] = {}
-    try:
-        for suite, dataset in evals.items():
-            sums: dict[str, torch.Tensor] = {}
-            # the suite's held-out micro-batches, read in one go (as a step of `batches` micro-batches)
-            idx = step_indices(0, grad_accum=batches, dp_rank=info.dp_rank, dp_size=info.dp_size,
-                               micro_batch_size=micro_batch_size)
-            for batch in split_rows(collate(dataset.read(idx)), micro_batch_size):
-                batch = to_device(batch)
-                ctx = autocast() if autocast is not None else _null()
-                with ctx:
-                    out = model(batch)
-                for name, parts in out.items():
-                    vec = torch.stack([parts["loss_sum"].float(), parts["count"].float(),
-                                       parts["correct"].float()]).double().cpu()
-                    sums[name] = sums.get(name, torch.zeros(3, dtype=torch.float64)) + vec
-            for name in sorted(sums):
-                vec = sums[name].to(info.device)
-                info.all_reduce_dp(vec)
-                loss_sum, count, correct = vec.tolist()
-                metrics[f"{suite}/{name}_loss"] = loss_sum / count if count else math.nan
-                metrics[f"{suite}/{name}_acc"] = correct / count if count else math.nan
-    finally:
-        model.train(was_training)
-    return metrics
+from recipes.train import Session
+from recipes.train_config import load_train_config
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Evaluate the newest checkpoint of ``run_dir`` with its saved config."""
+    run_dir = Path(run_dir)
+    cfg = load_train_config(run_dir / "config.yaml", overrides)
+    sess = Session(cfg, progress=False)
+    found = sess.resume(model_only=True, on_skip=lambda line: print(f"[recipes] {line}", file=sys.stderr))
+    if found is None:
+        raise FileNotFoundError(f"{cfg.checkpoint_dir}: no checkpoint")
+    step_dir, step = found
+    return {"step": step, "checkpoint": str(step_dir), **sess.evaluate()}
 
 
 def main(argv=None) -> int:
@@ -73,8 +35,6 @@ def main(argv=None) -> int:
     p.add_argument("run_dir", help="a run directory holding config.yaml and checkpoints/")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides (e.g. eval.batches=16)")
     a = p.parse_args(argv)
-    from recipes.train import evaluate_run
-
     metrics = evaluate_run(a.run_dir, a.overrides)
     print(json.dumps(metrics, indent=1))
     return 0

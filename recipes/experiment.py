@@ -37,7 +37,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from recipes.sweep import SweepRun, _slug, add_launch_args, launch, mean_std, plots, point_state, slurm_params
+from recipes.sweep import (SweepRun, _slug, add_launch_args, launch, mean_std, metric, plots, point_state,
+                           slurm_params)
 
 HERE = Path(__file__).resolve().parent / "experiments"
 SIZES = ("cpu", "gpu")
@@ -213,15 +214,6 @@ def check_comparable(points: Sequence[tuple[Run, int, SweepRun]], nproc: int = 1
 
 
 # ----------------------------------------------------------------------------- the report
-
-
-def metric(metrics: dict, key: str):
-    """``key``'s value; ``a|b`` takes the first of several names present (runs whose heads differ
-    name the same measurement differently: ``nsp_task/nsp_acc|nsp_task/sop_acc``)."""
-    for k in key.split("|"):
-        if k in metrics:
-            return metrics[k]
-    return None
 
 
 def _verdict(check: Check, values: dict[str, list[float]]) -> str:

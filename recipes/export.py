@@ -3,7 +3,7 @@
 
 The run is rebuilt with the training recipe's own code (``RUN_DIR/config.yaml``
 through :func:`recipes.train_config.load_train_config`, the model through
-:func:`recipes.train.resolve_model_config` and ``build_model``), a checkpoint is
+:func:`recipes.resolve.resolve_model_config` and ``build_model``), a checkpoint is
 loaded (the newest complete one unless ``--step``), and
 :func:`models.hf_export.export` writes the weights, configs and the run's
 tokenizer (``RUN_DIR/tokenizer.model``, kept there by ``recipes.train``).
@@ -106,7 +106,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, step: int | None = N
     from models.hf_export import dropped_heads, export, hf_format
     from models.sharding import full_state_dict
     from recipes.distributed import init_distributed
-    from recipes.train import resolve_model_config
+    from recipes.resolve import resolve_model_config
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if dtype != "auto" and dtype not in DTYPES:

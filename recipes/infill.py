@@ -442,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from recipes.config import ConfigError, _convert
     from recipes.distributed import init_distributed, shutdown
     from recipes.export import find_checkpoint, find_tokenizer, load_model, load_run_config
-    from recipes.train import resolve_model_config
+    from recipes.resolve import resolve_model_config
 
     run_dir = Path(a.run_dir)
     try:

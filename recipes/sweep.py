@@ -149,6 +149,15 @@ def _same_point(run: SweepRun) -> bool:
     return json.loads(path.read_text()) == here
 
 
+def metric(metrics: dict, key: str):
+    """``key``'s value; ``a|b`` takes the first of several names present (runs whose heads differ
+    name the same measurement differently: ``nsp_task/nsp_acc|nsp_task/sop_acc``)."""
+    for k in key.split("|"):
+        if k in metrics:
+            return metrics[k]
+    return None
+
+
 def execute(run: SweepRun, nproc: int = 1, force: bool = False, log=print, threads: int | None = None) -> SweepRun:
     """Run one point to completion (resuming its checkpoints), unless it is done already. A run
     directory that holds a run of other settings is never reused (or skipped as done)."""
@@ -234,8 +243,8 @@ def launch(runs: Sequence[SweepRun], *, launcher: str = "serial", jobs: int = 1,
         return list(runs)
     from recipes.sweep_submit import submit
 
-    submit(todo, nproc=nproc, force=force, folder=out / "submitit", cluster="local" if launcher == "submitit-local"
-           else "slurm", jobs=jobs, wait=wait, **(slurm or {}))
+    submit(todo, execute, nproc=nproc, force=force, folder=out / "submitit",
+           cluster="local" if launcher == "submitit-local" else "slurm", jobs=jobs, wait=wait, **(slurm or {}))
     return [point_state(r) for r in runs]
 
 
@@ -329,7 +338,6 @@ def plots(runs: Sequence[SweepRun], out: Path, columns: Sequence[tuple[str, str]
     curves = {g: [r.run_dir / "metrics.jsonl" for r in rs] for g, rs in groups if rs}
     made = [compare_curves(curves, out / "loss_curves.png", title=f"{title}: training loss".strip(": "))]
     columns = columns or [(c, c) for c in metric_columns(runs) if c != "train_loss"][:6]
-    from recipes.experiment import metric
 
     rows = [(g, {k: [metric(r.metrics, k) for r in rs] for k, _ in columns}) for g, rs in groups]
     if columns and rows:

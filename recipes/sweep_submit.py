@@ -1,10 +1,11 @@
 """Sweep points as one ``submitit`` array job (SLURM, or submitit's local executor).
 
-Each array task runs one point through :func:`recipes.sweep.execute` (a
-``recipes.train`` subprocess, or ``torchrun`` with ``nproc`` processes). The
-job is ``Checkpointable``: at its time limit or on preemption submitit
-requeues it, and the rerun resumes the run from its newest checkpoint (a point
-already finished is skipped). Needs the ``[sweep]`` extra.
+Each array task runs one point through the ``execute`` it is given
+(:func:`recipes.sweep.execute`: a ``recipes.train`` subprocess, or ``torchrun``
+with ``nproc`` processes). The job is ``Checkpointable``: at its time limit or
+on preemption submitit requeues it, and the rerun resumes the run from its
+newest checkpoint (a point already finished is skipped). Needs the ``[sweep]``
+extra.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from objectives.extras import require
 require("sweep", "submitit", by=__name__)
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import submitit
 
@@ -22,19 +23,21 @@ import submitit
 class SweepJob(submitit.helpers.Checkpointable):
     """One sweep point; requeued (and resumed from its checkpoint) at a time limit."""
 
-    def __call__(self, run, nproc: int, force: bool):
-        from recipes.sweep import execute
+    def __init__(self, execute: Callable):
+        self.execute = execute                           # pickled by name: recipes.sweep.execute
 
-        done = execute(run, nproc, force)
+    def __call__(self, run, nproc: int, force: bool):
+        done = self.execute(run, nproc, force)
         if not done.ok:
             raise RuntimeError(f"{run.label}: {done.status}")
         return done.metrics
 
 
-def submit(runs: Sequence, *, nproc: int, force: bool, folder: Path, cluster: str, jobs: int, wait: bool,
-           partition: str | None = None, account: str | None = None, timeout_min: int = 60,
+def submit(runs: Sequence, execute: Callable, *, nproc: int, force: bool, folder: Path, cluster: str, jobs: int,
+           wait: bool, partition: str | None = None, account: str | None = None, timeout_min: int = 60,
            gpus_per_node: int = 0, cpus_per_task: int | None = None) -> list:
-    """Submit ``runs`` as one array job; with ``wait``, block until every task ends. Returns the jobs."""
+    """Submit ``runs`` as one array job, each task calling ``execute(run, nproc, force)``; with
+    ``wait``, block until every task ends. Returns the jobs."""
     if not runs:
         return []
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
@@ -49,7 +52,7 @@ def submit(runs: Sequence, *, nproc: int, force: bool, folder: Path, cluster: st
             params["cpus_per_task"] = cpus_per_task
         params = {k: v for k, v in params.items() if v is not None}
     executor.update_parameters(**params)
-    submitted = executor.map_array(SweepJob(), list(runs), [nproc] * len(runs), [force] * len(runs))
+    submitted = executor.map_array(SweepJob(execute), list(runs), [nproc] * len(runs), [force] * len(runs))
     for run, job in zip(runs, submitted):
         print(f"[sweep] submitted {run.label}: job {job.job_id}", flush=True)
     if wait:

@@ -39,6 +39,7 @@ from recipes.batches import samples_per_step, split_rows, step_indices
 from recipes.config import ConfigError, save_config, to_dict
 from recipes.distributed import DistInfo, init_distributed, shutdown
 from recipes.losses import check_counts, step_counts, weighted_loss
+from recipes.resolve import resolve_model_config, resolve_precision, uses_distributed_optimizer
 from recipes.schedule import WarmupCosine, set_lr
 from recipes.train_config import TrainConfig, load_train_config
 
@@ -66,42 +67,6 @@ class RunResult:
 
 
 # ----------------------------------------------------------------------------- setup
-
-
-def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
-    p = cfg.parallel.precision
-    if p == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if p == "bf16" and device.type != "cuda":
-        raise ConfigError("parallel.precision: bf16 is for GPUs; use fp32 (or auto) on CPU")
-    return p
-
-
-def uses_distributed_optimizer(cfg: TrainConfig, device: torch.device) -> bool:
-    d = cfg.optim.distributed_optimizer
-    return d == "on" or (d == "auto" and device.type == "cuda")
-
-
-def padded(n: int, multiple: int) -> int:
-    return -(-int(n) // multiple) * multiple
-
-
-def resolve_model_config(cfg: TrainConfig, vocab_size: int, device: torch.device):
-    """The model config as built: ``vocab_size`` ids (the tokenizer's and the objective's
-    sentinels) padded to a multiple of ``data.vocab_multiple`` that the tensor-parallel
-    size divides (the same for every TP size dividing it, so checkpoints move between TP
-    sizes), seq_length from data,
-    params dtype from the precision policy (bf16 weights only under megatron's
-    distributed optimizer, which keeps fp32 main weights; otherwise fp32 weights
-    and bf16 autocast)."""
-    precision = resolve_precision(cfg, device)
-    bf16_params = precision == "bf16" and uses_distributed_optimizer(cfg, device)
-    try:
-        return dataclasses.replace(
-            cfg.model, vocab_size=padded(vocab_size, math.lcm(cfg.data.vocab_multiple, cfg.parallel.tensor_parallel)),
-            seq_length=cfg.data.seq_length, params_dtype="bfloat16" if bf16_params else "float32")
-    except ValueError as exc:
-        raise ConfigError(f"model: {exc}") from exc
 
 
 class Session:
@@ -183,7 +148,7 @@ class Session:
                 yield self.to_device(mb)
 
     def evaluate(self) -> dict[str, float]:
-        from recipes.evaluate import evaluate
+        from recipes.heldout import evaluate
 
         return evaluate(self.model, self.data.evals, info=self.info, batches=self.cfg.eval.batches,
                         micro_batch_size=self.cfg.eval.micro_batch_size, to_device=self.to_device, autocast=self.autocast if self.autocast() is not None else None)
@@ -443,18 +408,6 @@ def _summary(result: RunResult) -> str:
     lines.append(f"loss curve: {result.loss_plot}" if result.loss_plot else
                  "loss curve: not drawn (matplotlib comes with the [sweep] extra)")
     return "\n".join([*lines, bar])
-
-
-def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:
-    """Evaluate the newest checkpoint of ``run_dir`` with its saved config."""
-    run_dir = Path(run_dir)
-    cfg = load_train_config(run_dir / "config.yaml", overrides)
-    sess = Session(cfg, progress=False)
-    found = sess.resume(model_only=True, on_skip=lambda line: print(f"[recipes] {line}", file=sys.stderr))
-    if found is None:
-        raise FileNotFoundError(f"{cfg.checkpoint_dir}: no checkpoint")
-    step_dir, step = found
-    return {"step": step, "checkpoint": str(step_dir), **sess.evaluate()}
 
 
 # ----------------------------------------------------------------------------- command line

@@ -224,8 +224,6 @@ class TrainConfig:
         object.__setattr__(self, "objective_spec", spec)
         object.__setattr__(self, "plan", plan)
         if self.eval.suites:
-            from recipes.data import eval_suites
-
             eval_suites(self)  # a bad held-out suite fails now, naming it
 
     @property
@@ -235,6 +233,39 @@ class TrainConfig:
     @property
     def checkpoint_dir(self) -> Path:
         return Path(self.checkpoint.dir) if self.checkpoint.dir else self.run_dir / "checkpoints"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A held-out suite: an objective spec, and the fields of its samples renamed for the model
+    (``{"nsp_label": "sop_label"}``: an SOP-trained model's head reads NSP's labels)."""
+
+    spec: Any
+    fields: dict = field(default_factory=dict)
+
+
+def eval_suites(cfg: TrainConfig) -> dict[str, Suite]:
+    """The held-out suites of a run: those the objective declares, plus ``eval.suites``."""
+    from objectives import registry
+
+    out = {name: Suite(spec) for name, spec in cfg.plan.evals.items()}
+    for name, given in cfg.eval.suites.items():
+        where = f"eval.suites.{name}"
+        if not isinstance(given, dict):
+            raise ConfigError(f"{where}: expected an objective spec (name, config) with optional fields, got {given!r}")
+        given = dict(given)
+        fields = given.pop("fields", None) or {}
+        if not isinstance(fields, dict):
+            raise ConfigError(f"{where}.fields: expected a mapping of field renames, got {fields!r}")
+        try:
+            spec = registry.parse(given, defaults={"seq_length": cfg.data.seq_length}, where=where)
+            suite_plan = registry.plan(spec)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(str(exc.args[0]) if exc.args else str(exc)) from exc
+        if suite_plan.model != cfg.plan.model:
+            raise ConfigError(f"{where}: a {suite_plan.model} objective cannot evaluate this {cfg.plan.model}")
+        out[name] = Suite(spec, dict(fields))
+    return out
 
 
 def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:

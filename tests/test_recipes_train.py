@@ -84,7 +84,7 @@ def test_resume_reproduces_uninterrupted_run_bitwise(tiny_corpus, tmp_path):
     for k, v in a.items():
         assert torch.equal(v, b[k]) if isinstance(v, torch.Tensor) else v == b[k], k
     # re-evaluating the finished run from its directory gives its final held-out metrics
-    from recipes.train import evaluate_run
+    from recipes.evaluate import evaluate_run
 
     again = evaluate_run(tmp_path / "full")
     assert again["step"] == 6 and again["ltr/lm_loss"] == pytest.approx(full.eval_metrics["ltr/lm_loss"], rel=1e-6)
