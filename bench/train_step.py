@@ -37,7 +37,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))   # synthetic_batches: the tests' synthetic batches, timed here
 
 from models.config import preset  # noqa: E402
 
@@ -62,7 +64,7 @@ def model_config(name: str, seq: int, backend: str, dtype: str | None):
 def dry_run(name: str, mask: str, backend: str, batch_size: int, seq: int, args) -> dict:
     """Everything but the model and the clock: config, batch and attention mask at full size."""
     from kernels import AttentionMask
-    from models.synthetic import synthetic_batch
+    from synthetic_batches import synthetic_batch
 
     cfg = model_config(name, seq, backend, args.dtype)
     batch = synthetic_batch(batch_size, seq, cfg.vocab_size, kind="decoder", mask=mask,
@@ -77,7 +79,7 @@ def dry_run(name: str, mask: str, backend: str, batch_size: int, seq: int, args)
 
 def run(name: str, mask: str, backend: str, batch_size: int, seq: int, args, pg) -> dict:
     from models.model import build_model
-    from models.synthetic import synthetic_batch
+    from synthetic_batches import synthetic_batch
 
     cfg = model_config(name, seq, backend, args.dtype)
     cuda = args.device == "cuda"

@@ -108,7 +108,7 @@ def test_a_shared_model_trains_and_reloads(pg):
     """Gradients of a shared weight sum over the layers using it; a saved state dict
     (every layer's view) loads into a freshly drawn model and gives the same outputs."""
     from models.model import build_model
-    from models.synthetic import synthetic_batch
+    from synthetic_batches import synthetic_batch
 
     cfg = _tiny(share_layers="all", embedding_size=16, norm_position="post")
     batch = synthetic_batch(2, 32, cfg.vocab_size, kind="encoder", mask="bidirectional", heads=HEADS, seed=3)

@@ -31,7 +31,7 @@ def tiny(kind: str, **overrides) -> ModelConfig:
 
 
 def batch_for(kind: str, seed: int = 0, b: int = 2, s: int = 32):
-    from models.synthetic import synthetic_batch
+    from synthetic_batches import synthetic_batch
 
     heads = ENCODER_HEADS if kind == "encoder" else {"lm": "token"}
     mask = "bidirectional" if kind == "encoder" else "fim_docs"

@@ -23,7 +23,7 @@ def pg():
 
 
 def batch(mask="fim_docs", seed=0):
-    from models.synthetic import synthetic_batch
+    from synthetic_batches import synthetic_batch
 
     return synthetic_batch(2, 32, 256, kind="decoder", mask=mask, mean_doc=10 if mask == "fim_docs" else None,
                            seed=seed)

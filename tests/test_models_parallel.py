@@ -33,7 +33,7 @@ def _config(name: str):
 
 
 def _batch(name: str):
-    from models.synthetic import synthetic_batch
+    from synthetic_batches import synthetic_batch
 
     kind = MODELS[name][0]
     heads = _config(name).head_kinds

@@ -1,4 +1,5 @@
-"""Synthetic batches in the sample contract's field names, for tests and benchmarks.
+"""Synthetic batches in the sample contract's field names, for the model tests and
+``bench/train_step.py`` (a test helper, outside the production packages).
 
 Random tokens, documents of random lengths packed per row, and row intervals
 from ``objectives.intervals`` (the one implementation of the masks).
