@@ -4,7 +4,8 @@
 embeddings), next-token LM head, pre-norm. ``kind="encoder"``: BERT-shaped
 (learned absolute positions, segment embeddings, LayerNorm, GeLU, biases),
 BERT's cloze LM head (dense + GeLU + LayerNorm, tied projection, output bias)
-plus optional span-boundary / sequence-classification heads. The attention
+plus optional span-boundary / sequence-classification heads. Either kind may carry a
+``scalar`` head (a reward model's score, read where the batch says). The attention
 pattern comes from the batch's row intervals, never from the model kind.
 
 Encoder architecture options (each has an exact Hugging Face twin, see
@@ -32,7 +33,9 @@ from dataclasses import asdict, dataclass, fields, replace
 
 KINDS = ("decoder", "encoder")
 # head kinds models.heads implements; the sample fields each reads are in objectives.task
-HEAD_KINDS = ("token", "span_boundary", "sequence")
+HEAD_KINDS = ("token", "span_boundary", "sequence", "scalar")
+# head kinds a decoder may have (the others read an encoder's bidirectional states)
+DECODER_HEAD_KINDS = ("token", "scalar")
 ATTENTION_BACKENDS = ("auto", "triton", "flex", "sdpa", "reference")
 DTYPES = ("float32", "bfloat16", "float16")
 NORM_POSITIONS = ("pre", "post")
@@ -134,8 +137,8 @@ class ModelConfig:
         for name, head in heads.items():
             if head not in HEAD_KINDS:
                 bad("heads", f"head kind of {name!r} must be one of {HEAD_KINDS}")
-            if self.kind == "decoder" and head != "token":
-                bad("heads", f"{name!r} ({head}) is an encoder head; decoders have token heads only")
+            if self.kind == "decoder" and head not in DECODER_HEAD_KINDS:
+                bad("heads", f"{name!r} ({head}) is an encoder head; decoders have {DECODER_HEAD_KINDS} heads")
         if list(heads.values()).count("token") > 1:
             bad("heads", "at most one token head (it reads the batch's labels / loss_mask)")
 

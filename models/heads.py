@@ -6,7 +6,9 @@ part of the sample contract, ``objectives.task.HEAD_KINDS``):
 * ``token``: LM logits through the tied embedding; ``labels`` weighted by ``loss_mask``
   (encoders first apply BERT's :class:`TokenHead` transform and add its output bias);
 * ``span_boundary``: SpanBERT's SBO, reading ``{loss}_left/_right/_offset``;
-* ``sequence``: a 2-way classifier on the first position, reading ``{loss}_label`` (-1 = none).
+* ``sequence``: a 2-way classifier on the first position, reading ``{loss}_label`` (-1 = none);
+* ``scalar``: a linear score (a reward) at the positions where ``{loss}_rank`` >= 0, trained on
+  every pair of them in one row whose ranks differ (:func:`ranking_sums`).
 
 Every head returns ``{"loss_sum", "count", "correct"}`` as 0-dim float32
 tensors (``loss_sum`` carries the gradient); the recipe weights and
@@ -27,7 +29,8 @@ def span_fields(loss: str) -> tuple[str, str, str]:
 
 
 def _target_field(loss: str, kind: str) -> str:
-    return {"token": "loss_mask", "span_boundary": f"{loss}_offset", "sequence": f"{loss}_label"}[kind]
+    return {"token": "loss_mask", "span_boundary": f"{loss}_offset", "sequence": f"{loss}_label",
+            "scalar": f"{loss}_rank"}[kind]
 
 
 def unclaimed_targets(heads: dict[str, str], batch) -> list[str]:
@@ -49,7 +52,34 @@ def target_count(loss: str, kind: str, batch) -> torch.Tensor:
         return t.float().sum()
     if kind == "span_boundary":
         return (t > 0).sum().float()
+    if kind == "scalar":
+        return ranked_rows(t).sum().float()
     return (t >= 0).sum().float()
+
+
+def ranked_rows(rank: torch.Tensor) -> torch.Tensor:
+    """Rows of ``rank`` [b, s] (-1 = no score) holding at least one pair of different ranks."""
+    valid = rank >= 0
+    high = torch.where(valid, rank, torch.full_like(rank, -1)).amax(dim=-1)
+    low = torch.where(valid, rank, torch.full_like(rank, torch.iinfo(rank.dtype).max)).amin(dim=-1)
+    return valid.any(dim=-1) & (high > low)
+
+
+def ranking_sums(scores: torch.Tensor, rows: torch.Tensor, ranks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """InstructGPT's reward-model loss as sums. ``scores`` [n] are read at n positions, ``rows``
+    [n] their batch row (one prompt), ``ranks`` [n] their rank in it (0 = best). Every pair
+    (i, j) of one row with rank_i < rank_j adds ``-log sigmoid(r_i - r_j)``, weighted by 1 /
+    (the row's number of pairs, K-choose-2): each prompt counts as one element. ``count`` =
+    prompts with a pair; ``correct`` / ``acc_count`` = pairs ordered right / pairs."""
+    scores = scores.float()
+    pair = (rows[:, None] == rows[None, :]) & (ranks[:, None] < ranks[None, :])
+    i, j = torch.nonzero(pair, as_tuple=True)
+    diff = scores[i] - scores[j]
+    per_row = torch.zeros(int(rows.max()) + 1 if rows.numel() else 0, device=scores.device)
+    per_row.index_add_(0, rows[i], torch.ones_like(diff))
+    weight = 1.0 / per_row[rows[i]]
+    return {"loss_sum": (-F.logsigmoid(diff) * weight).sum(), "count": (per_row > 0).sum().float(),
+            "correct": (diff.detach() > 0).sum().float(), "acc_count": torch.tensor(float(diff.numel()), device=scores.device)}
 
 
 def vocab_parallel_sums(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
@@ -143,6 +173,19 @@ class SpanBoundaryHead(torch.nn.Module):
                        self.offset_embeddings(offset.clamp(1, self.max_offset))], dim=-1)
         x = self.norm1(F.gelu(self.fc1(x)))
         return self.norm2(F.gelu(self.fc2(x)))
+
+
+class ScalarHead(torch.nn.Module):
+    """A score per position: one linear map of the final hidden state, no bias (Hugging Face's
+    ``*ForSequenceClassification.score`` with ``num_labels=1``)."""
+
+    def __init__(self, hidden: int, std: float, dtype: torch.dtype):
+        super().__init__()
+        self.score = torch.nn.Linear(hidden, 1, bias=False, dtype=dtype)
+        _init_linear(self.score, std)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.score(hidden)[..., 0]
 
 
 class SentenceHead(torch.nn.Module):

@@ -413,20 +413,25 @@ def _default_mode(path: Path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
-def write_generation_config(out_dir: Path, special: SpecialTokens) -> None:
+def write_generation_config(out_dir: Path, special: SpecialTokens, chat: bool = False) -> None:
+    """Generation stops at EOT; a chat model's also at ``<|end|>``, which closes its turn."""
     from transformers import GenerationConfig
 
-    GenerationConfig(bos_token_id=None, eos_token_id=special.eot, pad_token_id=special.pad).save_pretrained(out_dir)
+    eos = [special.chat_end, special.eot] if chat else special.eot
+    GenerationConfig(bos_token_id=None, eos_token_id=eos, pad_token_id=special.pad).save_pretrained(out_dir)
 
 
 def export(model_or_state, cfg: ModelConfig, out_dir: str | Path, *, tokenizer_model: str | Path | None = None,
-           special: SpecialTokens | None = None, tp_group=None, dtype: torch.dtype | None = None) -> Path:
+           special: SpecialTokens | None = None, tp_group=None, dtype: torch.dtype | None = None,
+           chat: bool = False) -> Path:
     """Write ``out_dir`` loadable by ``from_pretrained`` of the format's Auto class.
 
     ``model_or_state``: a model from ``build_model`` (tensor-parallel shards are
     gathered over ``tp_group``; call on every TP rank, TP rank 0 writes) or a full
     (TP=1) state dict. ``tokenizer_model``: the sentencepiece ``.model`` the ids come
-    from. ``dtype``: the weights' dtype on disk (default: as given)."""
+    from. ``dtype``: the weights' dtype on disk (default: as given). ``chat``: a chat model
+    (trained on ``objectives.sft``'s template): the tokenizer carries the template and
+    generation also stops at ``<|end|>``."""
     from models.sharding import full_state_dict
 
     fmt = hf_format(cfg)
@@ -444,11 +449,13 @@ def export(model_or_state, cfg: ModelConfig, out_dir: str | Path, *, tokenizer_m
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fmt.write(full, cfg, out_dir, special)
+    if chat:
+        write_generation_config(out_dir, special, chat=True)
     (out_dir / "pretrain_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     if tokenizer_model is not None:
         from models.hf_tokenizer import write_hf_tokenizer
 
         shutil.copyfile(tokenizer_model, out_dir / "sentencepiece.model")
         write_hf_tokenizer(tokenizer_model, out_dir, special, model_max_length=cfg.max_position_embeddings,
-                           bert_template=fmt.bert_template)
+                           bert_template=fmt.bert_template, chat=chat)
     return out_dir

@@ -35,8 +35,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from models.attention import IntervalAttention, build_attention_mask
 from models.config import ModelConfig
 from models.embedding import EncoderEmbedding
-from models.heads import (SentenceHead, SpanBoundaryHead, TokenHead, classification_sums, head_present, span_fields,
-                          unclaimed_targets, vocab_parallel_sums)
+from models.heads import (ScalarHead, SentenceHead, SpanBoundaryHead, TokenHead, classification_sums, head_present,
+                          ranking_sums, span_fields, unclaimed_targets, vocab_parallel_sums)
 from models.layers import layer_specs, post_norm, shared_slots, tie_shared_layers
 from models.norms import SequenceParallelNorm
 from models.rope import make_device_safe
@@ -146,6 +146,8 @@ class PretrainModel(MegatronModule):
                                                         out=cfg.embed_size)
                 elif kind == "sequence":
                     self.heads[name] = SentenceHead(cfg.hidden_size, std, dtype)
+                elif kind == "scalar":
+                    self.heads[name] = ScalarHead(cfg.hidden_size, std, dtype)
 
     # megatron pipeline schedules hand activations to non-first stages through this
     def set_input_tensor(self, input_tensor) -> None:
@@ -201,6 +203,15 @@ class PretrainModel(MegatronModule):
         first = self._full_sequence(self.hidden_states(batch))[0]
         return {name: self.heads[name](first) for name in names}
 
+    def scalar_scores(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each scalar head's score at every position [b, s], by loss name (a reward model reads
+        the one at the end of a response)."""
+        names = [n for n, kind in self.cfg.head_kinds.items() if kind == "scalar"]
+        if not names:
+            return {}
+        full = self._full_sequence(self.hidden_states(batch)).transpose(0, 1)
+        return {name: self.heads[name](full) for name in names}
+
     def forward(self, batch: dict[str, torch.Tensor]):
         """Per-loss sums for the heads whose fields are in ``batch`` (see module docstring);
         on a non-last pipeline stage, the hidden states."""
@@ -229,6 +240,10 @@ class PretrainModel(MegatronModule):
                                      offset[rows, cols].long())
                 weight = torch.ones(rows.shape[0], device=full.device)
                 out[name] = vocab_parallel_sums(self._project(y), batch["labels"][rows, cols], weight, self.tp_group)
+            elif kind == "scalar":  # a score where the rank is given, compared pairwise within a row
+                rank = batch[f"{name}_rank"]
+                rows, cols = torch.nonzero(rank >= 0, as_tuple=True)
+                out[name] = ranking_sums(self.heads[name](full[rows, cols]), rows, rank[rows, cols])
             else:  # sequence: classify from the first position ([CLS])
                 out[name] = classification_sums(self.heads[name](full[:, 0]), batch[f"{name}_label"].reshape(-1))
         return out

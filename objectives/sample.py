@@ -69,7 +69,8 @@ CONTRACT_FIELDS = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids
 
 @dataclass(frozen=True)
 class SpecialTokens:
-    """Reserved ids the pipeline emits; raw text can never encode to them.
+    """Reserved ids the pipeline emits; raw text can never encode to them (a literal
+    ``"<|user|>"`` in a record is ordinary text).
 
     The named ids sit below ``first_regular``, where the tokenizer's pieces start.
     Span sentinels (T5's ``<extra_id_i>`` = ``sentinel_base + i``) sit after the
@@ -87,6 +88,11 @@ class SpecialTokens:
     fim_suffix: int = 7
     fim_pad: int = 8
     unk: int = 9
+    # the chat template's control tokens (objectives.sft): a turn is <|role|> content <|end|>
+    chat_system: int = 10
+    chat_user: int = 11
+    chat_assistant: int = 12
+    chat_end: int = 13
     # ids below this are reserved for the pipeline; tokenizer pieces start here
     first_regular: int = 16
     sentinel_base: int = 0

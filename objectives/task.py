@@ -28,6 +28,10 @@ head kind          reads (``{loss}`` = the loss name)                  a target 
                    where no target)
 ``sequence``       ``{loss}_label`` (int32 scalar; -1 = no target),     ``{loss}_label`` >= 0
                    classified from the first position ([CLS])
+``scalar``         ``{loss}_rank`` (int32 per token; -1 where no        a row holds two ranks
+                   score is read): a scalar (a reward) read where the
+                   rank is >= 0; the loss compares every pair of
+                   positions of one row whose ranks differ (0 = best)
 =================  ==================================================  =========================
 """
 
@@ -41,10 +45,13 @@ MODEL_KINDS = ("decoder", "encoder")
 # objective rewrote each document on its own (its transform's ``documents(batch, streams)``, keyed
 # by (seed, epoch, document)); segment: a span of one document (+ word and sentence starts);
 # segment_pair: a segment plus a segment of another document (NSP's negatives)
-SAMPLERS = ("packed", "packed_documents", "segment", "segment_pair")
+# records_packed: whole records (conversations) the transform encodes (its ``encode_record``), several
+# per context; records: one encoded record per row (a prompt with its ranked responses)
+SAMPLERS = ("packed", "packed_documents", "segment", "segment_pair", "records_packed", "records")
 # what each sampler's samples can feed: a segment pair is a segment (of >= 2 sentences) plus extras
 SERVES = {"packed": ("packed",), "packed_documents": ("packed_documents",), "segment": ("segment",),
-          "segment_pair": ("segment", "segment_pair")}
+          "segment_pair": ("segment", "segment_pair"), "records_packed": ("records_packed",),
+          "records": ("records",)}
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ HEAD_KINDS: dict[str, tuple[tuple[str, bool, int], ...]] = {
     "token": (),
     "span_boundary": (("{loss}_left", True, -1), ("{loss}_right", True, -1), ("{loss}_offset", True, 0)),
     "sequence": (("{loss}_label", False, -1),),
+    "scalar": (("{loss}_rank", True, -1),),
 }
 
 

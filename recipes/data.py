@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from recipes.distributed import DistInfo
@@ -21,7 +22,7 @@ from recipes.train_config import TrainConfig, eval_suites
 
 @dataclass
 class RunData:
-    prepared: Any  # data_pipeline.build.PreparedCorpus
+    prepared: Any  # data_pipeline.build.PreparedCorpus (None for objectives that read records)
     tokenizer: Any
     train: Any  # ObjectiveDataset
     evals: dict[str, Any] = field(default_factory=dict)  # name -> ObjectiveDataset (held-out)
@@ -66,10 +67,75 @@ def sampler_for(plan, token_data, seed: int, special, shuffle: bool = True, tran
     raise ValueError(f"objective plan: unknown sampler {plan.sampler!r}")
 
 
+RECORD_SAMPLERS = ("records_packed", "records")
+
+
+def record_tokenizer(cfg: TrainConfig):
+    """The tokenizer of a run that reads records: the init_from run's own (the weights' ids), or
+    ``data.tokenizer.model_path``."""
+    from data_pipeline.tokenizer import SentencePieceTokenizer
+    from recipes.config import ConfigError
+
+    if cfg.init_from:
+        from data_pipeline.build import TOKENIZER_FILE
+
+        path = Path(cfg.init_from) / TOKENIZER_FILE
+        if not path.is_file():
+            raise ConfigError(f"init_from: {path} not found; is {cfg.init_from} a run directory written by "
+                              "recipes.train?")
+    elif cfg.data.tokenizer.model_path:
+        path = Path(cfg.data.tokenizer.model_path)
+    else:
+        raise ConfigError(f"objective {cfg.plan.sampler!r} reads records, which need a trained tokenizer: set "
+                          "init_from (a run directory) or data.tokenizer.model_path")
+    return SentencePieceTokenizer.load(path)
+
+
+def build_record_data(cfg: TrainConfig, transform, kw: dict, tok) -> RunData:
+    """Train / held-out datasets of records (SFT, reward models; see data_pipeline.records)."""
+    from data_pipeline.dataset import ObjectiveDataset
+    from data_pipeline.records import RecordSampler, encode_records, load_records, split_records
+    from objectives import registry
+
+    plan, rc = cfg.plan, cfg.data.records
+    rows, label = load_records(rc, cache_dir=str(Path(cfg.data.cache_dir) / "records"))
+    train_idx, valid_idx = split_records(rows, rc.valid_fraction)
+    seed = cfg.schedule.seed
+
+    def sampler(indices, transform, seed):
+        return RecordSampler(encode_records(rows, indices, transform, tok, rc, label), plan.input_length,
+                             pack=plan.sampler == "records_packed", seed=seed, special=kw["special"],
+                             fill=getattr(transform, "record_fill", None), label=f"records {label}",
+                             record_ids=indices)
+
+    train = ObjectiveDataset(sampler(train_idx, transform, seed), transform, seed=seed)
+    evals = {}
+    if valid_idx:
+        eval_seed = cfg.eval.seed if cfg.eval.seed is not None else seed + 1
+        for name, suite in eval_suites(cfg).items():
+            suite_transform = registry.build_spec(suite.spec, **kw)
+            if registry.plan(suite.spec).sampler != plan.sampler:
+                raise ValueError(f"eval.suites.{name}: a held-out suite of a records objective reads the same "
+                                 "records; its sampler differs")
+            evals[name] = ObjectiveDataset(sampler(valid_idx, suite_transform, eval_seed), suite_transform,
+                                           seed=eval_seed)
+    return RunData(prepared=None, tokenizer=tok, train=train, evals=evals, special=kw["special"],
+                   vocab_size=tok.vocab_size + plan.sentinels)
+
+
 def build_run_data(cfg: TrainConfig, info: DistInfo, progress: bool = True) -> RunData:
     from data_pipeline.dataset import ObjectiveDataset
     from objectives import registry
 
+    if cfg.plan.sampler in RECORD_SAMPLERS:
+        tok = record_tokenizer(cfg)
+        special = tok.special.with_sentinels(tok.vocab_size, cfg.plan.sentinels)
+        kw = dict(special=special, vocab_size=tok.vocab_size, tokenizer=tok)
+        try:
+            transform = registry.build_spec(cfg.objective_spec, **kw)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"objective: {exc}") from exc
+        return build_record_data(cfg, transform, kw, tok)
     prepared = prepare(cfg, info, progress=progress)
     tok = prepared.tokenizer
     plan = cfg.plan

@@ -145,7 +145,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, step: int | None = N
             if result.dropped:
                 say(f"[export] dropping head(s) {list(result.dropped)}: no {fmt.architecture} twin")
             shutil.rmtree(tmp, ignore_errors=True)
-            export(full, model_cfg, tmp, tokenizer_model=tok_path, special=special, dtype=out_dtype)
+            export(full, model_cfg, tmp, tokenizer_model=tok_path, special=special, dtype=out_dtype,
+                   chat="chat_user" in cfg.plan.special)
         del full
         info.barrier()
         if check:

@@ -5,7 +5,8 @@ micro-batches per data-parallel rank and all-reduced over the DP group, so
 the numbers are exact means over every evaluated target. Metric names are
 ``<suite>/<loss>_loss`` and ``<suite>/<loss>_acc``, e.g. ``ltr/lm_loss``
 (left-to-right), ``fim/lm_loss`` (100% FIM data), ``heldout/lm_acc`` (cloze
-accuracy), ``heldout/sop_acc``.
+accuracy), ``heldout/sop_acc``, ``heldout/rm_acc`` (a reward model's held-out pairs
+ordered right).
 
 ``python -m recipes.evaluate RUN_DIR`` runs it on a saved run (:mod:`recipes.evaluate`).
 """
@@ -41,15 +42,16 @@ def evaluate(model: torch.nn.Module, evals: Mapping[str, object], *, info: DistI
                 with ctx:
                     out = model(batch)
                 for name, parts in out.items():
-                    vec = torch.stack([parts["loss_sum"].float(), parts["count"].float(),
-                                       parts["correct"].float()]).double().cpu()
-                    sums[name] = sums.get(name, torch.zeros(3, dtype=torch.float64)) + vec
+                    # accuracy over its own count where a head has one (a reward model's pairs)
+                    vec = torch.stack([parts["loss_sum"].float(), parts["count"].float(), parts["correct"].float(),
+                                       parts.get("acc_count", parts["count"]).float()]).double().cpu()
+                    sums[name] = sums.get(name, torch.zeros(4, dtype=torch.float64)) + vec
             for name in sorted(sums):
                 vec = sums[name].to(info.device)
                 info.all_reduce_dp(vec)
-                loss_sum, count, correct = vec.tolist()
+                loss_sum, count, correct, acc_count = vec.tolist()
                 metrics[f"{suite}/{name}_loss"] = loss_sum / count if count else math.nan
-                metrics[f"{suite}/{name}_acc"] = correct / count if count else math.nan
+                metrics[f"{suite}/{name}_acc"] = correct / acc_count if acc_count else math.nan
     finally:
         model.train(was_training)
     return metrics

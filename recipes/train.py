@@ -86,6 +86,11 @@ class Session:
         self.model_cfg = resolve_model_config(cfg, self.data.vocab_size, self.info.device)
         self.precision = resolve_precision(cfg, self.info.device)
         self.model = build_model(self.model_cfg, self.info.pg_collection, device=self.info.device)
+        self.init_checkpoint = None
+        if cfg.init_from:  # the weights only, before the optimizer takes them (a resume overrides them)
+            from recipes.init import load_init
+
+            self.init_checkpoint = load_init(self.model, self.model_cfg, cfg.init_from, cfg.init_step, self.info)
         from recipes.optim import build_optimizer
 
         self.optimizer = build_optimizer(self.model, cfg.optim, self.info)
@@ -282,6 +287,8 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
         log.info(f"[recipes] {line}")
     if start:
         log.info(f"[recipes] resumed from {last_good} at step {start}")
+    elif sess.init_checkpoint is not None:
+        log.info(f"[recipes] weights from {sess.init_checkpoint} (init_from), fresh optimizer")
     log.info(f"[recipes] {cfg.name}: {sess.model_cfg.kind} {sess.num_params / 1e6:.2f}M params, "
              f"vocab {sess.model_cfg.vocab_size}, seq {cfg.data.seq_length}, world {info.world_size} "
              f"(dp {info.dp_size}, tp {info.tp_size}), {info.device.type}/{sess.precision}, "

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from data_pipeline.config import CorpusConfig, TokenizerConfig
+from data_pipeline.records import RecordsConfig
 from models.config import ModelConfig
 from recipes.config import ConfigError, load_config
 from recipes.infill_config import InfillConfig
@@ -31,6 +32,9 @@ from recipes.infill_config import InfillConfig
 class DataConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    # records (conversations, ranked responses) for the objectives that read records (SFT, reward
+    # models) instead of the corpus; their tokenizer is the init_from run's (or tokenizer.model_path)
+    records: RecordsConfig = field(default_factory=RecordsConfig)
     # prepared corpora are cached here, keyed by corpus + tokenizer settings (git-ignored)
     cache_dir: str = ".cache"
     prepare_workers: int = 1
@@ -196,6 +200,11 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    # start from a trained run's weights (its newest complete checkpoint, or init_step): the model
+    # only, with a fresh optimizer and schedule; the model config must match that run's (and a head
+    # that run lacks, e.g. a reward model's, starts fresh). Ignored once this run has a checkpoint.
+    init_from: str = ""
+    init_step: int = 0  # 0 = the newest complete checkpoint
     # derived from ``objective`` once, here (not part of the YAML)
     objective_spec: Any = field(init=False, repr=False, compare=False)  # objectives.registry typed spec
     plan: Any = field(init=False, repr=False, compare=False)            # objectives.registry.Plan
@@ -220,6 +229,10 @@ class TrainConfig:
             if loss not in plan.losses:
                 raise ConfigError(f"objective.loss_weights.{loss}: the objective ({names}) has no such loss; "
                                   f"its losses are {sorted(plan.losses)}")
+        if self.init_step < 0:
+            raise ConfigError(f"init_step: must be >= 0, got {self.init_step}")
+        if self.init_step and not self.init_from:
+            raise ConfigError("init_step: needs init_from (the run whose checkpoint to start from)")
         object.__setattr__(self, "model", replace(m, kind=plan.model, heads=dict(plan.losses)))
         object.__setattr__(self, "objective_spec", spec)
         object.__setattr__(self, "plan", plan)

@@ -80,8 +80,16 @@ for name in registry.names():
     t = registry.build(name, cfg, vocab_size=300)   # default reserved ids + the sentinels it declares
     built.append(name)
     sample = dict(seg)
-    if registry.task(name).sampler_for(registry.make_config(name, {}, defaults={"seq_length": 32})).startswith("packed"):
+    sampler = registry.task(name).sampler_for(registry.make_config(name, {}, defaults={"seq_length": 32}))
+    if sampler.startswith("packed"):
         sample = {"tokens": rng.integers(16, 300, 33).astype(np.int32)}
+    if sampler.startswith("records"):   # a record as the transform encodes it, padded to a context
+        encode = lambda text: [16 + ord(ch) for ch in text]
+        record = {"conversation": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                  "ranked": ([{"role": "user", "content": "hi"}], ["yo", "no"])}[t.record_kind]
+        fill = getattr(t, "record_fill", {})
+        sample = {f: np.pad(v, (0, 33 - len(v)), constant_values=0 if f == "tokens" else fill.get(f, 0))
+                  for f, v in t.encode_record(record, encode).items()}
     if all(f in sample for f in getattr(t, "reads", ())):
         out = t(sample, 1)
         assert out["tokens"].shape == (32,), (name, out["tokens"].shape)

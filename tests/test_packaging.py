@@ -197,9 +197,16 @@ for name in registry.names():
     # the reserved ids plus the span sentinels the objective declares, after the vocabulary
     run_special = special.with_sentinels(tok.vocab_size, registry.task(name).sentinels_for(cfg))
     t = registry.build(name, cfg, special=run_special, vocab_size=tok.vocab_size, tokenizer=tok)
-    unknown = [f for f in t.reads if f not in raw]
-    assert not unknown, f"{name} reads {unknown}: give this check a literal for it"
-    sample = {f: raw[f] for f in t.reads}
+    if hasattr(t, "encode_record"):          # objectives that read records (SFT, reward model): one, padded
+        record = {"conversation": [{"role": "user", "content": "add a and b"}, {"role": "assistant", "content": "c"}],
+                  "ranked": ([{"role": "user", "content": "add a and b"}], ["c", "d"])}[t.record_kind]
+        fill = getattr(t, "record_fill", {})
+        sample = {f: np.pad(v, (0, S + 1 - len(v)), constant_values=0 if f == "tokens" else fill.get(f, 0))
+                  for f, v in t.encode_record(record, tok.encode).items()}
+    else:
+        unknown = [f for f in t.reads if f not in raw]
+        assert not unknown, f"{name} reads {unknown}: give this check a literal for it"
+        sample = {f: raw[f] for f in t.reads}
     targets = 0
     for index in range(4):                   # a row may draw no target; four rows all empty is a fault
         assert isinstance(t, objectives.Transform), name      # the batch contract: a sample and its key
@@ -208,7 +215,7 @@ for name in registry.names():
             assert out[f].shape == (S,), (name, f, out[f].shape)
             assert np.array_equal(out[f], again[f]), (name, f)
         assert (out["kv_start"] <= out["kv_end"]).all(), name
-        targets += int(out["loss_mask"].sum())
+        targets += int(out["loss_mask"].sum()) + sum(int((v >= 0).sum()) for f, v in out.items() if f.endswith("_rank"))
     assert targets > 0, name
     ran[name] = targets
 

@@ -22,6 +22,13 @@ def shrink(cfg, tiny_corpus, run_dir, *, steps=6, every=0, seq=64, mb=4, accum=1
     """The config at test size, reading the session's prepared tiny corpus."""
     corpus, tokenizer, cache = tiny_corpus
     R = dataclasses.replace
+    if cfg.plan.sampler.startswith("records"):  # records (SFT, reward model): the tiny corpus's tokenizer, fresh weights
+        from data_pipeline.build import TOKENIZER_FILE, prepare_corpus
+
+        prepared = prepare_corpus(corpus, tokenizer, cache, progress=False)
+        tokenizer = R(tokenizer, model_path=str(prepared.path / TOKENIZER_FILE))
+        cfg = R(cfg, init_from="")
+        seq = cfg.data.seq_length  # a row holds whole records
     return R(cfg,
              data=R(cfg.data, corpus=corpus, tokenizer=tokenizer, cache_dir=cache, seq_length=seq),
              schedule=R(cfg.schedule, train_steps=steps, warmup_steps=min(2, steps), micro_batch_size=mb,

@@ -14,7 +14,7 @@ SP = SpecialTokens()
 V = 5000
 S = 40
 SEGMENT_TASKS = [n for n in registry.names()
-                 if not registry.task(n).sampler_for(registry.make_config(n, {}, defaults={"seq_length": S})).startswith("packed")]
+                 if registry.task(n).sampler_for(registry.make_config(n, {}, defaults={"seq_length": S})).startswith("segment")]
 
 
 def _segment(n: int, rng) -> dict:
@@ -85,11 +85,22 @@ def test_declared_losses_are_the_fields_the_transform_writes(name):
         cfg = dataclasses.replace(cfg, split_level="token")   # no tokenizer here
     t = registry.build(name, cfg, vocab_size=V)     # default special ids + the sentinels it declares
     rng = np.random.default_rng(1)
-    sample = ({"tokens": rng.integers(SP.first_regular, V, task.input_length(cfg)).astype(np.int32)}
-              if task.sampler_for(cfg).startswith("packed") else _segment(task.input_length(cfg), rng))
+    sampler = task.sampler_for(cfg)
+    if sampler.startswith("records"):   # a record as the transform encodes it, padded to a row
+        encode = lambda text: [SP.first_regular + ord(c) for c in text]
+        record = {"conversation": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                  "ranked": ([{"role": "user", "content": "hi"}], ["yo", "no"])}[t.record_kind]
+        enc = t.encode_record(record, encode)
+        fill = getattr(t, "record_fill", {})
+        n = task.input_length(cfg)
+        sample = {f: np.pad(v, (0, n - len(v)), constant_values=SP.pad if f == "tokens" else fill.get(f, 0))
+                  for f, v in enc.items()}
+    else:
+        sample = ({"tokens": rng.integers(SP.first_regular, V, task.input_length(cfg)).astype(np.int32)}
+                  if sampler.startswith("packed") else _segment(task.input_length(cfg), rng))
     out = t(sample, 2)
     declared = {f.name for f in task.fields_for(cfg)}
-    extras = {k for k in out if k.endswith(("_label", "_offset", "_left", "_right"))}
+    extras = {k for k in out if k.endswith(("_label", "_offset", "_left", "_right", "_rank"))}
     assert extras == declared, name
     if "lm" in task.losses_for(cfg):
         assert {"labels", "loss_mask"} <= set(out)
