@@ -16,6 +16,7 @@ batch, and token reads are one fancy-index gather from the memory-mapped data.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Sequence
 
@@ -340,26 +341,31 @@ class SourceTargetSampler(SegmentSampler):
 def blend_schedule(weights: Sequence[float], size: int) -> tuple[np.ndarray, np.ndarray]:
     """(dataset_index, dataset_sample_index) for ``size`` draws in exact proportions.
 
-    Draw ``i`` goes to the dataset furthest behind its share (largest ``w_d * i - count_d``,
-    the lowest index on a tie), as megatron's blended dataset builds its index: every
-    prefix stays within one sample of ``w_d * i`` for every dataset. (Merging per-dataset
-    schedules at times ``(k + 0.5) / w_d`` instead drifts past one sample when one weight
-    dominates several small ones.) One pass of plain Python over the draws, about 0.5 s per
-    million draws with a few datasets, once per sampler.
+    Tijdeman's chairman-assignment rule (1980): with ``n`` datasets of positive weight
+    and ``sigma = 1 / (2n - 2)``, draw ``t`` goes, among the datasets at least ``sigma``
+    behind their share (``w_d * t - count_d >= sigma``), to the one whose next draw is
+    due first (smallest ``(count_d + 1 - sigma) / w_d``, the lowest index on a tie).
+    Every prefix then stays within ``1 - sigma`` (< 1) sample of ``w_d * t`` for every
+    dataset. (Giving each draw to the dataset furthest behind, megatron's rule, drifts
+    past one sample, e.g. 1.03 with weights 2.53, 8.31, 9.19, 0.25, 0.25.) One pass of
+    plain Python over the draws (1-2 s per million draws with a few datasets), once per
+    sampler.
     """
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or len(w) == 0 or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"blend weights must be non-negative with a positive sum, got {list(weights)}")
     share = (w / w.sum()).tolist()
-    datasets = range(len(share))
+    datasets = [d for d in range(len(share)) if share[d] > 0]
+    sigma = 1.0 / (2 * len(datasets) - 2) if len(datasets) > 1 else 0.0
     count = [0] * len(share)
     ids, ks = [0] * int(size), [0] * int(size)
     for i in range(int(size)):
-        best, pick = -1.0, 0
+        due, pick = math.inf, datasets[0]
         for d in datasets:
-            behind = share[d] * (i + 1) - count[d]
-            if behind > best:
-                best, pick = behind, d
+            if share[d] * (i + 1) - count[d] >= sigma - 1e-12:
+                when = (count[d] + 1 - sigma) / share[d]
+                if when < due:
+                    due, pick = when, d
         ids[i], ks[i] = pick, count[pick]
         count[pick] += 1
     return np.array(ids, np.int64), np.array(ks, np.int64)

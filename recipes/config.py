@@ -120,7 +120,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
         raise ConfigError(f"{where}: unknown key; {cls.__name__} knows {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _convert(hints[name], value, _join(path, name))
+        kwargs[name] = convert(hints[name], value, _join(path, name))
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -144,7 +144,8 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
+def convert(tp: Any, value: Any, path: str) -> Any:
+    """``value`` (parsed YAML or a command-line string) as type ``tp``; errors name ``path``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -158,7 +159,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         errors = []
         for option in non_none:
             try:
-                return _convert(option, value, path)
+                return convert(option, value, path)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: no type of {tp} fits {value!r}")
@@ -180,9 +181,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
-            return tuple(_convert(a, v, f"{path}.{i}") for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(convert(a, v, f"{path}.{i}") for i, (a, v) in enumerate(zip(args, value)))
         item = args[0] if args else Any
-        items = [_convert(item, v, f"{path}.{i}") for i, v in enumerate(value)]
+        items = [convert(item, v, f"{path}.{i}") for i, v in enumerate(value)]
         return tuple(items) if (origin is tuple or tp is tuple) else items
     if origin in (dict, Mapping) or tp is dict:
         if isinstance(value, _CommandLine):
@@ -192,7 +193,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         key_tp, val_tp = args if args else (str, Any)
-        return {_convert(key_tp, k, path): _convert(val_tp, v, _join(path, str(k))) for k, v in value.items()}
+        return {convert(key_tp, k, path): convert(val_tp, v, _join(path, str(k))) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

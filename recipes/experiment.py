@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from recipes.sweep import (SweepRun, _slug, add_launch_args, launch, mean_std, metric, plots, point_state,
+from recipes.sweep import (SweepRun, add_launch_args, launch, mean_std, metric, plots, point_state, slug,
                            slurm_params)
 
 HERE = Path(__file__).resolve().parent / "experiments"
@@ -94,7 +94,7 @@ class Experiment:
             if size not in run.config:
                 raise ExperimentError(f"{self.name}: run {run.label!r} has no config for size {size!r}")
             for seed in self.seeds(size):
-                name = _slug(f"{run.label}__seed{seed}")
+                name = slug(f"{run.label}__seed{seed}")
                 pts.append((run, seed, SweepRun(run.config[size], [*common, *run.overrides, f"schedule.seed={seed}"],
                                                 out / name)))
         return pts

@@ -439,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="eval.infill field=value, e.g. --set tasks_per_kind=20 --set samples=8")
     p.add_argument("--out", default=None, help="write metrics (and agreement) as JSON here")
     a = p.parse_args(argv)
-    from recipes.config import ConfigError, _convert
+    from recipes.config import ConfigError, convert
     from recipes.distributed import init_distributed, shutdown
     from recipes.export import find_checkpoint, find_tokenizer, load_model, load_run_config
     from recipes.resolve import resolve_model_config
@@ -453,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if k not in {f.name for f in dataclasses.fields(InfillConfig)}:
                 raise ConfigError(f"--set {k}: unknown field; InfillConfig knows "
                                   f"{sorted(f.name for f in dataclasses.fields(InfillConfig))}")
-            icfg = dataclasses.replace(icfg, **{k: _convert(typing.get_type_hints(InfillConfig)[k], v, k)})
+            icfg = dataclasses.replace(icfg, **{k: convert(typing.get_type_hints(InfillConfig)[k], v, k)})
     except (FileNotFoundError, ConfigError, ValueError) as exc:
         print(f"infill error: {exc}", file=sys.stderr)
         return 2

@@ -94,7 +94,8 @@ def _as_override(value) -> str:
     return str(value)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A folder-safe name for a run (at most 120 characters)."""
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")[:120]
 
 
@@ -104,7 +105,7 @@ def plan(configs: Sequence[str], grid: list[tuple[str, list[str]]], fixed: Seque
     for config in configs:
         for combo in itertools.product(*[vals for _, vals in grid]) if grid else [()]:
             varied = [f"{k}={v}" for k, v in zip(keys, combo)]
-            name = _slug("__".join([Path(config).name.removesuffix(".yaml"), *varied]))
+            name = slug("__".join([Path(config).name.removesuffix(".yaml"), *varied]))
             runs.append(SweepRun(config=config, overrides=[*fixed, *varied], run_dir=out / name))
     return runs
 
