@@ -10,6 +10,7 @@ architecture):
 our model                                   Hugging Face class
 =========================================  ==============================================
 decoder                                     ``LlamaForCausalLM``
+decoder with a scalar head (reward model)   ``LlamaForSequenceClassification`` (num_labels=1)
 encoder, ``norm_position="post"``           ``BertForPreTraining`` (a sequence head) /
                                             ``BertForMaskedLM`` (token head only)
 encoder, post-norm, ``embedding_size`` <    ``AlbertForPreTraining`` / ``AlbertForMaskedLM``
@@ -87,6 +88,7 @@ class HFFormat:
     # the transformers model's output -> its logits by our head kind: "token" [b, s, V], "sequence" [b, 2]
     hf_logits: Callable[[Any], dict[str, torch.Tensor]]
     bert_template: bool = False  # the tokenizer adds [CLS] A [SEP] (B [SEP]) as our encoder objectives do
+    scores: bool = False  # a score per sequence (a reward model), no LM logits: hf_logits gives "scalar" [b]
 
 
 # ----------------------------------------------------------------------------- decoder -> Llama
@@ -171,6 +173,60 @@ LLAMA = HFFormat(architecture="LlamaForCausalLM", auto_class="AutoModelForCausal
                  pipeline_task="text-generation", write=write_llama, probe_batch=causal_batch,
                  hf_inputs=lambda batch: {"input_ids": batch["tokens"]},
                  hf_logits=lambda out: {"token": out.logits})
+
+
+# ----------------------------------------------------------------------------- decoder + scalar head -> reward model
+
+
+def _scalar_head(cfg: ModelConfig) -> str:
+    names = [n for n, kind in cfg.head_kinds.items() if kind == "scalar"]
+    if len(names) != 1:
+        raise NotImplementedError(f"Hugging Face export: ModelConfig.heads {cfg.head_kinds} has {len(names)} scalar "
+                                  "heads; LlamaForSequenceClassification has one score")
+    return names[0]
+
+
+def write_llama_reward(full: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: Path,
+                       special: SpecialTokens) -> None:
+    """A reward model as ``LlamaForSequenceClassification`` (``num_labels=1``): the decoder and
+    ``score`` = our scalar head. transformers reads the score at each row's last token that is
+    not ``pad_token_id``: the ``<|end|>`` closing a chat-templated response, where we read it."""
+    tensors = dict(llama_state_dict(full, cfg))
+    key = f"heads.{_scalar_head(cfg)}.score.weight"
+    if key not in full:
+        raise KeyError(f"state dict lacks {key!r}: is this a reward model built by models.build_model?")
+    tensors["score.weight"] = full[key]
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    dtype_name = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    config = llama_config(cfg, special=special, dtype=dtype_name)
+    config.architectures = [LLAMA_REWARD.architecture]
+    config.num_labels = 1
+    config.tie_word_embeddings = False  # no LM head to tie
+    write_config(config, out_dir, dtype_name, rope_theta=float(cfg.rotary_base))
+    _save(tensors, out_dir)
+
+
+def reward_batch(tokens: torch.Tensor, cfg: ModelConfig | None = None) -> dict[str, torch.Tensor]:
+    """The probe with padding after the second row's first half: the score is read at each
+    row's last token that is not padding."""
+    tokens = tokens.clone()
+    if tokens.shape[0] > 1:
+        tokens[1, tokens.shape[1] // 2:] = SpecialTokens().pad
+    return causal_batch(tokens)
+
+
+def last_real_token(tokens: torch.Tensor, pad: int) -> torch.Tensor:
+    """Per row, the index of the last token that is not ``pad`` (transformers' rule)."""
+    idx = torch.arange(tokens.shape[-1], device=tokens.device)
+    return ((tokens != pad) * idx).argmax(-1)
+
+
+LLAMA_REWARD = HFFormat(architecture="LlamaForSequenceClassification",
+                        auto_class="AutoModelForSequenceClassification", pipeline_task="text-classification",
+                        write=write_llama_reward, probe_batch=reward_batch,
+                        hf_inputs=lambda batch: {"input_ids": batch["tokens"],
+                                                 "attention_mask": (batch["tokens"] != SpecialTokens().pad).long()},
+                        hf_logits=lambda out: {"scalar": out.logits[:, 0]}, scores=True)
 
 
 # ----------------------------------------------------------------------------- encoder -> BERT / MegatronBERT / ALBERT
@@ -357,6 +413,7 @@ def _encoder_format(family: str, architecture: str) -> HFFormat:
 # format name -> format; format_name(cfg) picks one
 FORMATS: dict[str, HFFormat] = {
     "llama": LLAMA,
+    "llama_reward": LLAMA_REWARD,
     **{f"{family}{suffix}": _encoder_format(family, f"{cls}{head}")
        for family, cls in (("bert", "Bert"), ("megatron_bert", "MegatronBert"), ("albert", "Albert"))
        for suffix, head in (("", "ForPreTraining"), ("_mlm", "ForMaskedLM"))},
@@ -367,6 +424,9 @@ def format_name(cfg: ModelConfig) -> str:
     """The :data:`FORMATS` entry that represents ``cfg`` exactly; a clear error when none does."""
     kind = cfg.require_kind()
     if kind == "decoder":
+        if "scalar" in cfg.head_kinds.values():
+            _scalar_head(cfg)
+            return "llama_reward"
         return "llama"
 
     def refuse(why: str):

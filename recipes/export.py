@@ -189,7 +189,14 @@ def _check(model, fmt, folder: Path, tok, seq_length: int, dtype: torch.dtype, i
     tokens = torch.randint(tok.special.first_regular, tok.vocab_size, (b, min(s, seq_length)), generator=gen)
     probe = fmt.probe_batch(tokens, model.cfg)
     batch = {k: v.to(info.device) for k, v in probe.items()}
-    ours = {"token": _gathered_logits(model, batch, info.pg_collection.tp)}  # every TP rank takes part
+    if fmt.scores:  # a reward model: the score at each row's last token that is not padding
+        from models.hf_export import last_real_token
+
+        scores = next(iter(model.scalar_scores(batch).values())).float().cpu()
+        last = last_real_token(probe["tokens"], tok.special.pad)
+        ours = {"scalar": scores[torch.arange(scores.shape[0]), last]}
+    else:
+        ours = {"token": _gathered_logits(model, batch, info.pg_collection.tp)}  # every TP rank takes part
     for logits in model.sequence_logits(batch).values():  # at most one: hf_format checked it
         ours["sequence"] = logits.float().cpu()
     if not info.is_main:
