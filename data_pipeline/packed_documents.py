@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from data_pipeline.indexed import TokenData
+from data_pipeline.samplers import checked_rows, context_stream
 from objectives import streams
 from objectives.sample import SpecialTokens
 from objectives.streams import RowStreams
@@ -50,13 +51,7 @@ class PackedDocumentSampler:
         special = special or SpecialTokens()
         self.eot, self.pad = special.eot, special.pad
         self.chunk = int(chunk)
-        self._doc_len = data.document_lengths()
-        self._doc_off = data.document_offsets[:-1]
-        stream = int(self._doc_len.sum()) + len(self._doc_len)
-        self._len = (stream - 1) // self.seq_length
-        if self._len < 1:
-            raise ValueError(f"{data.prefix}: documents are shorter than a sample: {stream} tokens with EOTs, "
-                             f"a context needs seq_length + 1 = {self.seq_length + 1}")
+        self._doc_len, self._doc_off, self._len = context_stream(data, self.seq_length)
         self._layouts: OrderedDict = OrderedDict()
         self._docs: OrderedDict = OrderedDict()
         self._cache = int(cache)
@@ -106,14 +101,7 @@ class PackedDocumentSampler:
     # -- reads ------------------------------------------------------------------------------
     def read(self, epoch, index, fields=None) -> dict[str, np.ndarray]:
         """Contexts of (epoch[b], index[b]) as ``tokens`` [B, seq_length + 1] (a batch)."""
-        epoch, index = np.asarray(epoch, np.int64).reshape(-1), np.asarray(index, np.int64).reshape(-1)
-        if epoch.shape != index.shape:
-            epoch, index = np.broadcast_arrays(epoch, index)
-        bad = (epoch < 0) | (index < 0) | (index >= self._len)
-        if bad.any():
-            b = int(np.flatnonzero(bad)[0])
-            raise IndexError(f"PackedDocumentSampler: (epoch={int(epoch[b])}, index={int(index[b])}) out of range; "
-                             f"{self._len} samples per epoch")
+        epoch, index = checked_rows(self, epoch, index)
         L = self.seq_length + 1
         out = np.full((epoch.size, L), self.pad, np.int32)
         for b, (e, i) in enumerate(zip(epoch.tolist(), index.tolist())):

@@ -47,7 +47,7 @@ class _EpochCache:
         return value
 
 
-def _rows(sampler, epoch, index) -> tuple[np.ndarray, np.ndarray]:
+def checked_rows(sampler, epoch, index) -> tuple[np.ndarray, np.ndarray]:
     """(epoch, index) as checked int64 arrays of one shape."""
     epoch, index = np.asarray(epoch, np.int64).reshape(-1), np.asarray(index, np.int64).reshape(-1)
     if epoch.shape != index.shape:
@@ -90,6 +90,19 @@ def _windows(flat: np.ndarray, start: np.ndarray, n: np.ndarray, width: int, dty
     return out
 
 
+def context_stream(data: TokenData, seq_length: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(document lengths, document offsets, contexts per epoch) of ``data`` read as one stream
+    of documents joined by EOT, cut into contexts of ``seq_length + 1`` ids that share one
+    id with the next; an error names the data when not even one context fits."""
+    doc_len = data.document_lengths()
+    stream = int(doc_len.sum()) + len(doc_len)
+    n = (stream - 1) // seq_length
+    if n < 1:
+        raise ValueError(f"{data.prefix}: documents are shorter than a sample: {stream} tokens with EOTs, "
+                         f"a context needs seq_length + 1 = {seq_length + 1}")
+    return doc_len, data.document_offsets[:-1], n
+
+
 class _Sampler:
     """The single-sample view every sampler shares: row 0 of the batch of one."""
 
@@ -114,13 +127,7 @@ class PackedContextSampler(_Sampler):
             raise ValueError(f"seq_length must be >= 1, got {seq_length}")
         self.data, self.seq_length, self.seed, self.shuffle = data, int(seq_length), int(seed), shuffle
         self.eot = (special or SpecialTokens()).eot
-        self._doc_len = data.document_lengths()
-        self._doc_off = data.document_offsets[:-1]
-        stream = int(self._doc_len.sum()) + len(self._doc_len)
-        self._len = (stream - 1) // self.seq_length
-        if self._len < 1:
-            raise ValueError(f"{data.prefix}: documents are shorter than a sample: {stream} tokens with EOTs, "
-                             f"a context needs seq_length + 1 = {self.seq_length + 1}")
+        self._doc_len, self._doc_off, self._len = context_stream(data, self.seq_length)
         self._epoch = _EpochCache(self._order)
 
     def __len__(self) -> int:
@@ -134,7 +141,7 @@ class PackedContextSampler(_Sampler):
         return perm, ends, ends - length, self._doc_off[perm], self._doc_len[perm]
 
     def read(self, epoch, index, fields=None) -> Batch:
-        epoch, index = _rows(self, epoch, index)
+        epoch, index = checked_rows(self, epoch, index)
         L = self.seq_length + 1
         out = np.empty((epoch.size, L), np.int32)
         for e, rows in _by_epoch(epoch):
@@ -226,7 +233,7 @@ class SegmentSampler(_Sampler):
 
     def segment_ids(self, epoch, index) -> np.ndarray:
         """The segment (row of the segment table) of each (epoch, index)."""
-        epoch, index = _rows(self, epoch, index)
+        epoch, index = checked_rows(self, epoch, index)
         seg = np.empty(epoch.size, np.int64)
         for e, rows in _by_epoch(epoch):
             seg[rows] = self._epoch(e)[index[rows]]
@@ -274,7 +281,7 @@ class SegmentPairSampler(SegmentSampler):
             raise ValueError(f"{data.prefix}: a segment pair sampler needs >= 2 documents, got {data.num_documents}")
 
     def read(self, epoch, index, fields=None) -> Batch:
-        epoch, index = _rows(self, epoch, index)
+        epoch, index = checked_rows(self, epoch, index)
         seg = self.segment_ids(epoch, index)
         out = self._segments(seg)
         if fields is not None and not any(f.startswith("random_") for f in fields):
@@ -315,7 +322,7 @@ class SourceTargetSampler(SegmentSampler):
                          shuffle=shuffle)
 
     def read(self, epoch, index, fields=None) -> Batch:
-        epoch, index = _rows(self, epoch, index)
+        epoch, index = checked_rows(self, epoch, index)
         seg = self.segment_ids(epoch, index)
         t, data = self.table, self.data
         a0 = t.start[seg]
@@ -394,7 +401,7 @@ class BlendedSampler(_Sampler):
         return self.size
 
     def read(self, epoch, index, fields=None) -> Batch:
-        epoch, index = _rows(self, epoch, index)
+        epoch, index = checked_rows(self, epoch, index)
         d = self.dataset_index[index]
         g = epoch * self.counts[d] + self.dataset_sample_index[index]
         parts = []
