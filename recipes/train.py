@@ -285,6 +285,10 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
                  "(raise data.corpus.valid_fraction)")
     for line in skipped:
         log.info(f"[recipes] {line}")
+    cut = getattr(sess.data.train.sampler, "truncated", 0)   # records (SFT) longer than a context
+    if cut:
+        log.info(f"[recipes] {cut} training record(s) longer than a context ({cfg.data.seq_length + 1} ids) "
+                 "were cut to it")
     if start:
         log.info(f"[recipes] resumed from {last_good} at step {start}")
     elif sess.init_checkpoint is not None:

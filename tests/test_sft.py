@@ -121,6 +121,18 @@ def test_record_sampler_packs_whole_conversations(tmp_path):
     np.testing.assert_array_equal(again["tokens"], sampler.read([1, 1], [0, 1])["tokens"])
 
 
+def test_a_conversation_longer_than_a_context_is_cut_and_counted():
+    from data_pipeline.records import RecordSampler
+
+    t = SFT(SFTConfig(16), special=SP, vocab_size=300)
+    long = t.encode_record([{"role": "user", "content": "u" * 10}, {"role": "assistant", "content": "a" * 20}],
+                           char_encode)
+    short = t.encode_record([{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}], char_encode)
+    sampler = RecordSampler([short, long], 17, pack=True, shuffle=False, special=SP)
+    assert sampler.truncated == 1 and len(sampler) == 2
+    np.testing.assert_array_equal(sampler.read([0], [1])["tokens"][0], long["tokens"][:17])
+
+
 def test_prompt_response_columns_read_as_a_conversation(tmp_path):
     from data_pipeline.records import RecordsConfig, conversation, load_records
 
