@@ -15,8 +15,8 @@ if [ ! -f "$stamp" ]; then
   pipq --upgrade pip
   # The CPU build of torch; on a GPU node, install your CUDA torch first and it is kept.
   "$VENV/bin/python" -c "import torch" 2>/dev/null || pipq "torch==2.13.0"
-  # everything: the base install is numpy alone; [train] (with [data]), [test] and [sweep] add the rest
-  pipq -e ".[train,test,sweep]"
+  # everything: the base install is numpy alone; [train] (with [data]), [test], [sweep] and [rlhf] add the rest
+  pipq -e ".[train,test,sweep,rlhf]"
   "$VENV/bin/python" -W ignore -c "import torch, megatron.core, objectives" || { echo "[dev.sh] install failed, see $log" >&2; exit 1; }
   touch "$stamp"
 fi

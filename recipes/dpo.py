@@ -1,0 +1,87 @@
+"""DPO, the offline alternative to ``recipes.rl``: TRL's DPOTrainer (Rafailov et al. 2023) on an
+exported policy and preference pairs,
+``python -m recipes.dpo --policy HF_DIR --pairs FILE --out DIR``.
+
+``FILE`` (jsonl / json / csv / parquet) holds ``prompt``, ``chosen`` and ``rejected`` text: the
+same pairs a reward model trains on. The initial policy is the reference model. Writes
+``OUT/log.jsonl`` (loss, rewards/margins, rewards/accuracies, ... per step) and ``OUT/policy``.
+Needs the ``[rlhf]`` extra (trl).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from objectives.extras import require
+
+require("rlhf", "trl", by=__name__)
+
+from recipes.rl import ArgError, JsonLog, load_policy, load_rows  # noqa: E402
+
+
+def train(policy, pairs, out_dir, *, steps: int = 100, lr: float = 1e-5, batch_size: int = 8, beta: float = 0.1,
+          max_length: int = 256, seed: int = 0, logging_steps: int = 1, save: bool = True, progress: bool = True):
+    """Build and run the DPO trainer; returns it (``trainer.state.log_history`` holds the logs)."""
+    from transformers import set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--max-length", max_length)):
+        if value < 1:
+            raise ArgError(f"{name} must be >= 1, got {value}")
+    if not beta > 0:
+        raise ArgError(f"--beta must be > 0, got {beta}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ArgError(f"--out {out_dir}: exists and is not an empty folder; choose a new one")
+    dataset = load_rows(pairs, {c: c for c in ("prompt", "chosen", "rejected")}, "--pairs")
+    set_seed(seed)
+    model, tokenizer = load_policy(policy)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = DPOConfig(output_dir=str(out_dir), max_steps=steps, learning_rate=lr, seed=seed, data_seed=seed,
+                     per_device_train_batch_size=batch_size, beta=beta, max_length=max_length,
+                     logging_steps=logging_steps, save_strategy="no", report_to=[], disable_tqdm=not progress,
+                     use_cpu=not torch.cuda.is_available(), lr_scheduler_type="constant")
+    log = JsonLog(out_dir / "log.jsonl")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[log.callback])
+    trainer.train()
+    if save:
+        trainer.save_model(str(out_dir / "policy"))
+        tokenizer.save_pretrained(str(out_dir / "policy"))
+    return trainer
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m recipes.dpo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", required=True, help="exported policy folder (LlamaForCausalLM, e.g. the SFT run's)")
+    p.add_argument("--pairs", required=True, help="preference pairs: prompt, chosen, rejected columns")
+    p.add_argument("--out", required=True, help="output folder (new or empty): log.jsonl and policy/")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5, constant)")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per step (default 8)")
+    p.add_argument("--beta", type=float, default=0.1, help="DPO's beta, the KL strength (default 0.1)")
+    p.add_argument("--max-length", type=int, default=256, help="prompt + response tokens at most (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    try:
+        trainer = train(a.policy, a.pairs, a.out, steps=a.steps, lr=a.lr, batch_size=a.batch_size, beta=a.beta,
+                        max_length=a.max_length, seed=a.seed)
+    except (ArgError, FileNotFoundError) as exc:
+        print(f"dpo error: {exc}", file=sys.stderr)
+        return 2
+    margins = [h["rewards/margins"] for h in trainer.state.log_history if "rewards/margins" in h]
+    if margins:
+        print(f"[dpo] reward margin: first step {margins[0]:.4g}, last step {margins[-1]:.4g}; "
+              f"log: {Path(a.out) / 'log.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

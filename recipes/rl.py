@@ -1,0 +1,393 @@
+"""Online RL on an exported policy and reward model, with InstructGPT's pretraining mix (PPO-ptx):
+``python -m recipes.rl --policy HF_DIR --reward HF_DIR --prompts FILE --ptx-data RUN_OR_CONFIG --out DIR``.
+
+The trainer is TRL's RLOO (REINFORCE with a leave-one-out baseline, Ahmadian et al. 2024), chosen
+over GRPO because it optimises what InstructGPT's PPO does: one scalar reward per completion with
+the KL to the reference policy folded into that reward (``r - beta * KL``), each completion one
+action; GRPO normalises rewards by the group's standard deviation and puts the KL in the per-token
+loss. TRL (1.16) has no PPO trainer.
+
+The ptx term (Ouyang et al. 2022, eq. 2): every micro-step the loss gains
+``ptx_coef * (LM loss on a micro-batch of the pretraining data)``. The batches come from this
+framework's own pipeline (:func:`recipes.data.build_run_data`: the prepared corpus, the sampler and
+the objective of a pretraining run or recipe YAML), at stream positions keyed by the step, so a
+rerun reads the same batches. The sample's attention (``kv_start`` / ``kv_end``: per-document
+causal for causal LM and FIM) reaches the Hugging Face model as the 4-D mask it takes for any
+pattern (:func:`interval_mask`), so the policy sees its pretraining batches as it was trained on
+them.
+
+The reward model (``LlamaForSequenceClassification``, as ``recipes.export`` writes one) scores
+the prompt's and the completion's token ids as generated, closed by EOT, where it reads its score
+(:class:`RewardModelScore`). TRL's own reward-model path would decode the completion, drop EOT and
+re-tokenize, so the model would read its score at another position.
+
+Needs the ``[rlhf]`` extra (trl).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from objectives.extras import require
+
+require("rlhf", "trl", by=__name__)
+require("data", "datasets", by=__name__)
+
+from trl import RLOOTrainer
+
+PROBE_TEXT = "def add(a, b):\n    return a + b  # sum\n\nThe quick brown fox, 2024."
+
+
+class ArgError(ValueError):
+    """A bad command-line argument or input file; the message names it."""
+
+
+# ----------------------------------------------------------------------------- the pretraining batches
+
+
+def ptx_config(source: str | Path, overrides: Sequence[str] = ()):
+    """The pretraining data of the ptx term: a run directory (its ``config.yaml``) or a training
+    recipe YAML, with ``key=value`` overrides (e.g. ``data.cache_dir=...``)."""
+    from recipes.config import ConfigError
+    from recipes.train_config import load_train_config
+
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "config.yaml").is_file():
+            raise ArgError(f"--ptx-data {path}: a folder without config.yaml; pass a run directory written by "
+                           "recipes.train or a recipe YAML")
+        path = path / "config.yaml"
+    elif not path.is_file():
+        raise ArgError(f"--ptx-data {path}: not found (a run directory or a recipe YAML)")
+    try:
+        cfg = load_train_config(path, overrides)
+    except ConfigError as exc:
+        raise ArgError(f"--ptx-data: {exc}") from None
+    if cfg.plan.model != "decoder":
+        raise ArgError(f"--ptx-data {path}: objective {cfg.objective_spec} trains an {cfg.plan.model}; "
+                       "the ptx term needs a decoder objective (causal_lm, fim)")
+    return cfg
+
+
+class PtxBatches:
+    """Micro-batch ``k`` of the pretraining stream as Hugging Face causal-LM inputs.
+
+    Rank ``r`` of ``w`` reads positions ``(k * w + r) * batch_size + [0, batch_size)`` of the
+    framework's :class:`~data_pipeline.dataset.ObjectiveDataset` (the run's objective, e.g. FIM,
+    applied as in pretraining)."""
+
+    def __init__(self, dataset, batch_size: int, *, rank: int = 0, world_size: int = 1):
+        if batch_size < 1:
+            raise ArgError(f"--ptx-batch-size must be >= 1, got {batch_size}")
+        self.dataset, self.batch_size, self.rank, self.world_size = dataset, int(batch_size), rank, world_size
+
+    @classmethod
+    def from_config(cls, cfg, batch_size: int, *, rank: int = 0, world_size: int = 1, progress: bool = True):
+        """The train stream of ``cfg`` (prepared once, reused from ``data.cache_dir``) and its tokenizer."""
+        from recipes.data import build_run_data
+        from recipes.distributed import DistInfo
+
+        info = DistInfo(rank=rank, world_size=world_size, local_rank=rank, device=torch.device("cpu"), backend="")
+        data = build_run_data(cfg, info, progress=progress)
+        return cls(data.train, batch_size, rank=rank, world_size=world_size), data
+
+    def positions(self, k: int) -> np.ndarray:
+        first = (int(k) * self.world_size + self.rank) * self.batch_size
+        return np.arange(first, first + self.batch_size)
+
+    def batch(self, k: int, device="cpu") -> dict[str, torch.Tensor]:
+        sample = self.dataset.read(self.positions(k))
+        keep = ("tokens", "labels", "loss_mask", "kv_start", "kv_end")
+        return {f: torch.as_tensor(np.ascontiguousarray(sample[f])).to(device) for f in keep}
+
+
+def interval_mask(kv_start: torch.Tensor, kv_end: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The row intervals as the additive [b, 1, s, s] mask transformers takes for any attention
+    (0 where query i sees key j: kv_start[i] <= j < kv_end[i]; the dtype's minimum elsewhere)."""
+    j = torch.arange(kv_start.shape[1], device=kv_start.device)
+    sees = (j >= kv_start[:, :, None]) & (j < kv_end[:, :, None])
+    zero = torch.zeros((), dtype=dtype, device=kv_start.device)
+    return torch.where(sees, zero, torch.finfo(dtype).min)[:, None]
+
+
+def ptx_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The pretraining LM loss: mean next-token NLL over the positions ``loss_mask`` counts, with
+    the sample's own attention (positions 0..s-1 along the row, as our decoder's RoPE takes them)."""
+    mask = interval_mask(batch["kv_start"], batch["kv_end"], model.dtype)
+    logits = model(input_ids=batch["tokens"].long(), attention_mask=mask, use_cache=False).logits.float()
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten().long(),
+                                            reduction="none")
+    weight = batch["loss_mask"].flatten().float()
+    return (nll * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def check_same_tokenizer(tokenizer, ours, *, what: str) -> None:
+    """The policy's Hugging Face tokenizer must give the ptx data's ids."""
+    theirs = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    if theirs != ours.encode(PROBE_TEXT):
+        raise ArgError(f"{what}: its tokenizer and the policy's disagree on a probe text "
+                       f"({ours.encode(PROBE_TEXT)[:8]}... vs {theirs[:8]}...); ptx batches would be other words")
+
+
+# ----------------------------------------------------------------------------- the reward
+
+
+class RewardModelScore:
+    """A TRL reward function: the exported reward model's score of ``prompt ids + completion ids``,
+    closed by EOT (appended when generation stopped at the length limit)."""
+
+    __name__ = "reward_model"  # TRL logs rewards/<name>/mean
+
+    def __init__(self, path: str | Path, tokenizer, device="cpu", batch_size: int = 32):
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ArgError(f"--reward {path}: no config.json; pass a folder written by recipes.export "
+                           "(LlamaForSequenceClassification)")
+        config = AutoConfig.from_pretrained(path)
+        if not any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
+            raise ArgError(f"--reward {path}: a {config.architectures} folder; the reward model is a "
+                           "sequence classifier (LlamaForSequenceClassification)")
+        if config.num_labels != 1:
+            raise ArgError(f"--reward {path}: a reward model has one score, this one has num_labels={config.num_labels}")
+        if config.pad_token_id is None:
+            raise ArgError(f"--reward {path}: config.json has no pad_token_id (the model finds each row's last "
+                           "token through it)")
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        self.tokenizer, self.device, self.batch_size = tokenizer, device, batch_size
+        self.eot, self.pad = tokenizer.eos_token_id, config.pad_token_id
+        if self.eot is None or self.eot == self.pad:
+            raise ArgError(f"--reward {path}: the policy's tokenizer needs an EOT (eos) token apart from pad")
+
+    def sequences(self, prompts: list[str], completion_ids: list[list[int]]) -> list[list[int]]:
+        prompt_ids = self.tokenizer(text=prompts)["input_ids"]  # as TRL tokenizes prompts for generation
+        return [closed_by_eot(list(p) + list(c), self.eot) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+
+    @torch.no_grad()
+    def score(self, sequences: list[list[int]]) -> list[float]:
+        scores = []
+        for at in range(0, len(sequences), self.batch_size):
+            ids, mask = right_padded(sequences[at:at + self.batch_size], self.pad)
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            scores += logits[:, 0].float().cpu().tolist()
+        return scores
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
+        return self.score(self.sequences(list(prompts), completion_ids))
+
+
+def closed_by_eot(ids: list[int], eot: int) -> list[int]:
+    return ids if ids and ids[-1] == eot else ids + [eot]
+
+
+def right_padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` [n, longest], padded on the right: a sequence-classification
+    model reads each row's score at its last non-pad token."""
+    n = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), n), dtype=torch.long)
+    for row, s in enumerate(sequences):
+        ids[row, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, :len(s)] = 1
+    return ids, mask
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class RLOOPtxTrainer(RLOOTrainer):
+    """TRL's RLOO whose loss adds ``ptx_coef`` times the LM loss on pretraining batch ``k``, ``k``
+    the micro-step (``global_step * grad_accum + micro index``); logs ``ptx_loss``."""
+
+    def __init__(self, *args, ptx: PtxBatches | None = None, ptx_coef: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ptx, self.ptx_coef = ptx, float(ptx_coef)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.ptx is None or not self.model.training:
+            return loss
+        accum = self.args.gradient_accumulation_steps
+        k = self.state.global_step * accum + self._step % accum
+        lm = ptx_loss(model, self.ptx.batch(k, self.accelerator.device))
+        self._metrics["train"]["ptx_loss"].append(self.accelerator.gather(lm.detach()).mean().item())
+        total = loss + self.ptx_coef * lm
+        if not torch.isfinite(total):  # never applied: the step stops here, before backward
+            raise FloatingPointError(f"step {self.state.global_step}: non-finite loss (RLOO {loss.item()}, "
+                                     f"ptx {lm.item()} on ptx batch {k})")
+        return total
+
+
+class JsonLog:
+    """A transformers callback appending every log (step, reward, kl, ptx_loss, ...) to a JSON-lines file."""
+
+    def __init__(self, path: Path):
+        from transformers import TrainerCallback
+
+        self.path = path
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if state.is_world_process_zero and logs:
+                    with outer.path.open("a") as f:
+                        f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+        self.callback = _Callback()
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def load_rows(path: str | Path, columns: dict[str, str], flag: str):
+    """A ``datasets.Dataset`` from a jsonl / json / csv / parquet file (.txt: one ``text`` row per
+    line) holding ``columns`` (our name -> the file's), renamed to our names; empty rows dropped."""
+    import datasets
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArgError(f"{flag} {path}: not found")
+    kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}.get(path.suffix)
+    if kind is None:
+        raise ArgError(f"{flag} {path}: expected .jsonl, .json, .csv, .parquet or .txt")
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as exc:  # datasets' parse errors come in many types
+        raise ArgError(f"{flag} {path}: cannot be read ({type(exc).__name__}: {exc})") from None
+    missing = [given for given in columns.values() if given not in ds.column_names]
+    if missing:
+        raise ArgError(f"{flag} {path}: no {missing[0]!r} column (columns: {ds.column_names})")
+    ds = ds.select_columns(list(columns.values()))
+    ds = ds.rename_columns({given: ours for ours, given in columns.items() if given != ours})
+    ds = ds.filter(lambda r: all(bool(r[c]) for c in columns))
+    if len(ds) == 0:
+        raise ArgError(f"{flag} {path}: no rows with every column non-empty")
+    return ds
+
+
+def load_prompts(path: str | Path, column: str = "prompt"):
+    """The prompts (a ``prompt`` column); a .txt file is one prompt per line."""
+    if Path(path).suffix == ".txt":
+        column = "text"
+    return load_rows(path, {"prompt": column}, "--prompts")
+
+
+def load_policy(path: str | Path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ArgError(f"--policy {path}: no config.json; pass a folder written by recipes.export (LlamaForCausalLM)")
+    config = AutoConfig.from_pretrained(path)
+    if not any(a.endswith("ForCausalLM") for a in (config.architectures or [])):
+        raise ArgError(f"--policy {path}: a {config.architectures} folder; the policy is a causal LM")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"  # TRL generates from left-padded prompts
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def train(policy, reward, prompts, out_dir, *, prompt_column: str = "prompt", ptx_data=None, ptx_set=(), ptx_coef: float = 0.5,
+          ptx_batch_size: int = 4, steps: int = 100, lr: float = 1e-5, prompts_per_step: int = 4,
+          generations: int = 4, max_completion_length: int = 64, beta: float = 0.05, temperature: float = 1.0,
+          seed: int = 0, logging_steps: int = 1, save: bool = True, progress: bool = True):
+    """Build and run the trainer; returns it (``trainer.state.log_history`` holds the logs)."""
+    from transformers import set_seed
+    from trl import RLOOConfig
+
+    for name, value, low in (("--steps", steps, 1), ("--prompts-per-step", prompts_per_step, 1),
+                             ("--generations", generations, 2), ("--max-completion-length", max_completion_length, 1)):
+        if value < low:
+            raise ArgError(f"{name} must be >= {low}, got {value}")
+    if ptx_coef < 0 or not math.isfinite(ptx_coef):
+        raise ArgError(f"--ptx-coef must be a finite number >= 0, got {ptx_coef}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ArgError(f"--out {out_dir}: exists and is not an empty folder; choose a new one")
+    dataset = load_prompts(prompts, prompt_column)
+    set_seed(seed)
+    model, tokenizer = load_policy(policy)
+    score = RewardModelScore(reward, tokenizer)
+
+    ptx = None
+    if ptx_data is not None and ptx_coef > 0:
+        cfg = ptx_config(ptx_data, ptx_set)
+        ptx, data = PtxBatches.from_config(cfg, ptx_batch_size, progress=progress)
+        check_same_tokenizer(tokenizer, data.tokenizer, what=f"--ptx-data {ptx_data}")
+        if data.vocab_size > model.config.vocab_size:
+            raise ArgError(f"--ptx-data {ptx_data}: its ids reach {data.vocab_size - 1}, the policy embeds "
+                           f"{model.config.vocab_size}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = RLOOConfig(
+        output_dir=str(out_dir), max_steps=steps, learning_rate=lr, seed=seed, data_seed=seed,
+        per_device_train_batch_size=prompts_per_step * generations, gradient_accumulation_steps=1,
+        num_generations=generations, max_completion_length=max_completion_length, beta=beta,
+        temperature=temperature, logging_steps=logging_steps, save_strategy="no", report_to=[],
+        disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(), lr_scheduler_type="constant",
+    )
+    log = JsonLog(out_dir / "log.jsonl")
+    trainer = RLOOPtxTrainer(model=model, reward_funcs=score, args=args, train_dataset=dataset,
+                              processing_class=tokenizer, callbacks=[log.callback], ptx=ptx, ptx_coef=ptx_coef)
+    score.model.to(trainer.accelerator.device)
+    score.device = trainer.accelerator.device
+    trainer.train()
+    if save:
+        trainer.save_model(str(out_dir / "policy"))
+        tokenizer.save_pretrained(str(out_dir / "policy"))
+    return trainer
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m recipes.rl", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", required=True, help="exported policy folder (LlamaForCausalLM, e.g. the SFT run's)")
+    p.add_argument("--reward", required=True, help="exported reward model folder (LlamaForSequenceClassification)")
+    p.add_argument("--prompts", required=True, help="prompts file: .jsonl/.json/.csv/.parquet (a 'prompt' column) or .txt")
+    p.add_argument("--prompt-column", default="prompt", help="the prompts' column (default: prompt)")
+    p.add_argument("--out", required=True, help="output folder (new or empty): log.jsonl and policy/")
+    p.add_argument("--ptx-data", default=None,
+                   help="pretraining run directory or recipe YAML whose data feeds the ptx term (default: none)")
+    p.add_argument("--ptx-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override in the ptx recipe (e.g. data.cache_dir=.cache); repeatable")
+    p.add_argument("--ptx-coef", type=float, default=0.5, help="gamma, the ptx loss's weight (default 0.5)")
+    p.add_argument("--ptx-batch-size", type=int, default=4, help="pretraining sequences per micro-step (default 4)")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5, constant)")
+    p.add_argument("--prompts-per-step", type=int, default=4, help="prompts per step (default 4)")
+    p.add_argument("--generations", type=int, default=4, help="completions per prompt, >= 2 (default 4)")
+    p.add_argument("--max-completion-length", type=int, default=64, help="new tokens at most (default 64)")
+    p.add_argument("--beta", type=float, default=0.05, help="KL penalty to the initial policy (default 0.05)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    try:
+        trainer = train(a.policy, a.reward, a.prompts, a.out, prompt_column=a.prompt_column, ptx_data=a.ptx_data, ptx_set=a.ptx_set,
+                        ptx_coef=a.ptx_coef, ptx_batch_size=a.ptx_batch_size, steps=a.steps, lr=a.lr,
+                        prompts_per_step=a.prompts_per_step, generations=a.generations,
+                        max_completion_length=a.max_completion_length, beta=a.beta, temperature=a.temperature,
+                        seed=a.seed)
+    except (ArgError, FileNotFoundError) as exc:
+        print(f"rl error: {exc}", file=sys.stderr)
+        return 2
+    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    if rewards:
+        print(f"[rl] reward: first step {rewards[0]:.4g}, last step {rewards[-1]:.4g}; log: {Path(a.out) / 'log.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

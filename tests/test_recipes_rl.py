@@ -1,0 +1,263 @@
+"""Online RL (``python -m recipes.rl``: TRL's RLOO with the ptx term) and DPO on exported tiny models.
+
+The end-to-end path: a tiny causal-LM run is pretrained and exported (``recipes.export``); a toy
+preference ("more of one token is better") is written as (prompt, chosen, rejected) pairs cut from
+the policy's own samples; a reward model is trained on the pairs; RLOO with the ptx term (batches
+from the pretraining run's own data pipeline) raises the reward model's score of the policy's
+samples in a few steps, and the ptx loss is logged and finite. DPO on the same pairs is the offline
+alternative: it raises the policy's log-probability margin of chosen over rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("trl", reason="the [rlhf] extra (trl) is not installed")
+
+from recipes.export import export_run  # noqa: E402
+from recipes.rl import (ArgError, PtxBatches, RewardModelScore, closed_by_eot, load_policy, ptx_config,  # noqa: E402
+                        ptx_loss, right_padded, train)
+from recipes.train import run  # noqa: E402
+from recipes.train_config import load_train_config  # noqa: E402
+from test_recipes_train import CONFIGS, shrink  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["def ", "class ", "import ", "    return ", "for i in ", "if x", "self.", "# "]
+SAMPLES = 8  # completions per prompt when measuring the reward
+NEW = 16  # new tokens per completion
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_corpus, tmp_path_factory):
+    """(run dir, exported LlamaForCausalLM folder) of a tiny causal-LM run, 30 steps."""
+    root = tmp_path_factory.mktemp("rl")
+    cfg = load_train_config(CONFIGS / "causal_lm_tiny.yaml", ["optim.lr=5e-3", "optim.min_lr=5e-3"])
+    run(shrink(cfg, tiny_corpus, root / "run", steps=30, every=30, mb=8), progress=False)
+    export_run(root / "run", root / "policy")
+    return root / "run", root / "policy"
+
+
+@torch.no_grad()
+def sample(model, tok, prompts, n: int, seed: int) -> list[tuple[str, list[int]]]:
+    """``n`` sampled completions (token ids, up to and with EOT) per prompt, seeded."""
+    torch.manual_seed(seed)
+    out = []
+    for p in prompts:
+        ids = tok(p, return_tensors="pt")["input_ids"]
+        gen = model.generate(ids, do_sample=True, max_new_tokens=NEW, num_return_sequences=n,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, top_k=0)
+        for row in gen[:, ids.shape[1]:].tolist():
+            cut = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+            out.append((p, row[:cut]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def preference(pretrained):
+    """The toy preference: completions with more of the policy's most sampled regular token are
+    better. Pairs (prompt, chosen, rejected) from the policy's own samples: chosen has a third of
+    its tokens set to the target, rejected has every target replaced by another sampled token."""
+    _, policy = pretrained
+    model, tok = load_policy(policy)
+    drawn = sample(model.eval(), tok, PROMPTS, 8, seed=1)
+    counts = np.bincount([t for _, c in drawn for t in c], minlength=len(tok))
+    counts[:16] = 0  # reserved ids (pad, EOT, ...)
+    target = int(counts.argmax())
+    other = int(np.argsort(counts)[-2])
+    rng = np.random.default_rng(0)
+    pairs = []
+    for prompt, c in drawn:
+        body = [t for t in c if t != tok.eos_token_id]
+        if len(body) < 6:
+            continue
+        chosen = np.array(body)
+        chosen[rng.random(len(body)) < 1 / 3] = target
+        rejected = np.where(np.array(body) == target, other, np.array(body))
+        pairs.append({"prompt": prompt, "chosen": tok.decode(chosen.tolist()),
+                      "rejected": tok.decode(rejected.tolist())})
+    assert len(pairs) >= 32, len(pairs)
+    return {"target": target, "pairs": pairs}
+
+
+def reward_model(policy: Path, pairs, out: Path, steps: int = 60) -> Path:
+    """A LlamaForSequenceClassification from the policy's weights, trained on the pairs with the
+    pairwise loss -log sigmoid(r_chosen - r_rejected), read at EOT; saved with the tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(policy)
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(policy, num_labels=1, dtype=torch.float32)
+    rm.config.pad_token_id = tok.pad_token_id
+
+    def ids(key):
+        return [closed_by_eot(tok(p["prompt"])["input_ids"] + tok(p[key], add_special_tokens=False)["input_ids"],
+                              tok.eos_token_id) for p in pairs]
+
+    both, mask = right_padded(ids("chosen") + ids("rejected"), tok.pad_token_id)
+    opt = torch.optim.AdamW(rm.parameters(), lr=3e-3)
+    rm.train()
+    for _ in range(steps):
+        r = rm(input_ids=both, attention_mask=mask).logits[:, 0]
+        loss = -torch.nn.functional.logsigmoid(r[:len(pairs)] - r[len(pairs):]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rm.eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reward(pretrained, preference, tmp_path_factory):
+    return reward_model(pretrained[1], preference["pairs"], tmp_path_factory.mktemp("rm") / "rm")
+
+
+def measured_reward(model, tok, score: RewardModelScore, seed: int = 7) -> tuple[float, float]:
+    """(mean reward-model score, mean target-token fraction) of SAMPLES seeded completions per prompt."""
+    drawn = sample(model.eval(), tok, PROMPTS, SAMPLES, seed=seed)
+    scores = score([p for p, _ in drawn], [c for _, c in drawn], [c for _, c in drawn])
+    return float(np.mean(scores)), drawn
+
+
+def test_reward_model_prefers_the_target_token(reward, preference, pretrained):
+    _, tok = load_policy(pretrained[1])
+    score = RewardModelScore(reward, tok)
+    pairs = preference["pairs"]
+    enc = lambda key: [tok(p[key], add_special_tokens=False)["input_ids"] for p in pairs]  # noqa: E731
+    prompts = [p["prompt"] for p in pairs]
+    chosen = np.array(score(prompts, None, enc("chosen")))
+    rejected = np.array(score(prompts, None, enc("rejected")))
+    assert (chosen > rejected).mean() > 0.9, (chosen > rejected).mean()
+
+
+def target_fraction(drawn, target: int) -> float:
+    tokens = [t for _, c in drawn for t in c]
+    return sum(t == target for t in tokens) / len(tokens)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return path
+
+
+RL = dict(ptx_batch_size=2, steps=8, lr=3e-3, prompts_per_step=4, generations=4, max_completion_length=NEW,
+          seed=0, progress=False)
+
+
+def heldout_lm_loss(model, ptx: PtxBatches) -> float:
+    """The pretraining LM loss on ptx batches far from those RL read."""
+    with torch.no_grad():
+        return float(np.mean([ptx_loss(model.eval(), ptx.batch(k)).item() for k in range(1000, 1004)]))
+
+
+def test_rloo_with_ptx_raises_the_reward_and_logs_the_ptx_loss(pretrained, preference, reward, prompts_file,
+                                                              tmp_path, capsys):
+    """`python -m recipes.rl` end to end: the reward model's score of seeded samples rises, the
+    target token becomes more frequent, the ptx loss is logged every step and finite, and the
+    ptx term keeps the pretraining LM loss lower than the same run without it."""
+    from transformers import AutoModelForCausalLM
+
+    from recipes.rl import main
+
+    run_dir, policy = pretrained
+    model, tok = load_policy(policy)
+    score = RewardModelScore(reward, tok)
+    before, drawn_before = measured_reward(model, tok, score)
+    ptx, _ = PtxBatches.from_config(ptx_config(run_dir), 4, progress=False)
+    lm_before = heldout_lm_loss(model, ptx)
+
+    out = tmp_path / "rl"
+    argv = ["--policy", str(policy), "--reward", str(reward), "--prompts", str(prompts_file), "--out", str(out),
+            "--ptx-data", str(run_dir), "--ptx-coef", "0.5", "--ptx-batch-size", "2", "--steps", "8",
+            "--lr", "3e-3", "--prompts-per-step", "4", "--generations", "4", "--max-completion-length", str(NEW)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    print(" ".join(["python -m recipes.rl", *argv]))
+    print("\n".join(line for line in printed.splitlines() if line.startswith(("{'loss'", "[rl]"))))
+    tuned = AutoModelForCausalLM.from_pretrained(out / "policy", dtype=torch.float32)
+    after, drawn_after = measured_reward(tuned, tok, score)
+    target = preference["target"]
+    frac_before, frac_after = target_fraction(drawn_before, target), target_fraction(drawn_after, target)
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    ptx_logged = [h["ptx_loss"] for h in logs if "ptx_loss" in h]
+
+    no_ptx = train(policy, reward, prompts_file, tmp_path / "no_ptx", ptx_coef=0.0, **RL)
+    assert not any("ptx_loss" in h for h in no_ptx.state.log_history)
+    lm_with, lm_without = heldout_lm_loss(tuned, ptx), heldout_lm_loss(no_ptx.model, ptx)
+    print(f"reward model score of {len(drawn_before)} seeded samples: before {before:.3f}, after {after:.3f}; "
+          f"target token fraction {frac_before:.3f} -> {frac_after:.3f}")
+    print("ptx_loss by step:", [round(x, 3) for x in ptx_logged])
+    print(f"held-out pretraining LM loss: before RL {lm_before:.3f}, after RL with ptx {lm_with:.3f}, "
+          f"without ptx {lm_without:.3f}")
+    assert len(ptx_logged) == 8 and all(math.isfinite(x) and 0 < x < 20 for x in ptx_logged)
+    assert after > before + 1.0, (before, after)
+    assert frac_after > frac_before + 0.05, (frac_before, frac_after)
+    assert lm_with < lm_without, (lm_with, lm_without)
+
+
+def test_ptx_batches_give_the_loss_our_model_gives(pretrained):
+    """A ptx micro-batch (packed documents, per-document attention) through the exported
+    LlamaForCausalLM gives the LM loss our model gives on the same batch."""
+    from test_recipes_export import ours_from_checkpoint
+
+    from recipes import checkpoint as ckpt
+
+    run_dir, policy = pretrained
+    model, _ = load_policy(policy)
+    ptx, _ = PtxBatches.from_config(ptx_config(run_dir), 4, progress=False)
+    k = next(k for k in range(50) if (ptx.batch(k)["kv_start"] > 0).any())  # a row with 2+ documents
+    batch = ptx.batch(k)
+    ours = ours_from_checkpoint(run_dir, ckpt.latest_checkpoint(run_dir / "checkpoints"))
+    sample = {key: torch.as_tensor(v) for key, v in ptx.dataset.read(ptx.positions(k)).items()}
+    with torch.no_grad():
+        sums = ours(sample)["lm"]
+        theirs = ptx_loss(model.eval(), batch).item()
+        # the same batch with its document boundaries dropped is another loss
+        crossing = ptx_loss(model, dict(batch, kv_start=torch.zeros_like(batch["kv_start"]))).item()
+    mine = (sums["loss_sum"] / sums["count"]).item()
+    assert abs(theirs - mine) < 1e-5, (theirs, mine)
+    assert abs(crossing - mine) > 1e-3, (crossing, mine)
+
+
+def test_bad_arguments_are_named(pretrained, reward, prompts_file, tmp_path, capsys):
+    from recipes.rl import main
+
+    run_dir, policy = pretrained
+    with pytest.raises(ArgError, match="--ptx-data .*nowhere: not found"):
+        ptx_config(tmp_path / "nowhere")
+    with pytest.raises(ArgError, match="--ptx-data .*bert_mlm_tiny.yaml: objective .* trains an encoder"):
+        ptx_config(CONFIGS / "bert_mlm_tiny.yaml")
+    with pytest.raises(ArgError, match="--ptx-data: .*no_such_key"):
+        ptx_config(run_dir, ["data.no_such_key=1"])
+    base = ["--policy", str(policy), "--reward", str(reward), "--prompts", str(prompts_file), "--steps", "1"]
+    cases = [
+        (["--policy", str(tmp_path), "--reward", str(reward), "--prompts", str(prompts_file)], "--policy .*: no config.json"),
+        (["--policy", str(policy), "--reward", str(policy), "--prompts", str(prompts_file)], "--reward .*the reward model is a sequence classifier"),
+        (["--policy", str(reward), "--reward", str(reward), "--prompts", str(prompts_file)], "--policy .*the policy is a causal LM"),
+        ([*base[:4], "--prompts", str(tmp_path / "p.jsonl")], "--prompts .*p.jsonl: not found"),
+        ([*base, "--prompt-column", "question"], "--prompts .*no 'question' column"),
+        ([*base, "--generations", "1"], "--generations must be >= 2"),
+        ([*base, "--ptx-coef", "-1"], "--ptx-coef must be"),
+    ]
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    cases.append(([*base, "--out", str(tmp_path / "taken")], "--out .*taken: exists"))
+    for argv, message in cases:
+        if "--out" not in argv:
+            argv = [*argv, "--out", str(tmp_path / "out")]
+        if "--steps" not in argv:  # a missed error costs one step
+            argv = [*argv, "--steps", "1"]
+        assert main(argv) == 2, (message, argv)
+        err = capsys.readouterr().err
+        assert __import__("re").search(message, err), (message, err)
+    assert not (tmp_path / "out").exists()
