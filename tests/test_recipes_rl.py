@@ -262,6 +262,14 @@ def test_bad_arguments_are_named(pretrained, reward, prompts_file, tmp_path, cap
         assert __import__("re").search(message, err), (message, err)
     assert not (tmp_path / "out").exists()
 
+    from types import SimpleNamespace
+
+    from recipes.rl import check_same_tokenizer
+
+    _, tok = load_policy(policy)
+    with pytest.raises(ArgError, match="--ptx-data x: its tokenizer and the policy's disagree"):
+        check_same_tokenizer(tok, SimpleNamespace(encode=lambda text: [20, 21]), what="--ptx-data x")
+
     from recipes.dpo import main as dpo
 
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"prompt": "def ", "chosen": "x"}) + "\n")
