@@ -2,8 +2,10 @@
 exported policy and preference pairs,
 ``python -m recipes.dpo --policy HF_DIR --pairs FILE --out DIR``.
 
-``FILE`` (jsonl / json / csv / parquet) holds ``prompt``, ``chosen`` and ``rejected`` text: the
-same pairs a reward model trains on. The initial policy is the reference model. Writes
+``FILE`` (jsonl / json / csv / parquet) holds ``prompt``, ``chosen`` and ``rejected`` text, or the
+reward model's records, ``prompt`` and ``responses`` ranked best first, which give every
+(better, worse) pair of a prompt (InstructGPT's K-choose-2 comparisons). A chat policy's rows
+become conversations (user prompt, assistant responses). The initial policy is the reference model. Writes
 ``OUT/log.jsonl`` (loss, rewards/margins, rewards/accuracies, ... per step) and ``OUT/policy``.
 Needs the ``[rlhf]`` extra (trl).
 """
@@ -19,8 +21,26 @@ import torch
 from objectives.extras import require
 
 require("rlhf", "trl", by=__name__)
+require("data", "datasets", by=__name__)
 
-from recipes.rl import ArgError, JsonLog, load_policy, load_rows  # noqa: E402
+from recipes.rl import ArgError, JsonLog, as_conversations, load_policy, load_rows  # noqa: E402
+
+PAIRS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
+RANKED = {"prompt": "prompt", "responses": "responses"}
+
+
+def load_pairs(path):
+    """(prompt, chosen, rejected) rows; ranked records give each prompt's K-choose-2 pairs."""
+    import datasets
+
+    rows = load_rows(path, [PAIRS, RANKED], "--pairs")
+    if "responses" not in rows.column_names:
+        return rows
+    pairs = [{"prompt": r["prompt"], "chosen": r["responses"][i], "rejected": r["responses"][j]}
+             for r in rows for i in range(len(r["responses"])) for j in range(i + 1, len(r["responses"]))]
+    if not pairs:
+        raise ArgError(f"--pairs {path}: no prompt has two responses to compare")
+    return datasets.Dataset.from_list(pairs)
 
 
 def train(policy, pairs, out_dir, *, steps: int = 100, lr: float = 1e-5, batch_size: int = 8, beta: float = 0.1,
@@ -37,9 +57,10 @@ def train(policy, pairs, out_dir, *, steps: int = 100, lr: float = 1e-5, batch_s
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ArgError(f"--out {out_dir}: exists and is not an empty folder; choose a new one")
-    dataset = load_rows(pairs, {c: c for c in ("prompt", "chosen", "rejected")}, "--pairs")
+    dataset = load_pairs(pairs)
     set_seed(seed)
     model, tokenizer = load_policy(policy)
+    dataset = as_conversations(dataset, tokenizer, {"prompt": "user", "chosen": "assistant", "rejected": "assistant"})
     out_dir.mkdir(parents=True, exist_ok=True)
     args = DPOConfig(output_dir=str(out_dir), max_steps=steps, learning_rate=lr, seed=seed, data_seed=seed,
                      per_device_train_batch_size=batch_size, beta=beta, max_length=max_length,
@@ -61,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m recipes.dpo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", required=True, help="exported policy folder (LlamaForCausalLM, e.g. the SFT run's)")
-    p.add_argument("--pairs", required=True, help="preference pairs: prompt, chosen, rejected columns")
+    p.add_argument("--pairs", required=True,
+                   help="preferences: prompt, chosen, rejected columns, or prompt and responses ranked best first")
     p.add_argument("--out", required=True, help="output folder (new or empty): log.jsonl and policy/")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
     p.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5, constant)")

@@ -163,13 +163,22 @@ class RewardModelScore:
                            "token through it)")
         self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()
         self.tokenizer, self.device, self.batch_size = tokenizer, device, batch_size
-        self.eot, self.pad = tokenizer.eos_token_id, config.pad_token_id
+        # EOT closes what the reward model scores (a chat tokenizer's eos is <|end|>, which closes a turn)
+        eot = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
+        self.eot, self.pad = (eot[-1] if isinstance(eot, list) else eot), config.pad_token_id
         if self.eot is None or self.eot == self.pad:
-            raise ArgError(f"--reward {path}: the policy's tokenizer needs an EOT (eos) token apart from pad")
+            raise ArgError(f"--reward {path}: config.json needs an eos_token_id (EOT) apart from pad_token_id")
 
-    def sequences(self, prompts: list[str], completion_ids: list[list[int]]) -> list[list[int]]:
-        prompt_ids = self.tokenizer(text=prompts)["input_ids"]  # as TRL tokenizes prompts for generation
-        return [closed_by_eot(list(p) + list(c), self.eot) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    def prompt_ids(self, prompts: list) -> list[list[int]]:
+        """The prompts' ids as TRL makes them for generation (conversations through the chat template)."""
+        if prompts and not isinstance(prompts[0], str):
+            return self.tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True,
+                                                      return_dict=True)["input_ids"]
+        return self.tokenizer(text=prompts)["input_ids"]
+
+    def sequences(self, prompts: list, completion_ids: list[list[int]]) -> list[list[int]]:
+        return [closed_by_eot(list(p) + list(c), self.eot)
+                for p, c in zip(self.prompt_ids(prompts), completion_ids, strict=True)]
 
     @torch.no_grad()
     def score(self, sequences: list[list[int]]) -> list[float]:
@@ -247,9 +256,10 @@ class JsonLog:
 # ----------------------------------------------------------------------------- inputs
 
 
-def load_rows(path: str | Path, columns: dict[str, str], flag: str):
+def load_rows(path: str | Path, columns: dict[str, str] | list[dict[str, str]], flag: str):
     """A ``datasets.Dataset`` from a jsonl / json / csv / parquet file (.txt: one ``text`` row per
-    line) holding ``columns`` (our name -> the file's), renamed to our names; empty rows dropped."""
+    line) holding ``columns`` (our name -> the file's; a list: the first layout the file has),
+    renamed to our names; rows with an empty column dropped."""
     import datasets
 
     path = Path(path)
@@ -262,9 +272,13 @@ def load_rows(path: str | Path, columns: dict[str, str], flag: str):
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as exc:  # datasets' parse errors come in many types
         raise ArgError(f"{flag} {path}: cannot be read ({type(exc).__name__}: {exc})") from None
-    missing = [given for given in columns.values() if given not in ds.column_names]
-    if missing:
-        raise ArgError(f"{flag} {path}: no {missing[0]!r} column (columns: {ds.column_names})")
+    layouts = [columns] if isinstance(columns, dict) else list(columns)
+    found = [c for c in layouts if all(given in ds.column_names for given in c.values())]
+    if not found:
+        missing = [g for g in layouts[0].values() if g not in ds.column_names]
+        want = " or ".join("(" + ", ".join(c.values()) + ")" for c in layouts)
+        raise ArgError(f"{flag} {path}: no {missing[0]!r} column (columns: {ds.column_names}; expected {want})")
+    columns = found[0]
     ds = ds.select_columns(list(columns.values()))
     ds = ds.rename_columns({given: ours for ours, given in columns.items() if given != ours})
     ds = ds.filter(lambda r: all(bool(r[c]) for c in columns))
@@ -278,6 +292,16 @@ def load_prompts(path: str | Path, column: str = "prompt"):
     if Path(path).suffix == ".txt":
         column = "text"
     return load_rows(path, {"prompt": column}, "--prompts")
+
+
+def as_conversations(dataset, tokenizer, roles: dict[str, str]):
+    """For a chat policy (its tokenizer has a chat template), text columns become one-message
+    conversations (``roles``: column -> role), so a prompt reads ``<|user|> prompt <|end|>
+    <|assistant|>`` as in SFT."""
+    first = next(iter(roles))
+    if not getattr(tokenizer, "chat_template", None) or not isinstance(dataset[0][first], str):
+        return dataset
+    return dataset.map(lambda r: {c: [{"role": role, "content": r[c]}] for c, role in roles.items()})
 
 
 def load_policy(path: str | Path):
@@ -318,6 +342,7 @@ def train(policy, reward, prompts, out_dir, *, prompt_column: str = "prompt", pt
     dataset = load_prompts(prompts, prompt_column)
     set_seed(seed)
     model, tokenizer = load_policy(policy)
+    dataset = as_conversations(dataset, tokenizer, {"prompt": "user"})
     score = RewardModelScore(reward, tokenizer)
 
     ptx = None

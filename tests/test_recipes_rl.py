@@ -321,3 +321,16 @@ def test_dpo_on_the_same_pairs_raises_the_margin_and_the_reward(pretrained, pref
           f"after {margin_after:.3f}; reward model score of seeded samples: before {before:.3f}, after {after:.3f}")
     assert margin_after > margin_before + 5.0, (margin_before, margin_after)
     assert after > before + 1.0, (before, after)
+
+
+def test_ranked_records_give_every_better_worse_pair(tmp_path):
+    from recipes.dpo import load_pairs
+
+    path = tmp_path / "ranked.jsonl"
+    rows = [{"prompt": "a", "responses": ["best", "mid", "worst"]}, {"prompt": "b", "responses": ["yes", "no"]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = [(p["prompt"], p["chosen"], p["rejected"]) for p in load_pairs(path)]
+    assert got == [("a", "best", "mid"), ("a", "best", "worst"), ("a", "mid", "worst"), ("b", "yes", "no")]
+    path.write_text(json.dumps({"prompt": "a", "answer": "x"}) + "\n")
+    with pytest.raises(ArgError, match=r"no 'chosen' column .*expected \(prompt, chosen, rejected\) or \(prompt, responses\)"):
+        load_pairs(path)
