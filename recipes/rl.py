@@ -169,16 +169,9 @@ class RewardModelScore:
         if self.eot is None or self.eot == self.pad:
             raise ArgError(f"--reward {path}: config.json needs an eos_token_id (EOT) apart from pad_token_id")
 
-    def prompt_ids(self, prompts: list) -> list[list[int]]:
-        """The prompts' ids as TRL makes them for generation (conversations through the chat template)."""
-        if prompts and not isinstance(prompts[0], str):
-            return self.tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True,
-                                                      return_dict=True)["input_ids"]
-        return self.tokenizer(text=prompts)["input_ids"]
-
     def sequences(self, prompts: list, completion_ids: list[list[int]]) -> list[list[int]]:
         return [closed_by_eot(list(p) + list(c), self.eot)
-                for p, c in zip(self.prompt_ids(prompts), completion_ids, strict=True)]
+                for p, c in zip(prompt_ids(self.tokenizer, prompts), completion_ids, strict=True)]
 
     @torch.no_grad()
     def score(self, sequences: list[list[int]]) -> list[float]:
@@ -191,6 +184,15 @@ class RewardModelScore:
 
     def __call__(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
         return self.score(self.sequences(list(prompts), completion_ids))
+
+
+def prompt_ids(tokenizer, prompts: list) -> list[list[int]]:
+    """The prompts' ids as TRL makes them for generation (conversations through the chat template,
+    ending with the assistant's opening marker)."""
+    if prompts and not isinstance(prompts[0], str):
+        return tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"]
+    return tokenizer(text=prompts)["input_ids"]
 
 
 def closed_by_eot(ids: list[int], eot: int) -> list[int]:

@@ -1,10 +1,11 @@
 """Online RL (``python -m recipes.rl``: TRL's RLOO with the ptx term) and DPO on exported tiny models.
 
-The end-to-end path: a tiny causal-LM run is pretrained and exported (``recipes.export``); a toy
-preference ("more of one token is better") is written as (prompt, chosen, rejected) pairs cut from
-the policy's own samples; a reward model is trained on the pairs; RLOO with the ptx term (batches
-from the pretraining run's own data pipeline) raises the reward model's score of the policy's
-samples in a few steps, and the ptx loss is logged and finite. DPO on the same pairs is the offline
+The end-to-end path: a tiny causal-LM run is pretrained, fine-tuned on conversations (the SFT
+recipe) and exported (``recipes.export``: a chat ``LlamaForCausalLM``); a toy preference ("more of
+one token is better") is written as (prompt, chosen, rejected) pairs cut from the policy's own
+samples; a reward model is trained on the pairs; RLOO with the ptx term (batches from the
+pretraining run's own data pipeline) raises the reward model's score of the policy's samples in a
+few steps, and the ptx loss is logged and finite. DPO on the same pairs is the offline
 alternative: it raises the policy's log-probability margin of chosen over rejected.
 """
 
@@ -12,8 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +23,20 @@ import torch
 pytest.importorskip("trl", reason="the [rlhf] extra (trl) is not installed")
 
 from recipes.export import export_run  # noqa: E402
-from recipes.rl import (ArgError, PtxBatches, RewardModelScore, closed_by_eot, load_policy, ptx_config,  # noqa: E402
-                        ptx_loss, right_padded, train)
+from recipes.rl import (ArgError, PtxBatches, RewardModelScore, closed_by_eot, load_policy, prompt_ids,  # noqa: E402
+                        ptx_config, ptx_loss, right_padded, train)
 from recipes.train import run  # noqa: E402
 from recipes.train_config import load_train_config  # noqa: E402
 from test_recipes_train import CONFIGS, shrink  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ["def ", "class ", "import ", "    return ", "for i in ", "if x", "self.", "# "]
+PROMPTS = ["Say hello to Ann.", "Say hello to Zed.", "What is the opposite of hot?", "What is the opposite of old?",
+           "Name a colour.", "Count to three.", "Say goodbye to Eve.", "What is two plus two?"]
 SAMPLES = 8  # completions per prompt when measuring the reward
 NEW = 16  # new tokens per completion
+
+
+def chats(prompts):
+    return [[{"role": "user", "content": p}] for p in prompts]
 
 
 @pytest.fixture(scope="module")
@@ -45,46 +49,63 @@ def pretrained(tiny_corpus, tmp_path_factory):
     return root / "run", root / "policy"
 
 
+@pytest.fixture(scope="module")
+def policy(pretrained, tmp_path_factory):
+    """The SFT recipe from the pretrained run (20 steps), exported: a chat LlamaForCausalLM."""
+    root = tmp_path_factory.mktemp("sft")
+    cfg = load_train_config(CONFIGS / "sft_tiny.yaml", [
+        f"init_from={pretrained[0]}", f"logging.run_dir={root / 'run'}", "logging.progress_bar=false",
+        "schedule.train_steps=20", "schedule.warmup_steps=2", "eval.batches=1", "logging.tensorboard=false"])
+    run(cfg, progress=False)
+    export_run(root / "run", root / "policy")
+    return root / "policy"
+
+
 @torch.no_grad()
 def sample(model, tok, prompts, n: int, seed: int) -> list[tuple[str, list[int]]]:
-    """``n`` sampled completions (token ids, up to and with EOT) per prompt, seeded."""
+    """``n`` sampled completions (token ids, up to and with the stop token) per prompt, seeded."""
     torch.manual_seed(seed)
+    stop = model.generation_config.eos_token_id
     out = []
-    for p in prompts:
-        ids = tok(p, return_tensors="pt")["input_ids"]
-        gen = model.generate(ids, do_sample=True, max_new_tokens=NEW, num_return_sequences=n,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, top_k=0)
-        for row in gen[:, ids.shape[1]:].tolist():
-            cut = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+    for p, ids in zip(prompts, prompt_ids(tok, chats(prompts))):
+        gen = model.generate(torch.tensor([ids]), do_sample=True, max_new_tokens=NEW, num_return_sequences=n,
+                             pad_token_id=tok.pad_token_id, top_k=0)
+        for row in gen[:, len(ids):].tolist():
+            cut = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))
             out.append((p, row[:cut]))
     return out
 
 
 @pytest.fixture(scope="module")
-def preference(pretrained):
-    """The toy preference: completions with more of the policy's most sampled regular token are
+def preference(policy):
+    """The toy preference: responses with more of the policy's most sampled regular token are
     better. Pairs (prompt, chosen, rejected) from the policy's own samples: chosen has a third of
     its tokens set to the target, rejected has every target replaced by another sampled token."""
-    _, policy = pretrained
     model, tok = load_policy(policy)
     drawn = sample(model.eval(), tok, PROMPTS, 8, seed=1)
     counts = np.bincount([t for _, c in drawn for t in c], minlength=len(tok))
-    counts[:16] = 0  # reserved ids (pad, EOT, ...)
+    counts[:16] = 0  # reserved ids (pad, EOT, the chat markers, ...)
     target = int(counts.argmax())
     other = int(np.argsort(counts)[-2])
     rng = np.random.default_rng(0)
     pairs = []
     for prompt, c in drawn:
-        body = [t for t in c if t != tok.eos_token_id]
-        if len(body) < 6:
+        body = np.array([t for t in c if t >= 16])
+        if len(body) < 4:
             continue
-        chosen = np.array(body)
+        chosen = body.copy()
         chosen[rng.random(len(body)) < 1 / 3] = target
-        rejected = np.where(np.array(body) == target, other, np.array(body))
-        pairs.append({"prompt": prompt, "chosen": tok.decode(chosen.tolist()),
-                      "rejected": tok.decode(rejected.tolist())})
+        rejected = np.where(body == target, other, body)
+        pairs.append({"prompt": prompt, "chosen": tok.decode(chosen.tolist()), "rejected": tok.decode(rejected.tolist())})
     assert len(pairs) >= 32, len(pairs)
     return {"target": target, "pairs": pairs}
+
+
+def response_ids(tok, pairs, key: str) -> list[list[int]]:
+    """Prompt (chat template, assistant turn opened) + response + the turn's end marker."""
+    prompts = prompt_ids(tok, chats([p["prompt"] for p in pairs]))
+    return [list(p) + tok(r[key], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            for p, r in zip(prompts, pairs)]
 
 
 def reward_model(policy: Path, pairs, out: Path, steps: int = 60) -> Path:
@@ -95,13 +116,10 @@ def reward_model(policy: Path, pairs, out: Path, steps: int = 60) -> Path:
     tok = AutoTokenizer.from_pretrained(policy)
     torch.manual_seed(0)
     rm = AutoModelForSequenceClassification.from_pretrained(policy, num_labels=1, dtype=torch.float32)
-    rm.config.pad_token_id = tok.pad_token_id
-
-    def ids(key):
-        return [closed_by_eot(tok(p["prompt"])["input_ids"] + tok(p[key], add_special_tokens=False)["input_ids"],
-                              tok.eos_token_id) for p in pairs]
-
-    both, mask = right_padded(ids("chosen") + ids("rejected"), tok.pad_token_id)
+    eot = rm.config.eos_token_id
+    assert eot != tok.eos_token_id  # EOT closes the conversation, <|end|> the turn
+    seqs = [closed_by_eot(s, eot) for s in response_ids(tok, pairs, "chosen") + response_ids(tok, pairs, "rejected")]
+    both, mask = right_padded(seqs, tok.pad_token_id)
     opt = torch.optim.AdamW(rm.parameters(), lr=3e-3)
     rm.train()
     for _ in range(steps):
@@ -116,25 +134,29 @@ def reward_model(policy: Path, pairs, out: Path, steps: int = 60) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reward(pretrained, preference, tmp_path_factory):
-    return reward_model(pretrained[1], preference["pairs"], tmp_path_factory.mktemp("rm") / "rm")
+def reward(policy, preference, tmp_path_factory):
+    return reward_model(policy, preference["pairs"], tmp_path_factory.mktemp("rm") / "rm")
 
 
-def measured_reward(model, tok, score: RewardModelScore, seed: int = 7) -> tuple[float, float]:
-    """(mean reward-model score, mean target-token fraction) of SAMPLES seeded completions per prompt."""
+def measured_reward(model, tok, score: RewardModelScore, seed: int = 7):
+    """(mean reward-model score, the samples) of SAMPLES seeded completions per prompt."""
     drawn = sample(model.eval(), tok, PROMPTS, SAMPLES, seed=seed)
-    scores = score([p for p, _ in drawn], [c for _, c in drawn], [c for _, c in drawn])
+    scores = score(chats([p for p, _ in drawn]), None, [c for _, c in drawn])
     return float(np.mean(scores)), drawn
 
 
-def test_reward_model_prefers_the_target_token(reward, preference, pretrained):
-    _, tok = load_policy(pretrained[1])
+def test_reward_model_scores_at_eot_and_prefers_the_target_token(reward, preference, policy):
+    _, tok = load_policy(policy)
     score = RewardModelScore(reward, tok)
     pairs = preference["pairs"]
-    enc = lambda key: [tok(p[key], add_special_tokens=False)["input_ids"] for p in pairs]  # noqa: E731
-    prompts = [p["prompt"] for p in pairs]
-    chosen = np.array(score(prompts, None, enc("chosen")))
-    rejected = np.array(score(prompts, None, enc("rejected")))
+    prompts = chats([p["prompt"] for p in pairs])
+    completions = {k: [tok(p[k], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for p in pairs]
+                   for k in ("chosen", "rejected")}
+    # what it scores: the chat prompt, the completion as generated, EOT
+    seq = score.sequences(prompts[:1], completions["chosen"][:1])[0]
+    assert seq == response_ids(tok, pairs[:1], "chosen")[0] + [score.eot] and score.eot != tok.eos_token_id
+    chosen = np.array(score(prompts, None, completions["chosen"]))
+    rejected = np.array(score(prompts, None, completions["rejected"]))
     assert (chosen > rejected).mean() > 0.9, (chosen > rejected).mean()
 
 
@@ -160,7 +182,7 @@ def heldout_lm_loss(model, ptx: PtxBatches) -> float:
         return float(np.mean([ptx_loss(model.eval(), ptx.batch(k)).item() for k in range(1000, 1004)]))
 
 
-def test_rloo_with_ptx_raises_the_reward_and_logs_the_ptx_loss(pretrained, preference, reward, prompts_file,
+def test_rloo_with_ptx_raises_the_reward_and_logs_the_ptx_loss(pretrained, policy, preference, reward, prompts_file,
                                                               tmp_path, capsys):
     """`python -m recipes.rl` end to end: the reward model's score of seeded samples rises, the
     target token becomes more frequent, the ptx loss is logged every step and finite, and the
@@ -169,7 +191,7 @@ def test_rloo_with_ptx_raises_the_reward_and_logs_the_ptx_loss(pretrained, prefe
 
     from recipes.rl import main
 
-    run_dir, policy = pretrained
+    run_dir = pretrained[0]
     model, tok = load_policy(policy)
     score = RewardModelScore(reward, tok)
     before, drawn_before = measured_reward(model, tok, score)
@@ -229,10 +251,10 @@ def test_ptx_batches_give_the_loss_our_model_gives(pretrained):
     assert abs(crossing - mine) > 1e-3, (crossing, mine)
 
 
-def test_bad_arguments_are_named(pretrained, reward, prompts_file, tmp_path, capsys):
+def test_bad_arguments_are_named(pretrained, policy, reward, prompts_file, tmp_path, capsys):
     from recipes.rl import main
 
-    run_dir, policy = pretrained
+    run_dir = pretrained[0]
     with pytest.raises(ArgError, match="--ptx-data .*nowhere: not found"):
         ptx_config(tmp_path / "nowhere")
     with pytest.raises(ArgError, match="--ptx-data .*bert_mlm_tiny.yaml: objective .* trains an encoder"):
@@ -259,7 +281,7 @@ def test_bad_arguments_are_named(pretrained, reward, prompts_file, tmp_path, cap
             argv = [*argv, "--steps", "1"]
         assert main(argv) == 2, (message, argv)
         err = capsys.readouterr().err
-        assert __import__("re").search(message, err), (message, err)
+        assert re.search(message, err), (message, err)
     assert not (tmp_path / "out").exists()
 
     from types import SimpleNamespace
@@ -280,25 +302,23 @@ def test_bad_arguments_are_named(pretrained, reward, prompts_file, tmp_path, cap
 
 @torch.no_grad()
 def response_logps(model, tok, pairs, key: str) -> np.ndarray:
-    """log p(response | prompt) of each pair's ``key`` response, summed over its tokens."""
+    """log p(response, <|end|> | chat prompt) of each pair's ``key`` response, summed over its tokens."""
     out = []
-    for p in pairs:
-        prompt = tok(p["prompt"])["input_ids"]
-        ids = torch.tensor([prompt + tok(p[key], add_special_tokens=False)["input_ids"]])
+    for prompt, seq in zip(prompt_ids(tok, chats([p["prompt"] for p in pairs])), response_ids(tok, pairs, key)):
+        ids = torch.tensor([seq])
         logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
         picked = logp.gather(1, ids[0, 1:, None])[:, 0]
         out.append(float(picked[len(prompt) - 1:].sum()))
     return np.array(out)
 
 
-def test_dpo_on_the_same_pairs_raises_the_margin_and_the_reward(pretrained, preference, reward, tmp_path, capsys):
+def test_dpo_on_the_same_pairs_raises_the_margin_and_the_reward(policy, preference, reward, tmp_path, capsys):
     """`python -m recipes.dpo` on the reward model's pairs: the policy's log-probability margin of
     chosen over rejected rises, and so does the reward model's score of its samples."""
     from transformers import AutoModelForCausalLM
 
     from recipes.dpo import main
 
-    _, policy = pretrained
     pairs = preference["pairs"]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
