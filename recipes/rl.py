@@ -17,9 +17,9 @@ pattern (:func:`interval_mask`), so the policy sees its pretraining batches as i
 them.
 
 The reward model (``LlamaForSequenceClassification``, as ``recipes.export`` writes one) scores
-the prompt's and the completion's token ids as generated, closed by EOT, where it reads its score
-(:class:`RewardModelScore`). TRL's own reward-model path would decode the completion, drop EOT and
-re-tokenize, so the model would read its score at another position.
+the prompt's and the completion's token ids as generated, closed by ``<|end|>``, where it reads
+its score (:class:`RewardModelScore`). TRL's own reward-model path would decode the completion,
+drop the special tokens and re-tokenize, so the model would read its score at another position.
 
 Needs the ``[rlhf]`` extra (trl).
 """
@@ -140,13 +140,15 @@ def check_same_tokenizer(tokenizer, ours, *, what: str) -> None:
 
 
 class RewardModelScore:
-    """A TRL reward function: the exported reward model's score of ``prompt ids + completion ids``,
-    closed by EOT (appended when generation stopped at the length limit)."""
+    """A TRL reward function: the exported reward model's score of ``prompt ids + completion ids``
+    as generated, closed by the reward tokenizer's end of response (a chat model's ``<|end|>``,
+    where ``objectives.reward`` reads the score; EOT otherwise) in place of whatever stopped
+    generation (``<|end|>``, EOT, or the length limit)."""
 
     __name__ = "reward_model"  # TRL logs rewards/<name>/mean
 
     def __init__(self, path: str | Path, tokenizer, device="cpu", batch_size: int = 32):
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         path = Path(path)
         if not (path / "config.json").is_file():
@@ -161,17 +163,24 @@ class RewardModelScore:
         if config.pad_token_id is None:
             raise ArgError(f"--reward {path}: config.json has no pad_token_id (the model finds each row's last "
                            "token through it)")
+        own = AutoTokenizer.from_pretrained(path)
+        if own(PROBE_TEXT, add_special_tokens=False)["input_ids"] != tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]:
+            raise ArgError(f"--reward {path}: its tokenizer and the policy's disagree on a probe text")
+        self.close, self.pad = own.eos_token_id, config.pad_token_id
+        if self.close is None or self.close == self.pad:
+            raise ArgError(f"--reward {path}: its tokenizer needs an end-of-response (eos) token apart from pad")
+        self.stops = {self.close, tokenizer.eos_token_id, config.eos_token_id} - {None}
         self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()
         self.tokenizer, self.device, self.batch_size = tokenizer, device, batch_size
-        # EOT closes what the reward model scores (a chat tokenizer's eos is <|end|>, which closes a turn)
-        eot = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
-        self.eot, self.pad = (eot[-1] if isinstance(eot, list) else eot), config.pad_token_id
-        if self.eot is None or self.eot == self.pad:
-            raise ArgError(f"--reward {path}: config.json needs an eos_token_id (EOT) apart from pad_token_id")
 
     def sequences(self, prompts: list, completion_ids: list[list[int]]) -> list[list[int]]:
-        return [closed_by_eot(list(p) + list(c), self.eot)
-                for p, c in zip(prompt_ids(self.tokenizer, prompts), completion_ids, strict=True)]
+        out = []
+        for p, c in zip(prompt_ids(self.tokenizer, prompts), completion_ids, strict=True):
+            c = list(c)
+            while c and c[-1] in self.stops:
+                c.pop()
+            out.append(list(p) + c + [self.close])
+        return out
 
     @torch.no_grad()
     def score(self, sequences: list[list[int]]) -> list[float]:
@@ -193,10 +202,6 @@ def prompt_ids(tokenizer, prompts: list) -> list[list[int]]:
         return tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True,
                                              return_dict=True)["input_ids"]
     return tokenizer(text=prompts)["input_ids"]
-
-
-def closed_by_eot(ids: list[int], eot: int) -> list[int]:
-    return ids if ids and ids[-1] == eot else ids + [eot]
 
 
 def right_padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

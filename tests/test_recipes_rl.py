@@ -23,8 +23,8 @@ import torch
 pytest.importorskip("trl", reason="the [rlhf] extra (trl) is not installed")
 
 from recipes.export import export_run  # noqa: E402
-from recipes.rl import (ArgError, PtxBatches, RewardModelScore, closed_by_eot, load_policy, prompt_ids,  # noqa: E402
-                        ptx_config, ptx_loss, right_padded, train)
+from recipes.rl import (ArgError, PtxBatches, RewardModelScore, load_policy, prompt_ids, ptx_config,  # noqa: E402
+                        ptx_loss, train)
 from recipes.train import run  # noqa: E402
 from recipes.train_config import load_train_config  # noqa: E402
 from test_recipes_train import CONFIGS, shrink  # noqa: E402
@@ -50,15 +50,20 @@ def pretrained(tiny_corpus, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def policy(pretrained, tmp_path_factory):
-    """The SFT recipe from the pretrained run (20 steps), exported: a chat LlamaForCausalLM."""
+def sft(pretrained, tmp_path_factory):
+    """(run dir, export) of the SFT recipe from the pretrained run (20 steps): a chat LlamaForCausalLM."""
     root = tmp_path_factory.mktemp("sft")
     cfg = load_train_config(CONFIGS / "sft_tiny.yaml", [
         f"init_from={pretrained[0]}", f"logging.run_dir={root / 'run'}", "logging.progress_bar=false",
         "schedule.train_steps=20", "schedule.warmup_steps=2", "eval.batches=1", "logging.tensorboard=false"])
     run(cfg, progress=False)
     export_run(root / "run", root / "policy")
-    return root / "policy"
+    return root / "run", root / "policy"
+
+
+@pytest.fixture(scope="module")
+def policy(sft):
+    return sft[1]
 
 
 @torch.no_grad()
@@ -108,34 +113,20 @@ def response_ids(tok, pairs, key: str) -> list[list[int]]:
             for p, r in zip(prompts, pairs)]
 
 
-def reward_model(policy: Path, pairs, out: Path, steps: int = 60) -> Path:
-    """A LlamaForSequenceClassification from the policy's weights, trained on the pairs with the
-    pairwise loss -log sigmoid(r_chosen - r_rejected), read at EOT; saved with the tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(policy)
-    torch.manual_seed(0)
-    rm = AutoModelForSequenceClassification.from_pretrained(policy, num_labels=1, dtype=torch.float32)
-    eot = rm.config.eos_token_id
-    assert eot != tok.eos_token_id  # EOT closes the conversation, <|end|> the turn
-    seqs = [closed_by_eot(s, eot) for s in response_ids(tok, pairs, "chosen") + response_ids(tok, pairs, "rejected")]
-    both, mask = right_padded(seqs, tok.pad_token_id)
-    opt = torch.optim.AdamW(rm.parameters(), lr=3e-3)
-    rm.train()
-    for _ in range(steps):
-        r = rm(input_ids=both, attention_mask=mask).logits[:, 0]
-        loss = -torch.nn.functional.logsigmoid(r[:len(pairs)] - r[len(pairs):]).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    rm.eval().save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
-def reward(policy, preference, tmp_path_factory):
-    return reward_model(policy, preference["pairs"], tmp_path_factory.mktemp("rm") / "rm")
+def reward(sft, preference, tmp_path_factory):
+    """The reward-model recipe (rm_tiny: scalar head at <|end|>, InstructGPT's pairwise loss) from
+    the SFT run on the toy pairs, 60 steps, exported as LlamaForSequenceClassification."""
+    root = tmp_path_factory.mktemp("rm")
+    pairs = root / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in preference["pairs"]))
+    cfg = load_train_config(CONFIGS / "rm_tiny.yaml", [
+        f"init_from={sft[0]}", f"data.records.source={pairs}", f"logging.run_dir={root / 'run'}",
+        "logging.progress_bar=false", "logging.tensorboard=false", "schedule.train_steps=60",
+        "schedule.warmup_steps=2", "optim.lr=3e-3", "optim.min_lr=3e-3", "eval.batches=1"])
+    run(cfg, progress=False)
+    export_run(root / "run", root / "rm")
+    return root / "rm"
 
 
 def measured_reward(model, tok, score: RewardModelScore, seed: int = 7):
@@ -152,9 +143,12 @@ def test_reward_model_scores_at_eot_and_prefers_the_target_token(reward, prefere
     prompts = chats([p["prompt"] for p in pairs])
     completions = {k: [tok(p[k], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for p in pairs]
                    for k in ("chosen", "rejected")}
-    # what it scores: the chat prompt, the completion as generated, EOT
+    # what it scores: the chat prompt and the completion closed by <|end|>, whatever stopped it
     seq = score.sequences(prompts[:1], completions["chosen"][:1])[0]
-    assert seq == response_ids(tok, pairs[:1], "chosen")[0] + [score.eot] and score.eot != tok.eos_token_id
+    assert seq == response_ids(tok, pairs[:1], "chosen")[0] and score.close == tok.eos_token_id
+    eot = 1
+    for tail in ([eot], [tok.eos_token_id, eot], []):
+        assert score.sequences(prompts[:1], [completions["chosen"][0][:-1] + tail])[0] == seq
     chosen = np.array(score(prompts, None, completions["chosen"]))
     rejected = np.array(score(prompts, None, completions["rejected"]))
     assert (chosen > rejected).mean() > 0.9, (chosen > rejected).mean()
