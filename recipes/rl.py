@@ -37,7 +37,7 @@ import torch
 
 from objectives.extras import require
 
-require("rlhf", "trl", by=__name__)
+require("rlhf", "trl", "accelerate", by=__name__)
 require("data", "datasets", by=__name__)
 
 from trl import RLOOTrainer
@@ -120,7 +120,7 @@ def interval_mask(kv_start: torch.Tensor, kv_end: torch.Tensor, dtype: torch.dty
 def ptx_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The pretraining LM loss: mean next-token NLL over the positions ``loss_mask`` counts, with
     the sample's own attention (positions 0..s-1 along the row, as our decoder's RoPE takes them)."""
-    mask = interval_mask(batch["kv_start"], batch["kv_end"], model.dtype)
+    mask = interval_mask(batch["kv_start"], batch["kv_end"], next(model.parameters()).dtype)  # model may be wrapped
     logits = model(input_ids=batch["tokens"].long(), attention_mask=mask, use_cache=False).logits.float()
     nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten().long(),
                                             reduction="none")
@@ -354,8 +354,12 @@ def train(policy, reward, prompts, out_dir, *, prompt_column: str = "prompt", pt
 
     ptx = None
     if ptx_data is not None and ptx_coef > 0:
+        from accelerate import PartialState
+
+        state = PartialState()  # each process reads its own share of a step's ptx batches
         cfg = ptx_config(ptx_data, ptx_set)
-        ptx, data = PtxBatches.from_config(cfg, ptx_batch_size, progress=progress)
+        ptx, data = PtxBatches.from_config(cfg, ptx_batch_size, rank=state.process_index,
+                                           world_size=state.num_processes, progress=progress)
         check_same_tokenizer(tokenizer, data.tokenizer, what=f"--ptx-data {ptx_data}")
         if data.vocab_size > model.config.vocab_size:
             raise ArgError(f"--ptx-data {ptx_data}: its ids reach {data.vocab_size - 1}, the policy embeds "
