@@ -348,3 +348,27 @@ def test_ranked_records_give_every_better_worse_pair(tmp_path):
     path.write_text(json.dumps({"prompt": "a", "answer": "x"}) + "\n")
     with pytest.raises(ArgError, match=r"no 'chosen' column .*expected \(prompt, chosen, rejected\) or \(prompt, responses\)"):
         load_pairs(path)
+
+
+def test_a_non_finite_ptx_loss_stops_the_step_before_it_is_applied(pretrained, policy, reward, prompts_file,
+                                                                   tmp_path, monkeypatch):
+    import recipes.rl as rl
+
+    model, _ = load_policy(policy)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = {}
+
+    right = rl.ptx_loss
+
+    def nan_ptx(m, batch):
+        seen["model"] = m
+        return right(m, batch) * float("nan")
+
+    monkeypatch.setattr(rl, "ptx_loss", nan_ptx)
+    monkeypatch.setattr(rl, "load_policy", lambda path: (model, load_policy(path)[1]))
+    with pytest.raises(FloatingPointError, match=r"step 0: non-finite loss \(RLOO .*, ptx nan on ptx batch 0\)"):
+        train(policy, reward, prompts_file, tmp_path / "out", ptx_data=pretrained[0], ptx_coef=0.5,
+              **dict(RL, steps=2))
+    assert seen["model"] is not None
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing applied
