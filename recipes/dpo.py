@@ -23,7 +23,7 @@ from objectives.extras import require
 require("rlhf", "trl", by=__name__)
 require("data", "datasets", by=__name__)
 
-from recipes.rl import ArgError, JsonLog, as_conversations, load_policy, load_rows  # noqa: E402
+from recipes.rl import ArgError, JsonLog, as_conversations, load_policy, load_rows, train_and_save  # noqa: E402
 
 PAIRS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 RANKED = {"prompt": "prompt", "responses": "responses"}
@@ -69,11 +69,7 @@ def train(policy, pairs, out_dir, *, steps: int = 100, lr: float = 1e-5, batch_s
     log = JsonLog(out_dir / "log.jsonl")
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[log.callback])
-    trainer.train()
-    if save:
-        trainer.save_model(str(out_dir / "policy"))
-        tokenizer.save_pretrained(str(out_dir / "policy"))
-    return trainer
+    return train_and_save(trainer, tokenizer, out_dir, save)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

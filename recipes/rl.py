@@ -378,6 +378,11 @@ def train(policy, reward, prompts, out_dir, *, prompt_column: str = "prompt", pt
                               processing_class=tokenizer, callbacks=[log.callback], ptx=ptx, ptx_coef=ptx_coef)
     score.model.to(trainer.accelerator.device)
     score.device = trainer.accelerator.device
+    return train_and_save(trainer, tokenizer, out_dir, save)
+
+
+def train_and_save(trainer, tokenizer, out_dir: Path, save: bool):
+    """Run a TRL trainer; with ``save``, the trained policy and its tokenizer go to ``out_dir/policy``."""
     trainer.train()
     if save:
         trainer.save_model(str(out_dir / "policy"))
