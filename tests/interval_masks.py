@@ -83,3 +83,26 @@ def dense(kv_start: torch.Tensor, kv_end: torch.Tensor, kv_len: int | None = Non
     n = kv_len if kv_len is not None else kv_start.shape[-1]
     j = torch.arange(n, device=kv_start.device)
     return (j >= kv_start[..., None]) & (j < kv_end[..., None])
+
+
+FAMILIES = ("causal", "bidir", "r2l", "s2s", "window")
+
+
+def family(kind: str, segment_ids: np.ndarray, *, window: int = 9) -> Intervals:
+    """One mask family over the documents of ``segment_ids`` ([s]): causal, bidirectional,
+    right-to-left, UniLM seq2seq (each document's first 40% as its source) or a sliding window."""
+    seg = np.asarray(segment_ids)
+    if kind == "causal":
+        return causal(seg)
+    if kind == "bidir":
+        return bidirectional(seg)
+    if kind == "r2l":
+        return right_to_left(seg)
+    if kind == "window":
+        return sliding_window(seg, window)
+    if kind == "s2s":
+        starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
+        ends = np.r_[starts[1:], len(seg)]
+        src_end = starts + np.maximum(1, (0.4 * (ends - starts)).astype(int))
+        return prefix_lm(seg, np.repeat(src_end, ends - starts))
+    raise ValueError(f"unknown mask family {kind!r}; one of {FAMILIES}")

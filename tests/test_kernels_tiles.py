@@ -48,21 +48,6 @@ def random_intervals(gen, b, s, kv_len):
     return start, end
 
 
-def family(kind, seg):
-    if kind == "causal":
-        return masks.causal(seg)
-    if kind == "bidir":
-        return masks.bidirectional(seg)
-    if kind == "r2l":
-        return masks.right_to_left(seg)
-    if kind == "window":
-        return masks.sliding_window(seg, 9)
-    starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
-    ends = np.r_[starts[1:], len(seg)]
-    src_end = starts + np.maximum(1, (0.4 * (ends - starts)).astype(int))
-    return masks.prefix_lm(seg, np.repeat(src_end, ends - starts))
-
-
 CASES = [("random", 2, 70, 90), ("random", 1, 33, 33), ("causal", 1, 97, 97), ("bidir", 2, 64, 64),
          ("r2l", 1, 81, 81), ("s2s", 1, 77, 77), ("window", 1, 50, 50)]
 
@@ -75,7 +60,7 @@ def test_tables_cover_every_visible_pair_and_full_tiles_are_full(kind, b, s, kv_
         start, end = random_intervals(gen, b, s, kv_len)
     else:
         seg = np.repeat(np.arange(4), [s // 3, 5, s // 4, s])[:s].astype(np.int32)
-        start, end = (t[None].expand(b, s) for t in family(kind, seg))
+        start, end = (t[None].expand(b, s) for t in masks.family(kind, seg))
     st_, en = tiles.clamp_intervals(start, end, kv_len)
     vis = dense(st_, en, kv_len)
     rows = tiles.row_group_ranges(st_, en, group, kv_len)

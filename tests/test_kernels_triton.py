@@ -94,24 +94,7 @@ def run_case(b, s, h, h_kv, d, kv_start, kv_end, dtype, layout="bshd", s_k=None,
     return kernel
 
 
-def family(kind, seg, s):
-    if kind == "causal":
-        return masks.causal(seg)
-    if kind == "bidir":
-        return masks.bidirectional(seg)
-    if kind == "r2l":
-        return masks.right_to_left(seg)
-    if kind == "s2s":
-        starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
-        ends = np.r_[starts[1:], s]
-        src_end = starts + np.maximum(1, (0.4 * (ends - starts)).astype(int))
-        return masks.prefix_lm(seg, np.repeat(src_end, ends - starts))
-    if kind == "window":
-        return masks.sliding_window(seg, 11)
-    raise ValueError(kind)
-
-
-FAMILIES = ["causal", "bidir", "r2l", "s2s", "window"]
+FAMILIES = list(masks.FAMILIES)
 CASES = [  # kind, b, s, h, h_kv, d, dtype, layout
     ("causal", 1, 53, 4, 2, 32, torch.bfloat16, "bshd"),
     ("bidir", 1, 70, 2, 2, 64, torch.float16, "sbhd"),
@@ -124,7 +107,7 @@ CASES = [  # kind, b, s, h, h_kv, d, dtype, layout
 @pytest.mark.parametrize("kind, b, s, h, h_kv, d, dtype, layout", CASES, ids=[c[0] for c in CASES])
 def test_mask_families_packed_documents(kind, b, s, h, h_kv, d, dtype, layout):
     seg = doc_segments([19, 7, 30, 40], s)
-    kv_start, kv_end = family(kind, seg, s)
+    kv_start, kv_end = masks.family(kind, seg, window=11)
     run_case(b, s, h, h_kv, d, kv_start, kv_end, dtype, layout)
 
 
@@ -143,7 +126,7 @@ TILE_SETS = {
 def test_tile_shapes_and_fused_dq(tile_set, fused):
     s = 75
     seg = doc_segments([37, 5, 33], s)
-    kv_start, kv_end = family("s2s" if fused else "causal", seg, s)
+    kv_start, kv_end = masks.family("s2s" if fused else "causal", seg, window=11)
     run_case(2, s, 4, 2, 32, kv_start, kv_end, torch.bfloat16, "sbhd", tiles=TILE_SETS[tile_set], fused=fused)
 
 
@@ -275,7 +258,7 @@ def first_tiles(d):
                                               (128, torch.bfloat16, "bshd")])
 def test_gpu_mask_families(kind, s, d, dtype, layout):
     seg = doc_segments([s // 3 + 1, 17, s // 2, s], s)
-    kv_start, kv_end = family(kind, seg, s)
+    kv_start, kv_end = masks.family(kind, seg, window=11)
     run_case(1 if s > 1000 else 2, s, 8, 1 if d == 128 else 8, d, kv_start, kv_end, dtype, layout,
              tiles=first_tiles(d))
 
@@ -287,7 +270,7 @@ def test_gpu_every_shipped_tile(d):
     """Each candidate the autotuner may pick, on its own, dense and fused dQ alike."""
     s = 1031
     seg = doc_segments([300, 17, 500, 214], s)
-    kv_start, kv_end = family("s2s", seg, s)
+    kv_start, kv_end = masks.family("s2s", seg, window=11)
     cls = triton_attention.head_dim_class(d)
     for name in ("fwd", "dq", "dkdv", "dkdv_dq"):
         for tile in triton_attention.CANDIDATES[name][cls][1:]:
