@@ -23,7 +23,8 @@ from objectives.extras import require
 require("rlhf", "trl", by=__name__)
 require("data", "datasets", by=__name__)
 
-from recipes.rl import ArgError, JsonLog, as_conversations, load_policy, load_rows, train_and_save  # noqa: E402
+from recipes.rl import (ArgError, JsonLog, add_checkpoint_args, as_conversations, checkpoint_args,  # noqa: E402
+                        load_policy, load_rows, open_out, resume_point, train_and_save)
 
 PAIRS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 RANKED = {"prompt": "prompt", "responses": "responses"}
@@ -44,8 +45,10 @@ def load_pairs(path):
 
 
 def train(policy, pairs, out_dir, *, steps: int = 100, lr: float = 1e-5, batch_size: int = 8, beta: float = 0.1,
-          max_length: int = 256, seed: int = 0, logging_steps: int = 1, save: bool = True, progress: bool = True):
-    """Build and run the DPO trainer; returns it (``trainer.state.log_history`` holds the logs)."""
+          max_length: int = 256, seed: int = 0, logging_steps: int = 1, save_every: int = 50, resume: bool = True,
+          save: bool = True, progress: bool = True):
+    """Build and run the DPO trainer, resuming the run in ``out_dir`` if there is one
+    (:func:`recipes.rl.resume_point`); returns it (``trainer.state.log_history`` holds the logs)."""
     from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
@@ -54,22 +57,24 @@ def train(policy, pairs, out_dir, *, steps: int = 100, lr: float = 1e-5, batch_s
             raise ArgError(f"{name} must be >= 1, got {value}")
     if not beta > 0:
         raise ArgError(f"--beta must be > 0, got {beta}")
+    settings = dict(policy=policy, pairs=pairs, steps=steps, lr=lr, batch_size=batch_size, beta=beta,
+                    max_length=max_length, seed=seed)
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ArgError(f"--out {out_dir}: exists and is not an empty folder; choose a new one")
+    saving = checkpoint_args(out_dir, save_every)
+    checkpoint = resume_point(out_dir, settings, resume=resume)
     dataset = load_pairs(pairs)
     set_seed(seed)
     model, tokenizer = load_policy(policy)
     dataset = as_conversations(dataset, tokenizer, {"prompt": "user", "chosen": "assistant", "rejected": "assistant"})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    args = DPOConfig(output_dir=str(out_dir), max_steps=steps, learning_rate=lr, seed=seed, data_seed=seed,
+    open_out(out_dir, settings, checkpoint)
+    args = DPOConfig(**saving, max_steps=steps, learning_rate=lr, seed=seed, data_seed=seed,
                      per_device_train_batch_size=batch_size, beta=beta, max_length=max_length,
-                     logging_steps=logging_steps, save_strategy="no", report_to=[], disable_tqdm=not progress,
+                     logging_steps=logging_steps, report_to=[], disable_tqdm=not progress,
                      use_cpu=not torch.cuda.is_available(), lr_scheduler_type="constant")
     log = JsonLog(out_dir / "log.jsonl")
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[log.callback])
-    return train_and_save(trainer, tokenizer, out_dir, save)
+    return train_and_save(trainer, tokenizer, out_dir, save, checkpoint)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--policy", required=True, help="exported policy folder (LlamaForCausalLM, e.g. the SFT run's)")
     p.add_argument("--pairs", required=True,
                    help="preferences: prompt, chosen, rejected columns, or prompt and responses ranked best first")
-    p.add_argument("--out", required=True, help="output folder (new or empty): log.jsonl and policy/")
+    p.add_argument("--out", required=True, help="output folder: run.json, log.jsonl, checkpoints/ and policy/; "
+                   "a folder holding this run (same settings) resumes from its newest checkpoint")
+    add_checkpoint_args(p)
     p.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
     p.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5, constant)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step (default 8)")
@@ -90,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         trainer = train(a.policy, a.pairs, a.out, steps=a.steps, lr=a.lr, batch_size=a.batch_size, beta=a.beta,
-                        max_length=a.max_length, seed=a.seed)
+                        max_length=a.max_length, seed=a.seed, save_every=a.save_every, resume=a.resume)
     except (ArgError, FileNotFoundError) as exc:
         print(f"dpo error: {exc}", file=sys.stderr)
         return 2

@@ -219,20 +219,59 @@ def right_padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, to
 # ----------------------------------------------------------------------------- the trainer
 
 
+class EpochSeededSampler:
+    """TRL's prompt sampler (``RepeatSampler``) with each epoch's order drawn from a generator
+    seeded by ``(seed, epoch)``. TRL's own draws every epoch from one generator that runs on, so a
+    run resumed in epoch ``e`` would read epoch 0's order again; here the order depends on the
+    epoch alone (the trainer sets it at each epoch's start)."""
+
+    def __init__(self, sampler, seed: int):
+        self.sampler, self.seed, self.epoch = sampler, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = getattr(self.sampler, "generator", None)  # None: TRL does not shuffle
+        if generator is not None:
+            generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+        return iter(self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 class RLOOPtxTrainer(RLOOTrainer):
     """TRL's RLOO whose loss adds ``ptx_coef`` times the LM loss on pretraining batch ``k``, ``k``
-    the micro-step (``global_step * grad_accum + micro index``); logs ``ptx_loss``."""
+    the micro-step (``global_step * grad_accum + micro index``); logs ``ptx_loss``. ``global_step``
+    is the Trainer's, restored from a checkpoint on resume, so a resumed run reads the batches an
+    uninterrupted one reads."""
 
     def __init__(self, *args, ptx: PtxBatches | None = None, ptx_coef: float = 0.0, **kwargs):
+        from transformers import TrainerCallback
+
         super().__init__(*args, **kwargs)
         self.ptx, self.ptx_coef = ptx, float(ptx_coef)
+        trainer = self
+
+        class _Epoch(TrainerCallback):
+            def on_epoch_begin(self, args, state, control, **kwargs):
+                if trainer.prompt_sampler is not None:  # state.epoch: whole at an epoch's start, or resumed mid-epoch
+                    trainer.prompt_sampler.set_epoch(int(state.epoch + 1e-6))
+
+        self.prompt_sampler: EpochSeededSampler | None = None
+        self.add_callback(_Epoch())
+
+    def _get_train_sampler(self, dataset=None):
+        self.prompt_sampler = EpochSeededSampler(super()._get_train_sampler(dataset), self.args.seed)
+        return self.prompt_sampler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.ptx is None or not self.model.training:
             return loss
         accum = self.args.gradient_accumulation_steps
-        k = self.state.global_step * accum + self._step % accum
+        k = self.state.global_step * accum + self._step % accum  # a resume starts at a step's first micro-batch
         lm = ptx_loss(model, self.ptx.batch(k, self.accelerator.device))
         self._metrics["train"]["ptx_loss"].append(self.accelerator.gather(lm.detach()).mean().item())
         total = loss + self.ptx_coef * lm
@@ -258,6 +297,80 @@ class JsonLog:
                         f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
         self.callback = _Callback()
+
+
+# ----------------------------------------------------------------------------- checkpoints and resume
+
+RUN_FILE = "run.json"  # the settings of the run in OUT, to resume only the same run
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete Trainer checkpoint ``folder/checkpoint-N``: one holding
+    ``trainer_state.json``, which the Trainer writes after the weights, optimizer and RNG states.
+    Incomplete ones (a crash while saving) are named and skipped."""
+    found = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else ():
+        step = path.name.removeprefix("checkpoint-")
+        if not (path.is_dir() and step.isdigit()):
+            continue
+        if (path / "trainer_state.json").is_file():
+            found.append((int(step), path))
+        else:
+            print(f"[resume] skipping {path}: incomplete (no trainer_state.json)", file=sys.stderr)
+    return max(found)[1] if found else None
+
+
+def resume_point(out_dir: Path, settings: dict, *, resume: bool) -> Path | None:
+    """The checkpoint a run with ``settings`` in ``out_dir`` resumes from (None: a fresh start);
+    checks only, writes nothing. A new or empty folder starts the run; a folder holding the same
+    run (its ``run.json``) resumes from its newest complete checkpoint, or starts over when it has
+    none. Refused: ``resume=False`` on a folder that is not empty, a run with other settings
+    (named), a folder holding something else."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ArgError(f"--out {out_dir}: exists and is not a folder")
+    if not (out_dir.is_dir() and any(out_dir.iterdir())):
+        return None
+    if not resume:
+        raise ArgError(f"--out {out_dir}: not empty and --no-resume given; choose a new folder")
+    run_file = out_dir / RUN_FILE
+    if not run_file.is_file():
+        raise ArgError(f"--out {out_dir}: exists, is not empty and holds no run ({RUN_FILE}); choose a new one")
+    before, now = json.loads(run_file.read_text()), as_json(settings)
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} now" for k in changed)
+        raise ArgError(f"--out {out_dir}: holds a run with other settings ({diffs}); "
+                       "rerun with its settings to resume, or choose a new folder")
+    return newest_checkpoint(out_dir / "checkpoints")
+
+
+def open_out(out_dir: Path, settings: dict, checkpoint: Path | None) -> None:
+    """Write ``run.json`` of a fresh run, or cut ``log.jsonl`` of a resumed one to the steps up to
+    its checkpoint (those after it are run again)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not (out_dir / RUN_FILE).is_file():
+        (out_dir / RUN_FILE).write_text(json.dumps(as_json(settings), indent=1) + "\n")
+    done = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
+    log = out_dir / "log.jsonl"
+    if log.is_file():
+        log.write_text("".join(line + "\n" for line in log.read_text().splitlines() if json.loads(line)["step"] <= done))
+        print(f"[resume] {out_dir}: " + (f"from {checkpoint.name}" if checkpoint else "no checkpoint, starting over"),
+              file=sys.stderr)
+
+
+def as_json(settings: dict) -> dict:
+    return json.loads(json.dumps(settings, default=str))
+
+
+def checkpoint_args(out_dir: Path, save_every: int) -> dict:
+    """The Trainer's own checkpointing: every ``save_every`` steps and at the end (0: never) into
+    ``out_dir/checkpoints``, the newest two kept."""
+    if save_every < 0:
+        raise ArgError(f"--save-every must be >= 0 (0: no checkpoints), got {save_every}")
+    if save_every == 0:
+        return dict(output_dir=str(out_dir / "checkpoints"), save_strategy="no")
+    return dict(output_dir=str(out_dir / "checkpoints"), save_strategy="steps", save_steps=save_every,
+                save_total_limit=2)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -332,10 +445,17 @@ def load_policy(path: str | Path):
 def train(policy, reward, prompts, out_dir, *, prompt_column: str = "prompt", ptx_data=None, ptx_set=(), ptx_coef: float = 0.5,
           ptx_batch_size: int = 4, steps: int = 100, lr: float = 1e-5, prompts_per_step: int = 4,
           generations: int = 4, max_completion_length: int = 64, beta: float = 0.05, temperature: float = 1.0,
-          seed: int = 0, logging_steps: int = 1, save: bool = True, progress: bool = True):
-    """Build and run the trainer; returns it (``trainer.state.log_history`` holds the logs)."""
+          seed: int = 0, logging_steps: int = 1, save_every: int = 50, resume: bool = True, save: bool = True,
+          progress: bool = True):
+    """Build and run the trainer, resuming the run in ``out_dir`` if there is one (:func:`resume_point`);
+    returns it (``trainer.state.log_history`` holds the logs)."""
     from transformers import set_seed
     from trl import RLOOConfig
+
+    settings = dict(policy=policy, reward=reward, prompts=prompts, prompt_column=prompt_column, ptx_data=ptx_data,
+                    ptx_set=list(ptx_set), ptx_coef=ptx_coef, ptx_batch_size=ptx_batch_size, steps=steps, lr=lr,
+                    prompts_per_step=prompts_per_step, generations=generations,
+                    max_completion_length=max_completion_length, beta=beta, temperature=temperature, seed=seed)
 
     for name, value, low in (("--steps", steps, 1), ("--prompts-per-step", prompts_per_step, 1),
                              ("--generations", generations, 2), ("--max-completion-length", max_completion_length, 1)):
@@ -344,8 +464,8 @@ def train(policy, reward, prompts, out_dir, *, prompt_column: str = "prompt", pt
     if ptx_coef < 0 or not math.isfinite(ptx_coef):
         raise ArgError(f"--ptx-coef must be a finite number >= 0, got {ptx_coef}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ArgError(f"--out {out_dir}: exists and is not an empty folder; choose a new one")
+    saving = checkpoint_args(out_dir, save_every)
+    checkpoint = resume_point(out_dir, settings, resume=resume)
     dataset = load_prompts(prompts, prompt_column)
     set_seed(seed)
     model, tokenizer = load_policy(policy)
@@ -365,12 +485,12 @@ def train(policy, reward, prompts, out_dir, *, prompt_column: str = "prompt", pt
             raise ArgError(f"--ptx-data {ptx_data}: its ids reach {data.vocab_size - 1}, the policy embeds "
                            f"{model.config.vocab_size}")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    open_out(out_dir, settings, checkpoint)
     args = RLOOConfig(
-        output_dir=str(out_dir), max_steps=steps, learning_rate=lr, seed=seed, data_seed=seed,
+        **saving, max_steps=steps, learning_rate=lr, seed=seed, data_seed=seed,
         per_device_train_batch_size=prompts_per_step * generations, gradient_accumulation_steps=1,
         num_generations=generations, max_completion_length=max_completion_length, beta=beta,
-        temperature=temperature, logging_steps=logging_steps, save_strategy="no", report_to=[],
+        temperature=temperature, logging_steps=logging_steps, report_to=[],
         disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(), lr_scheduler_type="constant",
     )
     log = JsonLog(out_dir / "log.jsonl")
@@ -378,16 +498,26 @@ def train(policy, reward, prompts, out_dir, *, prompt_column: str = "prompt", pt
                               processing_class=tokenizer, callbacks=[log.callback], ptx=ptx, ptx_coef=ptx_coef)
     score.model.to(trainer.accelerator.device)
     score.device = trainer.accelerator.device
-    return train_and_save(trainer, tokenizer, out_dir, save)
+    return train_and_save(trainer, tokenizer, out_dir, save, checkpoint)
 
 
-def train_and_save(trainer, tokenizer, out_dir: Path, save: bool):
-    """Run a TRL trainer; with ``save``, the trained policy and its tokenizer go to ``out_dir/policy``."""
-    trainer.train()
+def train_and_save(trainer, tokenizer, out_dir: Path, save: bool, checkpoint: Path | None = None):
+    """Run a TRL trainer (from ``checkpoint`` when given); with ``save``, the trained policy and its
+    tokenizer go to ``out_dir/policy``. A step that raises (a non-finite loss) leaves the newest
+    checkpoint as it was: the Trainer saves only after a step's update."""
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if save:
         trainer.save_model(str(out_dir / "policy"))
         tokenizer.save_pretrained(str(out_dir / "policy"))
     return trainer
+
+
+def add_checkpoint_args(p) -> None:
+    p.add_argument("--save-every", type=int, default=50,
+                   help="write a checkpoint to OUT/checkpoints every N steps and at the end, the newest two kept "
+                        "(default 50; 0: none)")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="refuse an OUT that is not empty instead of resuming the run it holds")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -399,7 +529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reward", required=True, help="exported reward model folder (LlamaForSequenceClassification)")
     p.add_argument("--prompts", required=True, help="prompts file: .jsonl/.json/.csv/.parquet (a 'prompt' column) or .txt")
     p.add_argument("--prompt-column", default="prompt", help="the prompts' column (default: prompt)")
-    p.add_argument("--out", required=True, help="output folder (new or empty): log.jsonl and policy/")
+    p.add_argument("--out", required=True, help="output folder: run.json, log.jsonl, checkpoints/ and policy/; "
+                   "a folder holding this run (same settings) resumes from its newest checkpoint")
+    add_checkpoint_args(p)
     p.add_argument("--ptx-data", default=None,
                    help="pretraining run directory or recipe YAML whose data feeds the ptx term (default: none)")
     p.add_argument("--ptx-set", action="append", default=[], metavar="KEY=VALUE",
@@ -420,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ptx_coef=a.ptx_coef, ptx_batch_size=a.ptx_batch_size, steps=a.steps, lr=a.lr,
                         prompts_per_step=a.prompts_per_step, generations=a.generations,
                         max_completion_length=a.max_completion_length, beta=a.beta, temperature=a.temperature,
-                        seed=a.seed)
+                        seed=a.seed, save_every=a.save_every, resume=a.resume)
     except (ArgError, FileNotFoundError) as exc:
         print(f"rl error: {exc}", file=sys.stderr)
         return 2

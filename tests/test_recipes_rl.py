@@ -264,6 +264,7 @@ def test_bad_arguments_are_named(pretrained, policy, reward, prompts_file, tmp_p
         ([*base, "--prompt-column", "question"], "--prompts .*no 'question' column"),
         ([*base, "--generations", "1"], "--generations must be >= 2"),
         ([*base, "--ptx-coef", "-1"], "--ptx-coef must be"),
+        ([*base, "--save-every", "-1"], "--save-every must be >= 0"),
     ]
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("x")
@@ -352,23 +353,118 @@ def test_ranked_records_give_every_better_worse_pair(tmp_path):
 
 def test_a_non_finite_ptx_loss_stops_the_step_before_it_is_applied(pretrained, policy, reward, prompts_file,
                                                                    tmp_path, monkeypatch):
+    """A NaN ptx loss in step 2 raises before the backward pass: the weights stay those of step
+    1, and the newest checkpoint stays step 1's (none is written after the bad step)."""
     import recipes.rl as rl
+    from safetensors.torch import load_file
 
     model, _ = load_policy(policy)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    seen = {}
+    right, calls = rl.ptx_loss, []
 
-    right = rl.ptx_loss
+    def nan_ptx_in_step_2(m, batch):
+        calls.append(m)
+        loss = right(m, batch)
+        return loss * float("nan") if len(calls) == 2 else loss
 
-    def nan_ptx(m, batch):
-        seen["model"] = m
-        return right(m, batch) * float("nan")
-
-    monkeypatch.setattr(rl, "ptx_loss", nan_ptx)
+    monkeypatch.setattr(rl, "ptx_loss", nan_ptx_in_step_2)
     monkeypatch.setattr(rl, "load_policy", lambda path: (model, load_policy(path)[1]))
-    with pytest.raises(FloatingPointError, match=r"step 0: non-finite loss \(RLOO .*, ptx nan on ptx batch 0\)"):
-        train(policy, reward, prompts_file, tmp_path / "out", ptx_data=pretrained[0], ptx_coef=0.5,
-              **dict(RL, steps=2))
-    assert seen["model"] is not None
+    out = tmp_path / "out"
+    with pytest.raises(FloatingPointError, match=r"step 1: non-finite loss \(RLOO .*, ptx nan on ptx batch 1\)"):
+        train(policy, reward, prompts_file, out, ptx_data=pretrained[0], ptx_coef=0.5, save_every=1,
+              **dict(RL, steps=3))
+    assert len(calls) == 2
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1"]
+    saved = load_file(out / "checkpoints" / "checkpoint-1" / "model.safetensors")
     after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing applied
+    assert saved.keys() <= after.keys() and all(torch.equal(saved[k], after[k]) for k in saved)  # nothing applied
+    initial, _ = load_policy(policy)
+    assert any(not torch.equal(v, after[k]) for k, v in initial.state_dict().items())  # step 1 was
+
+
+class Crash(Exception):
+    """The stand-in for a killed process."""
+
+
+def crashed_then_resumed(run, out: Path, trainer_cls, crash_in_step: int, monkeypatch):
+    """``run(out)`` crashing at the start of step ``crash_in_step`` (checkpoints written up to then),
+    then ``run(out)`` again, which resumes; returns the resumed trainer."""
+    right = trainer_cls.training_step
+
+    def crash(self, *args, **kwargs):
+        if self.state.global_step == crash_in_step - 1:
+            raise Crash
+        return right(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_cls, "training_step", crash)
+    with pytest.raises(Crash):
+        run(out)
+    assert not (out / "policy").exists()
+    monkeypatch.setattr(trainer_cls, "training_step", right)
+    return run(out)
+
+
+def logged(out: Path, keys) -> list[tuple]:
+    """(step, *keys) of each step's line in ``out/log.jsonl``."""
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    return [(h["step"], *(h[k] for k in keys)) for h in lines if keys[0] in h]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    a, b = load_file(a / "policy" / "model.safetensors"), load_file(b / "policy" / "model.safetensors")
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resumed_run_continues_the_uninterrupted_one(pretrained, policy, reward, prompts_file, tmp_path, monkeypatch):
+    """RLOO with ptx: a run that crashes after its step-3 checkpoint and is run again with the same
+    command ends as the uninterrupted run: the same ptx batches at the same steps (the micro-step
+    the Trainer restores drives them), the same logged losses and rewards, the same final weights,
+    bit for bit. 6 steps of 4 of the 8 prompts: the resume is mid-epoch and the run goes on into
+    the next epoch (whose prompt order TRL's own sampler would draw wrong after a resume)."""
+    import recipes.rl as rl
+
+    read = []
+    right_batch = rl.PtxBatches.batch
+    monkeypatch.setattr(rl.PtxBatches, "batch", lambda self, k, device="cpu": read.append(k) or right_batch(self, k, device))
+    kw = dict(RL, steps=6, ptx_data=pretrained[0], ptx_coef=0.5, save_every=3)
+    whole = train(policy, reward, prompts_file, tmp_path / "whole", **kw)
+    read_whole, read[:] = list(read), []
+    out = tmp_path / "resumed"
+    resumed = crashed_then_resumed(lambda o: train(policy, reward, prompts_file, o, **kw), out, rl.RLOOPtxTrainer, 4,
+                                   monkeypatch)
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+
+    print("ptx batches read: uninterrupted", read_whole, "crashed then resumed", read)
+    assert read_whole == list(range(6)) and read == [0, 1, 2, 3, 4, 5]
+    assert resumed.state.global_step == whole.state.global_step == 6
+    keys = ("ptx_loss", "loss", "reward", "kl")
+    print("(step, ptx_loss, loss, reward, kl): uninterrupted", logged(tmp_path / "whole", keys))
+    print("                                    resumed      ", logged(out, keys))
+    assert [s for s, *_ in logged(out, keys)] == list(range(1, 7))
+    assert logged(out, keys) == logged(tmp_path / "whole", keys)
+    assert same_weights(tmp_path / "whole", out)
+
+    # another run's settings are named; --no-resume refuses the folder
+    with pytest.raises(ArgError, match=r"--out .*resumed: holds a run with other settings \(lr: 0.003 there, 0.001 now\)"):
+        train(policy, reward, prompts_file, out, **dict(kw, lr=1e-3))
+    with pytest.raises(ArgError, match="--out .*resumed: not empty and --no-resume given"):
+        train(policy, reward, prompts_file, out, **dict(kw, resume=False))
+
+
+def test_a_resumed_dpo_run_continues_the_uninterrupted_one(policy, preference, tmp_path, monkeypatch):
+    from trl import DPOTrainer
+
+    from recipes.dpo import train as dpo
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in preference["pairs"]))
+    kw = dict(steps=4, lr=3e-3, batch_size=8, save_every=2, progress=False)
+    dpo(policy, pairs, tmp_path / "whole", **kw)
+    crashed_then_resumed(lambda o: dpo(policy, pairs, o, **kw), tmp_path / "resumed", DPOTrainer, 3, monkeypatch)
+    keys = ("loss", "rewards/margins")
+    print("(step, loss, rewards/margins): uninterrupted", logged(tmp_path / "whole", keys))
+    print("                               resumed      ", logged(tmp_path / "resumed", keys))
+    assert [s for s, *_ in logged(tmp_path / "resumed", keys)] == [1, 2, 3, 4]
+    assert logged(tmp_path / "resumed", keys) == logged(tmp_path / "whole", keys)
+    assert same_weights(tmp_path / "whole", tmp_path / "resumed")
