@@ -346,7 +346,16 @@ def resume_point(out_dir: Path, settings: dict, *, resume: bool) -> Path | None:
 
 def open_out(out_dir: Path, settings: dict, checkpoint: Path | None) -> None:
     """Write ``run.json`` of a fresh run, or cut ``log.jsonl`` of a resumed one to the steps up to
-    its checkpoint (those after it are run again)."""
+    its checkpoint (those after it are run again). The first process writes, once every process
+    has made its :func:`resume_point` decision."""
+    state = processes()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_out(out_dir, settings, checkpoint)
+    state.wait_for_everyone()
+
+
+def write_out(out_dir: Path, settings: dict, checkpoint: Path | None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (out_dir / RUN_FILE).is_file():
         (out_dir / RUN_FILE).write_text(json.dumps(as_json(settings), indent=1) + "\n")
@@ -356,6 +365,15 @@ def open_out(out_dir: Path, settings: dict, checkpoint: Path | None) -> None:
         log.write_text("".join(line + "\n" for line in log.read_text().splitlines() if json.loads(line)["step"] <= done))
         print(f"[resume] {out_dir}: " + (f"from {checkpoint.name}" if checkpoint else "no checkpoint, starting over"),
               file=sys.stderr)
+
+
+def processes():
+    """accelerate's state of this launch (rank, world size), on CPU where there is no GPU as the
+    Trainer's ``use_cpu`` is: made first without ``cpu=True``, a torchrun launch on CPU would be
+    taken for independent single processes (no device branch matches)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def as_json(settings: dict) -> dict:
@@ -474,9 +492,7 @@ def train(policy, reward, prompts, out_dir, *, prompt_column: str = "prompt", pt
 
     ptx = None
     if ptx_data is not None and ptx_coef > 0:
-        from accelerate import PartialState
-
-        state = PartialState()  # each process reads its own share of a step's ptx batches
+        state = processes()  # each process reads its own share of a step's ptx batches
         cfg = ptx_config(ptx_data, ptx_set)
         ptx, data = PtxBatches.from_config(cfg, ptx_batch_size, rank=state.process_index,
                                            world_size=state.num_processes, progress=progress)

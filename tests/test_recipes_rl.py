@@ -468,3 +468,67 @@ def test_a_resumed_dpo_run_continues_the_uninterrupted_one(policy, preference, t
     assert [s for s, *_ in logged(tmp_path / "resumed", keys)] == [1, 2, 3, 4]
     assert logged(tmp_path / "resumed", keys) == logged(tmp_path / "whole", keys)
     assert same_weights(tmp_path / "whole", tmp_path / "resumed")
+
+
+RANKS_MAIN = '''"""recipes.rl's main, each process writing the ptx positions it reads to READ_LOG/rank<r>.jsonl."""
+import json, os, sys
+
+import recipes.rl as rl
+
+right = rl.PtxBatches.batch
+
+
+def batch(self, k, device="cpu"):
+    with open(os.path.join(os.environ["READ_LOG"], f"rank{self.rank}.jsonl"), "a") as f:
+        f.write(json.dumps({"k": int(k), "world": self.world_size, "positions": self.positions(k).tolist()}) + "\\n")
+    return right(self, k, device)
+
+
+rl.PtxBatches.batch = batch
+sys.exit(rl.main(sys.argv[1:]))
+'''
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_read_disjoint_ptx_positions(pretrained, policy, reward, prompts_file, tmp_path):
+    """``torchrun --nproc_per_node 2`` of ``recipes.rl`` on CPU (gloo), 2 steps (``accelerate launch
+    --cpu`` starts one process: its multi-CPU launch goes through mpirun). Rank r of 2 reads
+    positions ``(k * 2 + r) * b + [0, b)`` of the ptx stream, so the two ranks' batches are
+    disjoint and together cover the stream's first 2 * 2 * b positions; the run finishes and
+    writes its log, checkpoint and policy."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "ranks_main.py"
+    script.write_text(RANKS_MAIN)
+    out, reads = tmp_path / "rl2", tmp_path / "reads"
+    reads.mkdir()
+    argv = ["--policy", str(policy), "--reward", str(reward), "--prompts", str(prompts_file), "--out", str(out),
+            "--ptx-data", str(pretrained[0]), "--ptx-batch-size", "2", "--steps", "2", "--prompts-per-step", "2",
+            "--generations", "2", "--max-completion-length", "8"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    env = dict(os.environ, READ_LOG=str(reads), OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    done = subprocess.run([*launch, str(script), *argv], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    read = {r: [json.loads(x) for x in (reads / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
+    print({r: [(h["k"], h["positions"]) for h in hs] for r, hs in read.items()})
+    for r, hs in read.items():
+        assert [h["k"] for h in hs] == [0, 1] and all(h["world"] == 2 for h in hs)
+        assert [h["positions"] for h in hs] == [[(k * 2 + r) * 2, (k * 2 + r) * 2 + 1] for k in (0, 1)]
+    mine = [set(p for h in read[r] for p in h["positions"]) for r in (0, 1)]
+    assert not mine[0] & mine[1] and mine[0] | mine[1] == set(range(8))
+    logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in logs if "ptx_loss" in h] == [1, 2]  # rank 0 alone writes the log
+    assert all(math.isfinite(h["ptx_loss"]) for h in logs if "ptx_loss" in h)
+    assert (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert (out / "policy" / "model.safetensors").is_file()
