@@ -219,22 +219,25 @@ def right_padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, to
 # ----------------------------------------------------------------------------- the trainer
 
 
-class EpochSeededSampler:
-    """TRL's prompt sampler (``RepeatSampler``) with each epoch's order drawn from a generator
-    seeded by ``(seed, epoch)``. TRL's own draws every epoch from one generator that runs on, so a
-    run resumed in epoch ``e`` would read epoch 0's order again; here the order depends on the
-    epoch alone (the trainer sets it at each epoch's start)."""
+class EpochKeyedSampler:
+    """TRL's prompt sampler (``RepeatSampler``) with each epoch's order a function of the epoch.
+    TRL draws epoch ``e``'s order as the ``e+1``-th permutation of one generator seeded once, so
+    a run resumed in epoch ``e`` would read epoch 0's order again. Here the generator is seeded
+    afresh and ``e`` permutations are drawn before the epoch's: the order of an uninterrupted
+    TRL run, whatever epoch the run starts in (the trainer sets the epoch at each epoch's start)."""
 
-    def __init__(self, sampler, seed: int):
-        self.sampler, self.seed, self.epoch = sampler, int(seed), 0
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __iter__(self):
-        generator = getattr(self.sampler, "generator", None)  # None: TRL does not shuffle
-        if generator is not None:
-            generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+        generator, seed = getattr(self.sampler, "generator", None), getattr(self.sampler, "seed", None)
+        if generator is not None and seed is not None:  # else TRL does not shuffle, or not reproducibly
+            generator.manual_seed(seed)
+            for _ in range(self.epoch):
+                torch.randperm(self.sampler.num_samples, generator=generator)
         return iter(self.sampler)
 
     def __len__(self) -> int:
@@ -259,11 +262,11 @@ class RLOOPtxTrainer(RLOOTrainer):
                 if trainer.prompt_sampler is not None:  # state.epoch: whole at an epoch's start, or resumed mid-epoch
                     trainer.prompt_sampler.set_epoch(int(state.epoch + 1e-6))
 
-        self.prompt_sampler: EpochSeededSampler | None = None
+        self.prompt_sampler: EpochKeyedSampler | None = None
         self.add_callback(_Epoch())
 
     def _get_train_sampler(self, dataset=None):
-        self.prompt_sampler = EpochSeededSampler(super()._get_train_sampler(dataset), self.args.seed)
+        self.prompt_sampler = EpochKeyedSampler(super()._get_train_sampler(dataset))
         return self.prompt_sampler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
