@@ -24,7 +24,7 @@ import numpy as np
 
 from data_pipeline.indexed import TokenData
 from objectives import streams
-from objectives.sample import Batch, SpecialTokens, row
+from objectives.sample import Batch, SpecialTokens, row, windows
 from objectives.streams import RowStreams
 
 _SITE_OTHER = streams.site("samplers.other_segment")
@@ -66,28 +66,6 @@ def _by_epoch(epoch: np.ndarray):
         return
     for e in np.unique(epoch):
         yield int(e), np.flatnonzero(epoch == e)
-
-
-def _windows(flat: np.ndarray, start: np.ndarray, n: np.ndarray, width: int, dtype) -> np.ndarray:
-    """Rows ``flat[start[b] : start[b] + n[b]]`` as a [B, width] array of ``dtype``, zero-padded.
-
-    The rows are picked from a sliding-window view of ``flat`` (one fancy index on its
-    first axis copies them whole); rows that would run past the end are copied one by one."""
-    B = start.size
-    out = np.zeros((B, width), dtype)
-    if width == 0 or B == 0:
-        return out
-    N = flat.shape[0]
-    fits = start + width <= N
-    if N >= width and fits.any():
-        view = np.lib.stride_tricks.as_strided(flat, shape=(N - width + 1, width), strides=(flat.strides[0],) * 2,
-                                               writeable=False)
-        out[fits] = view[start[fits]]
-    for b in np.flatnonzero(~fits).tolist():
-        out[b, : n[b]] = flat[start[b]: start[b] + n[b]]
-    if n.min() < width:                                   # what follows a short row is not its own
-        np.copyto(out, np.zeros((), dtype), where=np.arange(width)[None, :] >= n[:, None])
-    return out
 
 
 def context_stream(data: TokenData, seq_length: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -245,8 +223,8 @@ class SegmentSampler(_Sampler):
         a = t.start[seg]
         n = t.stop[seg] - a
         W = int(n.max(initial=0))
-        tokens = _windows(data.tokens, a, n, W, np.int32)
-        word_start = _windows(data.word_start, a, n, W, bool)
+        tokens = windows(data.tokens, a, n, W, np.int32)
+        word_start = windows(data.word_start, a, n, W, bool)
         if W:
             word_start[:, 0] = n > 0
         out = {f"{prefix}tokens": tokens, f"{prefix}word_start": word_start}
@@ -337,8 +315,8 @@ class SourceTargetSampler(SegmentSampler):
         for name, lo, hi in (("source_", src_a, cut), ("target_", cut, tgt_b)):
             n = hi - lo
             W = int(n.max(initial=0))
-            tokens = _windows(data.tokens, lo, n, W, np.int32)
-            ws = _windows(data.word_start, lo, n, W, bool)
+            tokens = windows(data.tokens, lo, n, W, np.int32)
+            ws = windows(data.word_start, lo, n, W, bool)
             if W:
                 ws[:, 0] = n > 0
             out.update({f"{name}tokens": tokens, f"{name}word_start": ws, f"{name}length": n.astype(np.int64)})

@@ -204,6 +204,31 @@ def lengths(batch: Mapping[str, np.ndarray], prefix: str = "") -> np.ndarray:
     return n
 
 
+def windows(flat: np.ndarray, start: np.ndarray, n: np.ndarray, width: int, dtype) -> np.ndarray:
+    """Rows ``flat[start[b] : start[b] + n[b]]`` as a [B, width] array of ``dtype``, zero-padded.
+
+    The rows are picked from a sliding-window view of ``flat`` (one fancy index on its
+    first axis copies them whole); rows that would run past the end are copied one by one."""
+    B = start.size
+    if width == 0 or B == 0:
+        return np.zeros((B, width), dtype)
+    N = flat.shape[0]
+    fits = start + width <= N
+    view = np.lib.stride_tricks.as_strided(flat, shape=(N - width + 1, width), strides=(flat.strides[0],) * 2,
+                                           writeable=False) if N >= width else None
+    if view is not None and fits.all():
+        out = view[start].astype(dtype, copy=False)
+    else:
+        out = np.zeros((B, width), dtype)
+        if view is not None and fits.any():
+            out[fits] = view[start[fits]]
+    for b in np.flatnonzero(~fits).tolist():
+        out[b, : n[b]] = flat[start[b]: start[b] + n[b]]
+    if n.min() < width:                                   # what follows a short row is not its own
+        np.copyto(out, np.zeros((), dtype), where=np.arange(width)[None, :] >= n[:, None])
+    return out
+
+
 def row(batch: Mapping[str, np.ndarray], i: int) -> Sample:
     """Row ``i`` of a batch as a sample (per-token fields cut to their group's length)."""
     groups = [p for p in _groups(batch) if p + "length" in batch]

@@ -49,7 +49,7 @@ import numpy as np
 from objectives import masking
 from objectives.macbert import MacBERT, MacBERTConfig
 from objectives.mlm import columns_of, flag_grid, rows_of, segment_grid, set_targets
-from objectives.sample import Batch, SpecialTokens, Transform, check_rate, check_transform_args, lengths
+from objectives.sample import Batch, SpecialTokens, Transform, check_rate, check_transform_args, lengths, windows
 from objectives.task import Task
 from objectives.streams import RowStreams, site
 
@@ -181,8 +181,9 @@ class _SentencePair(Transform):
         W = int(max(l1.max(initial=0), l2.max(initial=0), 1))
         base = np.arange(B) * grid_ws.shape[1]
         lens = np.stack([l1, l2], axis=1).reshape(-1)
-        src = np.stack([base + s1, base + s2], axis=1).reshape(-1, 1) + np.arange(W)
-        ws = masking.effective_word_starts(grid_ws.reshape(-1).take(src, mode="clip"), lengths=lens)
+        # the segments' word starts as they are read (False past each one's length), then column 0
+        ws = windows(grid_ws.reshape(-1), np.stack([base + s1, base + s2], axis=1).reshape(-1), lens, W, bool)
+        ws[:, 0] = lens > 0                                   # = masking.effective_word_starts(ws, lengths=lens)
         parts = streams.split(2)
         if self.macbert is not None:
             spans = self.macbert.choose(parts, ws, lengths=lens)
@@ -207,7 +208,7 @@ class _SentencePair(Transform):
         who = type(self).__name__
         tok, n = segment_grid(batch, np.iinfo(np.int64).max, self.vocab_size, who)
         real = np.arange(tok.shape[1])[None, :] < n[:, None]
-        ws = masking.effective_word_starts(flag_grid(batch, "word_start", tok, who), lengths=n)
+        ws = flag_grid(batch, "word_start", tok, who)         # _targets reads segments' starts from it
         sent = flag_grid(batch, "sentence_start", tok, who) & real
         B = len(n)
         if tok.shape[1] == 0:                                 # only empty segments: one blank column
@@ -283,7 +284,7 @@ class NSP(_SentencePair):
         width = tok.shape[1]
         r_tok, r_n = segment_grid({"tokens": batch["random_tokens"], "length": lengths(batch, "random_")},
                                   np.iinfo(np.int64).max, self.vocab_size, "NSP (random_tokens)")
-        r_ws = masking.effective_word_starts(flag_grid(batch, "random_word_start", r_tok, "NSP"), lengths=r_n)
+        r_ws = flag_grid(batch, "random_word_start", r_tok, "NSP")
         is_random = (streams.uniform(_SITE_RANDOM, 1)[:, 0] < self.config.random_rate) & (r_n > 0) & pairable
         grid_tok = np.concatenate([tok, r_tok], axis=1)
         grid_ws = np.concatenate([ws, r_ws], axis=1)
