@@ -46,6 +46,7 @@ from typing import Sequence
 
 import numpy as np
 
+from objectives.sample import before
 from objectives.streams import RowStreams, site
 
 _SITE_SPANS = site("masking.spans")
@@ -225,7 +226,7 @@ def effective_word_starts(word_start: np.ndarray, *, lengths: np.ndarray | None 
         if W:
             start[:, 0] = True
         return start
-    start = word_start & (np.arange(W)[None, :] < lengths[:, None])
+    start = word_start & before(lengths, W)
     start[:, 0] = lengths > 0
     return start
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from objectives import masking
-from objectives.sample import Batch, Sample, SpecialTokens, Transform, check_rate, check_transform_args, lengths
+from objectives.sample import (Batch, Sample, SpecialTokens, Transform, before, check_rate, check_transform_args,
+                               lengths)
 from objectives.task import Task
 from objectives.streams import RowStreams
 
@@ -98,7 +99,7 @@ def maskable(tokens: np.ndarray, n: np.ndarray, special: SpecialTokens) -> np.nd
     low = tokens < special.first_regular
     if not low.any():
         return None
-    real = np.arange(tokens.shape[1])[None, :] < n[:, None]
+    real = before(n, tokens.shape[1])
     reserved = low & (tokens != special.unk) & real
     if not reserved.any():
         return None
@@ -113,7 +114,7 @@ def single_segment_fields(body: np.ndarray, n: np.ndarray, seq_length: int, spec
     tokens[:, 1:1 + L] = body
     tokens[:, 1 + L:] = special.pad
     if n.min(initial=L) < L:                              # pads after short rows (cols >= n + 1)
-        np.copyto(tokens, special.pad, where=np.arange(S)[None, :] > n[:, None])
+        np.copyto(tokens, special.pad, where=~before(n + 1, S))
     tokens[:, 0] = special.cls
     tokens[np.arange(B), n + 1] = special.sep
     return {

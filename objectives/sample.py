@@ -204,6 +204,13 @@ def lengths(batch: Mapping[str, np.ndarray], prefix: str = "") -> np.ndarray:
     return n
 
 
+def before(n: np.ndarray, width: int) -> np.ndarray:
+    """[B, width] bool: True at the columns ``j < n[b]`` of row b (compared in int32: half
+    the bytes of int64 grids; ``n`` is clipped into int32 range first)."""
+    cols = np.arange(int(width), dtype=np.int32)
+    return cols[None, :] < np.minimum(n, width).astype(np.int32)[:, None]
+
+
 def windows(flat: np.ndarray, start: np.ndarray, n: np.ndarray, width: int, dtype) -> np.ndarray:
     """Rows ``flat[start[b] : start[b] + n[b]]`` as a [B, width] array of ``dtype``, zero-padded.
 
@@ -225,7 +232,11 @@ def windows(flat: np.ndarray, start: np.ndarray, n: np.ndarray, width: int, dtyp
     for b in np.flatnonzero(~fits).tolist():
         out[b, : n[b]] = flat[start[b]: start[b] + n[b]]
     if n.min() < width:                                   # what follows a short row is not its own
-        np.copyto(out, np.zeros((), dtype), where=np.arange(width)[None, :] >= n[:, None])
+        keep = before(n, width)
+        if out.dtype == bool:
+            out &= keep
+        else:
+            out *= keep
     return out
 
 

@@ -49,7 +49,7 @@ import numpy as np
 from objectives import masking
 from objectives.macbert import MacBERT, MacBERTConfig
 from objectives.mlm import columns_of, flag_grid, rows_of, segment_grid, set_targets
-from objectives.sample import Batch, SpecialTokens, Transform, check_rate, check_transform_args, lengths, windows
+from objectives.sample import Batch, SpecialTokens, Transform, check_rate, check_transform_args, lengths, windows, before
 from objectives.task import Task
 from objectives.streams import RowStreams, site
 
@@ -207,7 +207,7 @@ class _SentencePair(Transform):
         S = int(cfg.seq_length)
         who = type(self).__name__
         tok, n = segment_grid(batch, np.iinfo(np.int64).max, self.vocab_size, who)
-        real = np.arange(tok.shape[1])[None, :] < n[:, None]
+        real = before(n, tok.shape[1])
         ws = flag_grid(batch, "word_start", tok, who)         # _targets reads segments' starts from it
         sent = flag_grid(batch, "sentence_start", tok, who) & real
         B = len(n)
@@ -235,11 +235,12 @@ class _SentencePair(Transform):
         p = np.arange(S, dtype=np.int32)[None, :]
         base = np.arange(B, dtype=np.int64) * grid_tok.shape[1]
         first, second = (base + s1 - 1).astype(np.int32), (base + s2 - l1 - 2).astype(np.int32)
-        idx = np.where(p <= l1[:, None], first[:, None], second[:, None])
+        idx = np.where(p <= l1.astype(np.int32)[:, None], first[:, None], second[:, None])
         idx += p
         n_real = np.where(l2 > 0, l1 + l2 + 3, l1 + 2)
+        real = before(n_real, S)
         tokens = grid_tok.reshape(-1).take(idx, mode="clip").astype(np.int32, copy=False)
-        np.copyto(tokens, sp.pad, where=p >= n_real[:, None])
+        np.copyto(tokens, sp.pad, where=~real)
         rows = np.arange(B)
         tokens[:, 0] = sp.cls
         tokens[rows, l1 + 1] = sp.sep
@@ -250,7 +251,7 @@ class _SentencePair(Transform):
             "labels": np.full((B, S), sp.pad, np.int32),
             "loss_mask": np.zeros((B, S), np.float32),
             "position_ids": rows_of(np.arange(S, dtype=np.int32), B),
-            "segment_ids": ((p >= (l1 + 2)[:, None]) & (p < n_real[:, None])).astype(np.int32),
+            "segment_ids": (~before(l1 + 2, S) & real).astype(np.int32),
             "kv_start": np.zeros((B, S), np.int32),
             "kv_end": columns_of(n_real.astype(np.int32), S),
             self.label_field: label,
