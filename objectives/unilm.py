@@ -50,7 +50,7 @@ import numpy as np
 
 from objectives import masking
 from objectives.mlm import flag_grid, maskable, rows_of, segment_grid, set_targets
-from objectives.sample import Batch, SpecialTokens, Transform, check_rate, check_transform_args
+from objectives.sample import Batch, SpecialTokens, Transform, before, check_rate, check_transform_args
 from objectives.task import Task
 from objectives.streams import RowStreams, site
 
@@ -119,8 +119,8 @@ def split_points(streams: RowStreams, n: np.ndarray, sentence_start: np.ndarray 
                  word_start: np.ndarray | None, width: int) -> np.ndarray:
     """Cut column per row (1 <= cut <= n-1): a sentence start, else a word start, else
     uniform; rows with n < 2 get cut = n."""
-    cols = np.arange(width)[None, :]
-    inside = (cols >= 1) & (cols < n[:, None])
+    inside = before(n, width)
+    inside[:, 0] = False
     u = streams.uniform(_SITE_CUT, 3)
     cut = np.minimum(1 + (u[:, 0] * np.maximum(n - 1, 0)).astype(np.int64), np.maximum(n - 1, 1))
     todo = np.ones(n.size, bool)
@@ -139,12 +139,12 @@ def unilm_intervals(mode: np.ndarray, n_real: np.ndarray, source_end: np.ndarray
     (``bidirectional``, ``causal``, ``right_to_left``, ``prefix_lm``) for the row's real part
     ``[0, n_real)`` as one document; PAD rows (column >= n_real) see the real tokens."""
     i = np.arange(int(seq_length), dtype=np.int32)[None, :]
-    real = i < n_real[:, None]
+    real = before(n_real, seq_length)
     # a real row i sees [0, max(i + 1, prefix)): prefix = n_real (bidirectional, right-to-left),
     # the source's end (seq2seq) or 0 (left-to-right); right-to-left rows start at i
     prefix = np.where(mode == SEQ2SEQ, source_end, np.where(mode == LEFT_TO_RIGHT, 0, n_real)).astype(np.int32)
     kv_end = np.where(real, np.maximum(i + 1, prefix[:, None]), n_real[:, None].astype(np.int32))
-    kv_start = np.where(real & (mode == RIGHT_TO_LEFT)[:, None], i, 0).astype(np.int32)
+    kv_start = np.where(real & (mode == RIGHT_TO_LEFT)[:, None], i, 0).astype(np.int32, copy=False)
     return kv_start, kv_end.astype(np.int32, copy=False)
 
 
@@ -175,21 +175,22 @@ class UniLM(Transform):
         n = np.where(pair, np.minimum(n, S - 3), np.minimum(n, S - 2))
         cut = np.where(pair, split_points(streams, n, sentence_start, word_start, W), n)
         n_real = n + 2 + pair
-        cols = np.arange(S)[None, :]
         # body column j goes to j + 1 before the cut, j + 2 after it (pairs)
-        shift1 = np.full((B, S), sp.pad, np.int32)
-        shift1[:, 1:1 + min(W, S - 1)] = body[:, :S - 1]
-        shift2 = np.full((B, S), sp.pad, np.int32)
-        shift2[:, 2:2 + min(W, S - 2)] = body[:, :S - 2]
-        second = cols >= (cut + 2)[:, None]
-        tokens = np.where(second & pair[:, None], shift2, shift1)
+        first = before(cut + 2, S)                       # [CLS] and the first part (with its [SEP])
+        real = before(n_real, S)
+        tokens = np.full((B, S), sp.pad, np.int32)
+        tokens[:, 1:1 + min(W, S - 1)] = body[:, :S - 1]
+        if pair.any():
+            shift2 = np.full((B, S), sp.pad, np.int32)
+            shift2[:, 2:2 + min(W, S - 2)] = body[:, :S - 2]
+            np.copyto(tokens, shift2, where=~first & pair[:, None])
         tokens[:, 0] = sp.cls
         rows = np.arange(B)
         tokens[rows, cut + 1] = sp.sep
         tokens[rows[pair], (n_real - 1)[pair]] = sp.sep
-        np.copyto(tokens, sp.pad, where=cols >= n_real[:, None])
-        segment = np.where(cols <= (cut + 1)[:, None], SEGMENT_A[mode][:, None], SEGMENT_B[mode][:, None])
-        segment = np.where(cols < n_real[:, None], segment, 0).astype(np.int32)
+        np.copyto(tokens, sp.pad, where=~real)
+        segment = np.where(first, SEGMENT_A[mode][:, None], SEGMENT_B[mode][:, None])   # int32
+        segment *= real
         source_end = np.where(mode == SEQ2SEQ, cut + 2, n_real)
         return {"mode": mode, "pair": pair, "n": n, "cut": cut, "n_real": n_real, "tokens": tokens,
                 "segment_ids": segment, "source_end": source_end}
