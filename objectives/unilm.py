@@ -120,7 +120,7 @@ def split_points(streams: RowStreams, n: np.ndarray, sentence_start: np.ndarray 
     """Cut column per row (1 <= cut <= n-1): a sentence start, else a word start, else
     uniform; rows with n < 2 get cut = n."""
     inside = before(n, width)
-    inside[:, 0] = False
+    inside[:, :1] = False
     u = streams.uniform(_SITE_CUT, 3)
     cut = np.minimum(1 + (u[:, 0] * np.maximum(n - 1, 0)).astype(np.int64), np.maximum(n - 1, 1))
     todo = np.ones(n.size, bool)
