@@ -225,3 +225,15 @@ def test_batched_reads_are_the_samples_one_by_one(corpus):
                 np.testing.assert_array_equal(got[k], one[k], err_msg=f"{type(sampler).__name__}.{k}")
     with pytest.raises(IndexError, match="out of range"):
         samplers[1].read([0, 0], [0, len(samplers[1])])
+
+
+def test_windows_copy_rows_zero_their_tails_and_rows_past_the_end():
+    from objectives.sample import before, windows
+    flat = np.arange(1, 11, dtype=np.uint16)                   # 1..10
+    start, n = np.array([0, 3, 8, 9, 10]), np.array([4, 2, 2, 1, 0])
+    out = windows(flat, start, n, 4, np.int32)
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, [[1, 2, 3, 4], [4, 5, 0, 0], [9, 10, 0, 0], [10, 0, 0, 0], [0, 0, 0, 0]])
+    flags = windows(flat % 2 == 0, np.array([1, 2]), np.array([3, 1]), 3, bool)
+    np.testing.assert_array_equal(flags, [[True, False, True], [False, False, False]])
+    np.testing.assert_array_equal(before(np.array([0, 2, 5]), 3), [[0, 0, 0], [1, 1, 0], [1, 1, 1]])
