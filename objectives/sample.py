@@ -215,7 +215,8 @@ def windows(flat: np.ndarray, start: np.ndarray, n: np.ndarray, width: int, dtyp
     """Rows ``flat[start[b] : start[b] + n[b]]`` as a [B, width] array of ``dtype``, zero-padded.
 
     The rows are picked from a sliding-window view of ``flat`` (one fancy index on its
-    first axis copies them whole); rows that would run past the end are copied one by one."""
+    first axis copies them whole); rows that would run past the end are copied one by one.
+    The tails are zeroed in the same pass that converts to ``dtype``."""
     B = start.size
     if width == 0 or B == 0:
         return np.zeros((B, width), dtype)
@@ -224,20 +225,17 @@ def windows(flat: np.ndarray, start: np.ndarray, n: np.ndarray, width: int, dtyp
     view = np.lib.stride_tricks.as_strided(flat, shape=(N - width + 1, width), strides=(flat.strides[0],) * 2,
                                            writeable=False) if N >= width else None
     if view is not None and fits.all():
-        out = view[start].astype(dtype, copy=False)
+        rows = view[start]
     else:
-        out = np.zeros((B, width), dtype)
+        rows = np.zeros((B, width), flat.dtype)
         if view is not None and fits.any():
-            out[fits] = view[start[fits]]
-    for b in np.flatnonzero(~fits).tolist():
-        out[b, : n[b]] = flat[start[b]: start[b] + n[b]]
-    if n.min() < width:                                   # what follows a short row is not its own
-        keep = before(n, width)
-        if out.dtype == bool:
-            out &= keep
-        else:
-            out *= keep
-    return out
+            rows[fits] = view[start[fits]]
+        for b in np.flatnonzero(~fits).tolist():
+            rows[b, : n[b]] = flat[start[b]: start[b] + n[b]]
+    if n.min() >= width:
+        return rows.astype(dtype, copy=False)
+    # what follows a short row is not its own
+    return np.multiply(rows, before(n, width), out=np.empty((B, width), dtype), casting="unsafe")
 
 
 def row(batch: Mapping[str, np.ndarray], i: int) -> Sample:
