@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 
-from objectives.sample import CONTRACT_FIELDS, Batch, Sample, SpecialTokens, Transform, check_transform_args
+from objectives.sample import CONTRACT_FIELDS, Batch, Sample, SpecialTokens, Transform
 from objectives.task import Task
 from objectives.streams import RowStreams
 
@@ -104,13 +104,9 @@ def check_contexts(batch, length: int, vocab_size: int, who: str) -> np.ndarray:
 class CausalLM(Transform):
     """Next-token prediction on a packed context, document-masked by default."""
 
+    config_type = CausalLMConfig
     reads = ("tokens",)
     writes = CONTRACT_FIELDS
-
-    def __init__(self, config: CausalLMConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
-        self.vocab_size = check_transform_args("CausalLM", config, CausalLMConfig, special, vocab_size)
-        self.config = config
-        self.special = special
 
     def apply(self, batch: Batch, streams: RowStreams) -> Batch:
         c = self.config

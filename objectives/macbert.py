@@ -38,7 +38,7 @@ import numpy as np
 
 from objectives import masking
 from objectives.mlm import body_to_output, flag_grid, maskable, segment_grid, set_targets, single_segment_fields
-from objectives.sample import Batch, SpecialTokens, Transform, check_rate, check_transform_args
+from objectives.sample import Batch, SpecialTokens, Transform, check_rate
 from objectives.task import Task
 from objectives.streams import RowStreams, site
 from objectives.similar_words import (
@@ -155,14 +155,13 @@ def replace_words(streams: RowStreams, tokens: np.ndarray, word_first: np.ndarra
 class MacBERT(Transform):
     """Whole-word n-gram masking with similar-word substitution (no [MASK])."""
 
+    config_type = MacBERTConfig
     reads = ("tokens", "word_start")
     writes = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids", "kv_start", "kv_end")
 
     def __init__(self, config: MacBERTConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None,
                  similar: SimilarWords | None = None):
-        self.vocab_size = check_transform_args("MacBERT", config, MacBERTConfig, special, vocab_size)
-        self.config = config
-        self.special = special
+        super().__init__(config, special=special, vocab_size=vocab_size)
         if similar is None and config.similar_words:
             similar = load_similar_words(config.similar_words, config.similar_format, tokenizer,
                                          neighbours=config.neighbours, min_similarity=config.min_similarity,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from objectives.masking import Corruption, check_action_probs
-from objectives.sample import CONTRACT_FIELDS, Batch, SpecialTokens, Transform, check_transform_args, lengths
+from objectives.sample import CONTRACT_FIELDS, Batch, SpecialTokens, Transform, lengths
 from objectives.seq2seq import single_stack
 from objectives.streams import RowStreams, site
 from objectives.task import Task
@@ -74,13 +74,12 @@ def input_length(config: MASSConfig) -> int:
 class MASS(Transform):
     """MASS on a segment, as ``source [SEP] fragment [EOT]`` in one decoder row."""
 
+    config_type = MASSConfig
     reads = ("tokens",)
     writes = CONTRACT_FIELDS
 
     def __init__(self, config: MASSConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
-        self.vocab_size = check_transform_args("MASS", config, MASSConfig, special, vocab_size)
-        self.config = config
-        self.special = special
+        super().__init__(config, special=special, vocab_size=vocab_size)
         self.width = input_length(config)
         self.corruption = Corruption(config.replace_probs, per_span=False, mask_id=special.mask,
                                      low=special.first_regular, high=self.vocab_size)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from objectives import masking
-from objectives.sample import (Batch, Sample, SpecialTokens, Transform, before, check_rate, check_transform_args,
+from objectives.sample import (Batch, Sample, SpecialTokens, Transform, before, check_rate,
                                lengths)
 from objectives.task import Task
 from objectives.streams import RowStreams
@@ -162,12 +162,11 @@ def set_targets(out: Sample, pos: np.ndarray) -> None:
 class MLM(Transform):
     """BERT masked LM (token-level or whole-word) on one segment."""
 
+    config_type = MLMConfig
     writes = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids", "kv_start", "kv_end")
 
     def __init__(self, config: MLMConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
-        self.vocab_size = check_transform_args("MLM", config, MLMConfig, special, vocab_size)
-        self.config = config
-        self.special = special
+        super().__init__(config, special=special, vocab_size=vocab_size)
         self.length_probs = _check_probs("ngram_probs", config.ngram_probs)
         self.reads = ("tokens", "word_start") if config.whole_word else ("tokens",)
         self._law = masking.SpanLaw(self.length_probs)

@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from objectives.causal_lm import check_contexts, pack_fields
-from objectives.sample import CONTRACT_FIELDS, Batch, SpecialTokens, Transform, check_transform_args
+from objectives.sample import CONTRACT_FIELDS, Batch, SpecialTokens, Transform
 from objectives.sft import CHAT_SPECIAL, Encode, render
 from objectives.streams import RowStreams
 from objectives.task import Task
@@ -71,16 +71,12 @@ class RewardModel(Transform):
     """One prompt's ranked sequences per row (``tokens``, ``rank`` [B, S+1]) -> the contract
     fields (no token loss) and ``rm_rank`` [B, S]."""
 
+    config_type = RewardConfig
     reads = ("tokens", "rank")
     writes = CONTRACT_FIELDS + (RANK_FIELD,)
     record_kind = "ranked"
     record_fill = {"rank": -1}  # padding scores nothing
     packs_records = False  # a row is one prompt: its comparisons are one batch element
-
-    def __init__(self, config: RewardConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
-        self.vocab_size = check_transform_args("RewardModel", config, RewardConfig, special, vocab_size)
-        self.config = config
-        self.special = special
 
     def encode_record(self, record, encode: Encode, where: str = "record") -> dict[str, np.ndarray]:
         prompt, responses = record

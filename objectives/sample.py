@@ -284,6 +284,13 @@ class Transform:
 
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
+    config_type: type = object                 # the config class the constructor takes
+
+    def __init__(self, config, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
+        """The checks every objective's constructor makes (``config`` is a ``config_type``, the
+        vocabulary is larger than the reserved ids); keeps ``config``, ``special``, ``vocab_size``."""
+        self.vocab_size = check_transform_args(type(self).__name__, config, self.config_type, special, vocab_size)
+        self.config, self.special = config, special
 
     def apply(self, batch: Batch, streams: RowStreams) -> Batch:
         raise NotImplementedError(f"{type(self).__name__} must implement apply(batch, streams)")

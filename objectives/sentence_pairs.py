@@ -49,7 +49,7 @@ import numpy as np
 from objectives import masking
 from objectives.macbert import MacBERT, MacBERTConfig
 from objectives.mlm import columns_of, flag_grid, rows_of, segment_grid, set_targets
-from objectives.sample import Batch, SpecialTokens, Transform, check_rate, check_transform_args, lengths, windows, before
+from objectives.sample import Batch, SpecialTokens, Transform, check_rate, lengths, windows, before
 from objectives.task import Task
 from objectives.streams import RowStreams, site
 
@@ -148,9 +148,7 @@ class _SentencePair(Transform):
 
     def __init__(self, config: _PairConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None,
                  similar=None):
-        self.vocab_size = check_transform_args(type(self).__name__, config, self.config_type, special, vocab_size)
-        self.config = config
-        self.special = special
+        super().__init__(config, special=special, vocab_size=vocab_size)
         self.writes = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids", "kv_start", "kv_end",
                        self.label_field)
         self.ngram_probs = masking.ngram_length_probs(config.ngram_probs)

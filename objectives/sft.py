@@ -34,7 +34,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from objectives.causal_lm import check_contexts, pack_fields
-from objectives.sample import CONTRACT_FIELDS, Batch, SpecialTokens, Transform, check_transform_args
+from objectives.sample import CONTRACT_FIELDS, Batch, SpecialTokens, Transform
 from objectives.streams import RowStreams
 from objectives.task import Task
 
@@ -92,17 +92,13 @@ class SFT(Transform):
     """Packed conversations (``tokens`` [B, S+1], ``response`` [B, S+1]) -> the contract fields,
     the loss on response labels only."""
 
+    config_type = SFTConfig
     reads = ("tokens", "response")
     writes = CONTRACT_FIELDS
     # what the record sampler hands encode_record: a conversation (data_pipeline.records)
     record_kind = "conversation"
     # several conversations per context
     packs_records = True
-
-    def __init__(self, config: SFTConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
-        self.vocab_size = check_transform_args("SFT", config, SFTConfig, special, vocab_size)
-        self.config = config
-        self.special = special
 
     def encode_record(self, messages, encode: Encode, where: str = "record") -> dict[str, np.ndarray]:
         """One conversation as the sampler packs it: ``tokens`` and ``response`` (int32)."""

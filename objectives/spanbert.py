@@ -34,7 +34,7 @@ import numpy as np
 
 from objectives import masking
 from objectives.mlm import body_to_output, flag_grid, maskable, segment_grid, set_targets, single_segment_fields
-from objectives.sample import Batch, SpecialTokens, Transform, check_rate, check_transform_args
+from objectives.sample import Batch, SpecialTokens, Transform, check_rate
 from objectives.task import Task
 from objectives.streams import RowStreams
 
@@ -66,14 +66,13 @@ class SpanBERTConfig:
 class SpanBERT(Transform):
     """Geometric whole-word span masking with SBO targets."""
 
+    config_type = SpanBERTConfig
     reads = ("tokens", "word_start")
     writes = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids", "kv_start", "kv_end",
               "sbo_left", "sbo_right", "sbo_offset")
 
     def __init__(self, config: SpanBERTConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
-        self.vocab_size = check_transform_args("SpanBERT", config, SpanBERTConfig, special, vocab_size)
-        self.config = config
-        self.special = special
+        super().__init__(config, special=special, vocab_size=vocab_size)
         self.length_probs = config.length_probs
         self._law = masking.SpanLaw(self.length_probs)
         self._corrupt = masking.Corruption.of(config, special, self.vocab_size)

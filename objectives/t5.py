@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from objectives.sample import CONTRACT_FIELDS, Batch, SpecialTokens, Transform, check_transform_args, lengths
+from objectives.sample import CONTRACT_FIELDS, Batch, SpecialTokens, Transform, lengths
 from objectives.seq2seq import single_stack
 from objectives.streams import RowStreams, site
 from objectives.task import Task
@@ -96,13 +96,12 @@ def _compositions(u: np.ndarray, total: np.ndarray, parts: np.ndarray) -> np.nda
 class T5SpanCorruption(Transform):
     """T5's span-corruption objective on a packed context, as ``source [SEP] target [EOT]``."""
 
+    config_type = T5Config
     reads = ("tokens",)
     writes = CONTRACT_FIELDS
 
     def __init__(self, config: T5Config, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
-        self.vocab_size = check_transform_args("T5SpanCorruption", config, T5Config, special, vocab_size)
-        self.config = config
-        self.special = special
+        super().__init__(config, special=special, vocab_size=vocab_size)
         self.width = input_length(config)
         self.sentinel_ids = special.sentinels(sentinels_needed(config))
 

@@ -50,7 +50,7 @@ import numpy as np
 
 from objectives import masking
 from objectives.mlm import flag_grid, maskable, rows_of, segment_grid, set_targets
-from objectives.sample import Batch, SpecialTokens, Transform, before, check_rate, check_transform_args
+from objectives.sample import Batch, SpecialTokens, Transform, before, check_rate
 from objectives.task import Task
 from objectives.streams import RowStreams, site
 
@@ -151,13 +151,12 @@ def unilm_intervals(mode: np.ndarray, n_real: np.ndarray, source_end: np.ndarray
 class UniLM(Transform):
     """UniLM cloze objective with per-sample bidirectional / l2r / r2l / seq2seq masks."""
 
+    config_type = UniLMConfig
     writes = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids", "kv_start", "kv_end")
     num_segment_types = NUM_SEGMENT_TYPES
 
     def __init__(self, config: UniLMConfig, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
-        self.vocab_size = check_transform_args("UniLM", config, UniLMConfig, special, vocab_size)
-        self.config = config
-        self.special = special
+        super().__init__(config, special=special, vocab_size=vocab_size)
         self.length_probs = config.length_probs
         self._law = masking.SpanLaw(self.length_probs)
         self._corrupt = masking.Corruption.of(config, special, self.vocab_size)
