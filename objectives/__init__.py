@@ -7,7 +7,7 @@ cheap and ``objectives.registry`` can resolve names on demand.
 
 import importlib
 
-from objectives.sample import CONTRACT_FIELDS, Batch, Sample, SpecialTokens, Transform, row, stack
+from objectives.sample import CONTRACT_FIELDS, Batch, ConfiguredTransform, Sample, SpecialTokens, Transform, row, stack
 from objectives.streams import RowStreams
 from objectives import intervals, streams
 

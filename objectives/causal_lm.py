@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 
-from objectives.sample import CONTRACT_FIELDS, Batch, Sample, SpecialTokens, Transform
+from objectives.sample import CONTRACT_FIELDS, Batch, ConfiguredTransform, Sample, SpecialTokens
 from objectives.task import Task
 from objectives.streams import RowStreams
 
@@ -101,7 +101,7 @@ def check_contexts(batch, length: int, vocab_size: int, who: str) -> np.ndarray:
     return arr
 
 
-class CausalLM(Transform):
+class CausalLM(ConfiguredTransform):
     """Next-token prediction on a packed context, document-masked by default."""
 
     config_type = CausalLMConfig

@@ -38,7 +38,7 @@ import numpy as np
 
 from objectives import masking
 from objectives.mlm import body_to_output, flag_grid, maskable, segment_grid, set_targets, single_segment_fields
-from objectives.sample import Batch, SpecialTokens, Transform, check_rate
+from objectives.sample import Batch, ConfiguredTransform, SpecialTokens, check_rate
 from objectives.task import Task
 from objectives.streams import RowStreams, site
 from objectives.similar_words import (
@@ -152,7 +152,7 @@ def replace_words(streams: RowStreams, tokens: np.ndarray, word_first: np.ndarra
     return new, action, source
 
 
-class MacBERT(Transform):
+class MacBERT(ConfiguredTransform):
     """Whole-word n-gram masking with similar-word substitution (no [MASK])."""
 
     config_type = MacBERTConfig

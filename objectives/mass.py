@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from objectives.masking import Corruption, check_action_probs
-from objectives.sample import CONTRACT_FIELDS, Batch, SpecialTokens, Transform, lengths
+from objectives.sample import CONTRACT_FIELDS, Batch, ConfiguredTransform, SpecialTokens, lengths
 from objectives.seq2seq import single_stack
 from objectives.streams import RowStreams, site
 from objectives.task import Task
@@ -71,7 +71,7 @@ def input_length(config: MASSConfig) -> int:
     return int(m[fits].max())
 
 
-class MASS(Transform):
+class MASS(ConfiguredTransform):
     """MASS on a segment, as ``source [SEP] fragment [EOT]`` in one decoder row."""
 
     config_type = MASSConfig

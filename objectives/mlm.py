@@ -30,8 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from objectives import masking
-from objectives.sample import (Batch, Sample, SpecialTokens, Transform, before, check_rate,
-                               lengths)
+from objectives.sample import Batch, ConfiguredTransform, Sample, SpecialTokens, before, check_rate, lengths
 from objectives.task import Task
 from objectives.streams import RowStreams
 
@@ -159,7 +158,7 @@ def set_targets(out: Sample, pos: np.ndarray) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-class MLM(Transform):
+class MLM(ConfiguredTransform):
     """BERT masked LM (token-level or whole-word) on one segment."""
 
     config_type = MLMConfig

@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from objectives.causal_lm import check_contexts, pack_fields
-from objectives.sample import CONTRACT_FIELDS, Batch, SpecialTokens, Transform
+from objectives.sample import CONTRACT_FIELDS, Batch, ConfiguredTransform, SpecialTokens
 from objectives.sft import CHAT_SPECIAL, Encode, render
 from objectives.streams import RowStreams
 from objectives.task import Task
@@ -67,7 +67,7 @@ class RewardConfig:
             raise ValueError(f"RewardConfig.seq_length must be an int >= 1, got {self.seq_length!r}")
 
 
-class RewardModel(Transform):
+class RewardModel(ConfiguredTransform):
     """One prompt's ranked sequences per row (``tokens``, ``rank`` [B, S+1]) -> the contract
     fields (no token loss) and ``rm_rank`` [B, S]."""
 

@@ -284,13 +284,6 @@ class Transform:
 
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
-    config_type: type = object                 # the config class the constructor takes
-
-    def __init__(self, config, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
-        """The checks every objective's constructor makes (``config`` is a ``config_type``, the
-        vocabulary is larger than the reserved ids); keeps ``config``, ``special``, ``vocab_size``."""
-        self.vocab_size = check_transform_args(type(self).__name__, config, self.config_type, special, vocab_size)
-        self.config, self.special = config, special
 
     def apply(self, batch: Batch, streams: RowStreams) -> Batch:
         raise NotImplementedError(f"{type(self).__name__} must implement apply(batch, streams)")
@@ -315,6 +308,18 @@ class Transform:
     def __repr__(self) -> str:
         config = getattr(self, "config", None)
         return f"{type(self).__name__}({config!r})" if config is not None else f"{type(self).__name__}()"
+
+
+class ConfiguredTransform(Transform):
+    """A transform built from a typed config, as every objective is: the constructor checks
+    that ``config`` is a ``config_type`` and that the vocabulary is larger than the reserved
+    ids, and keeps ``config``, ``special`` and ``vocab_size``."""
+
+    config_type: type = object
+
+    def __init__(self, config, *, special: SpecialTokens, vocab_size: int, tokenizer=None):
+        self.vocab_size = check_transform_args(type(self).__name__, config, self.config_type, special, vocab_size)
+        self.config, self.special = config, special
 
 
 def require_fields(sample: Mapping[str, np.ndarray], fields: tuple[str, ...], who: str) -> None:

@@ -49,7 +49,7 @@ import numpy as np
 from objectives import masking
 from objectives.macbert import MacBERT, MacBERTConfig
 from objectives.mlm import columns_of, flag_grid, rows_of, segment_grid, set_targets
-from objectives.sample import Batch, SpecialTokens, Transform, check_rate, lengths, windows, before
+from objectives.sample import Batch, ConfiguredTransform, SpecialTokens, before, check_rate, lengths, windows
 from objectives.task import Task
 from objectives.streams import RowStreams, site
 
@@ -141,7 +141,7 @@ def truncate_pair(la: np.ndarray, lb: np.ndarray, max_total: int) -> tuple[np.nd
     return cut_a, cut_b
 
 
-class _SentencePair(Transform):
+class _SentencePair(ConfiguredTransform):
     reads: tuple[str, ...] = ("tokens", "word_start", "sentence_start")
     label_field = ""
     config_type: type = _PairConfig

@@ -34,7 +34,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from objectives.causal_lm import check_contexts, pack_fields
-from objectives.sample import CONTRACT_FIELDS, Batch, SpecialTokens, Transform
+from objectives.sample import CONTRACT_FIELDS, Batch, ConfiguredTransform, SpecialTokens
 from objectives.streams import RowStreams
 from objectives.task import Task
 
@@ -88,7 +88,7 @@ class SFTConfig:
             raise ValueError(f"SFTConfig.seq_length must be an int >= 1, got {self.seq_length!r}")
 
 
-class SFT(Transform):
+class SFT(ConfiguredTransform):
     """Packed conversations (``tokens`` [B, S+1], ``response`` [B, S+1]) -> the contract fields,
     the loss on response labels only."""
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from objectives import masking
 from objectives.mlm import body_to_output, flag_grid, maskable, segment_grid, set_targets, single_segment_fields
-from objectives.sample import Batch, SpecialTokens, Transform, check_rate
+from objectives.sample import Batch, ConfiguredTransform, SpecialTokens, check_rate
 from objectives.task import Task
 from objectives.streams import RowStreams
 
@@ -63,7 +63,7 @@ class SpanBERTConfig:
         return masking.geometric_length_probs(self.geometric_p, self.max_span)
 
 
-class SpanBERT(Transform):
+class SpanBERT(ConfiguredTransform):
     """Geometric whole-word span masking with SBO targets."""
 
     config_type = SpanBERTConfig

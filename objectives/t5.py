@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from objectives.sample import CONTRACT_FIELDS, Batch, SpecialTokens, Transform, lengths
+from objectives.sample import CONTRACT_FIELDS, Batch, ConfiguredTransform, SpecialTokens, lengths
 from objectives.seq2seq import single_stack
 from objectives.streams import RowStreams, site
 from objectives.task import Task
@@ -93,7 +93,7 @@ def _compositions(u: np.ndarray, total: np.ndarray, parts: np.ndarray) -> np.nda
     return np.diff(bounds, axis=1)
 
 
-class T5SpanCorruption(Transform):
+class T5SpanCorruption(ConfiguredTransform):
     """T5's span-corruption objective on a packed context, as ``source [SEP] target [EOT]``."""
 
     config_type = T5Config

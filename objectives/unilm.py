@@ -50,7 +50,7 @@ import numpy as np
 
 from objectives import masking
 from objectives.mlm import flag_grid, maskable, rows_of, segment_grid, set_targets
-from objectives.sample import Batch, SpecialTokens, Transform, before, check_rate
+from objectives.sample import Batch, ConfiguredTransform, SpecialTokens, before, check_rate
 from objectives.task import Task
 from objectives.streams import RowStreams, site
 
@@ -148,7 +148,7 @@ def unilm_intervals(mode: np.ndarray, n_real: np.ndarray, source_end: np.ndarray
     return kv_start, kv_end.astype(np.int32, copy=False)
 
 
-class UniLM(Transform):
+class UniLM(ConfiguredTransform):
     """UniLM cloze objective with per-sample bidirectional / l2r / r2l / seq2seq masks."""
 
     config_type = UniLMConfig
