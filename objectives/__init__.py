@@ -49,6 +49,6 @@ def __dir__():
 
 
 # ``import *`` takes the eager names and this part's transforms (the other lazy names on demand)
-__all__ = ["CONTRACT_FIELDS", "Batch", "Sample", "SpecialTokens", "Transform", "RowStreams", "row", "stack",
+__all__ = ["CONTRACT_FIELDS", "Batch", "Sample", "SpecialTokens", "Transform", "ConfiguredTransform", "RowStreams", "row", "stack",
            "intervals", "streams", "Compose", "MixByWeight",
            "MacBERT", "MacBERTConfig", "SimilarWords", "SOP", "SOPConfig", "NSP", "NSPConfig", "build", "build_spec"]
