@@ -247,7 +247,7 @@ def main():
 
     header = {"python": sys.version.split()[0], "numpy": np.__version__, "torch": torch.__version__, "threads": 1,
               "cpus": os.cpu_count(), "load_avg_1m_start": loadavg(), "repeats": args.repeats,
-              "peer_dir": peer_dir}
+              "peer_dir": os.path.relpath(peer_dir, ROOT)}
     lines, corpus, header["encoder_corpus"] = encoder_lines(args, harness, tpvp, special)
     if not args.no_peers:
         lines += peer_lines(args, harness, tpvp, corpus)
