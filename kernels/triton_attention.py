@@ -136,6 +136,22 @@ def _tile_ranges(RANGES, ranges_row, first_group, n_groups, far, GROUPS: tl.cons
 
 
 @triton.jit
+def _query_tile(Q_RANGES, Q_ORDER, stride_mask_b, S_Q, S_K, H, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, FINE: tl.constexpr, TABLE_GROUP: tl.constexpr, UNIT: tl.constexpr):
+    """This program's (batch x head index, batch row, head, kv head, mask row offset, first query row) and its key
+    ranges [lo, mid_lo, mid_hi, hi): the prologue of the forward and dQ kernels."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    mask_row = b.to(tl.int64) * stride_mask_b
+    m0 = _tile_start(Q_ORDER, mask_row, pid, BLOCK_M, UNIT)
+    lo, mid_lo, mid_hi, hi = _tile_ranges(Q_RANGES, mask_row, m0 // TABLE_GROUP, tl.cdiv(S_Q, TABLE_GROUP), S_K,
+                                          BLOCK_M // TABLE_GROUP, FINE, BLOCK_N)
+    return bh, b, h, h // GROUP, mask_row, m0, lo, mid_lo, mid_hi, hi
+
+
+@triton.jit
 def _row_intervals(KV_START, KV_END, interval_row, offs, n_rows):
     """kv_start / kv_end of rows ``offs``; rows past ``n_rows`` read as empty [0, 0)."""
     ok = offs < n_rows
@@ -186,16 +202,9 @@ def _fwd_kernel(Q, stride_qb, stride_qs, stride_qh, k_desc, v_desc, kp_desc, vp_
                 UNIT: tl.constexpr, UPCAST_DOT: tl.constexpr):
     """One program per (query tile, batch row, head), tiles in the mask's heaviest-first order.
     Partial key tiles are BLOCK_N // SPLIT wide (kp_desc / vp_desc), full ones BLOCK_N."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
     FINE: tl.constexpr = BLOCK_N // SPLIT
-    mask_row = b.to(tl.int64) * stride_mask_b
-    m0 = _tile_start(Q_ORDER, mask_row, pid, BLOCK_M, UNIT)
-    lo, mid_lo, mid_hi, hi = _tile_ranges(Q_RANGES, mask_row, m0 // TABLE_GROUP, tl.cdiv(S_Q, TABLE_GROUP), S_K,
-                                          BLOCK_M // TABLE_GROUP, FINE, BLOCK_N)
+    bh, b, h, hk, mask_row, m0, lo, mid_lo, mid_hi, hi = _query_tile(Q_RANGES, Q_ORDER, stride_mask_b, S_Q, S_K, H,
+                                                                      GROUP, BLOCK_M, BLOCK_N, FINE, TABLE_GROUP, UNIT)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, stride_qb, stride_qs, stride_qh, b, m0, h, S_Q, HEAD_DIM, BLOCK_M, BLOCK_D)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -258,16 +267,9 @@ def _dq_kernel(Q, stride_qb, stride_qs, stride_qh, DO, stride_dob, stride_dos, s
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, TABLE_GROUP: tl.constexpr,
                UNIT: tl.constexpr, UPCAST_DOT: tl.constexpr):
     """dQ of one query tile: the forward's loops again, three matmuls per key tile."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
     FINE: tl.constexpr = BLOCK_N // SPLIT
-    mask_row = b.to(tl.int64) * stride_mask_b
-    m0 = _tile_start(Q_ORDER, mask_row, pid, BLOCK_M, UNIT)
-    lo, mid_lo, mid_hi, hi = _tile_ranges(Q_RANGES, mask_row, m0 // TABLE_GROUP, tl.cdiv(S_Q, TABLE_GROUP), S_K,
-                                          BLOCK_M // TABLE_GROUP, FINE, BLOCK_N)
+    bh, b, h, hk, mask_row, m0, lo, mid_lo, mid_hi, hi = _query_tile(Q_RANGES, Q_ORDER, stride_mask_b, S_Q, S_K, H,
+                                                                      GROUP, BLOCK_M, BLOCK_N, FINE, TABLE_GROUP, UNIT)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     row_ok = offs_m < S_Q
     lse = tl.load(LSE + _row_offset(bh, S_Q) + offs_m, mask=row_ok, other=float("inf"))
