@@ -1,5 +1,5 @@
 """Masked-attention speed on one GPU: our Triton kernels, FlexAttention and SDPA, all through
-``kernels.masked_attention`` with an ``AttentionMask`` per backend, in one process, on the
+``ptobj.kernels.masked_attention`` with an ``AttentionMask`` per backend, in one process, on the
 masks and shapes of the shared anchors (``../shared/bench/attention_anchors.py``):
 causal, full, packed documents causal / bidirectional, UniLM seq2seq, right-to-left;
 B4 H16 S4096 D128, B2 H16 S8192 D128, B8 H16 S2048 D64; bf16.
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kernels import AttentionMask, masked_attention, masked_attention_reference  # noqa: E402
+from ptobj.kernels import AttentionMask, masked_attention, masked_attention_reference  # noqa: E402
 
 MASKS = ["causal", "full", "doc_causal", "doc_bidir", "unilm_s2s", "doc_r2l"]
 SHAPES = [(4, 16, 4096, 128), (2, 16, 8192, 128), (8, 16, 2048, 64)]

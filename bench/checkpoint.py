@@ -28,12 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.config import preset  # noqa: E402
+from ptobj.models.config import preset  # noqa: E402
 
 
 def _model_and_state(name: str):
-    from models.model import build_model
-    from models.parallel import init_parallel
+    from ptobj.models.model import build_model
+    from ptobj.models.parallel import init_parallel
 
     model = build_model(replace(preset(name), params_dtype="float32"), init_parallel(tp=1, pp=1, backend="gloo"))
     moments = {n: (torch.randn_like(p), torch.rand_like(p)) for n, p in model.named_parameters()}
@@ -41,7 +41,7 @@ def _model_and_state(name: str):
 
 
 def _items(model, moments) -> dict:
-    from recipes.checkpoint import TensorLayout
+    from ptobj.recipes.engine.checkpoint import TensorLayout
 
     layout = TensorLayout()
     items = layout.model_items(model)
@@ -58,7 +58,7 @@ def _size(path: Path) -> int:
 
 
 def main(argv=None) -> int:
-    from recipes import checkpoint as ckpt
+    from ptobj.recipes.engine import checkpoint as ckpt
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="125M")
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         ckpt.load_checkpoint(step_dir, _items(model, moments))  # verify, then load in place
         load_s = time.perf_counter() - t
-        print(json.dumps({**common, "format": "dcp + sha256 (recipes.checkpoint)", "bytes": _size(step_dir),
+        print(json.dumps({**common, "format": "dcp + sha256 (ptobj.recipes.engine.checkpoint)", "bytes": _size(step_dir),
                           "save_s": round(save_s, 3), "verify_s": round(verify_s, 3),
                           "load_s": round(load_s, 3)}), flush=True)
 

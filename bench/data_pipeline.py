@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from data_pipeline.build import encode_documents, prepare_corpus  # noqa: E402
-from data_pipeline.config import CorpusConfig, TokenizerConfig  # noqa: E402
-from data_pipeline.corpus import open_corpus  # noqa: E402
-from data_pipeline.indexed import SplitWriter, TokenData  # noqa: E402
-from data_pipeline.samplers import PackedContextSampler, SegmentPairSampler, SegmentSampler  # noqa: E402
+from ptobj.data_pipeline.build import encode_documents, prepare_corpus  # noqa: E402
+from ptobj.data_pipeline.config import CorpusConfig, TokenizerConfig  # noqa: E402
+from ptobj.data_pipeline.corpus import open_corpus  # noqa: E402
+from ptobj.data_pipeline.indexed import SplitWriter, TokenData  # noqa: E402
+from ptobj.data_pipeline.samplers import PackedContextSampler, SegmentPairSampler, SegmentSampler  # noqa: E402
 
 
 def emit(**row):

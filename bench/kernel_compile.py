@@ -117,18 +117,18 @@ def report(name: str, config: str, head_dim: int, fn, args, kwargs) -> CompileRe
 
 def _report_case(head_dim: int, index: int) -> CompileReport:
     """Compile case ``index`` of ``compile_cases(head_dim)`` (run in a worker process)."""
-    from kernels import triton_attention
+    from ptobj.kernels import triton_attention
 
     case = triton_attention.compile_cases(head_dim)[index]
     return report(case.kernel, case.config, case.head_dim, case.fn, case.args, case.kwargs)
 
 
 def candidate_reports(head_dims=(64, 128), *, jobs: int = 1, progress=True) -> list[CompileReport]:
-    """Compile every shipped candidate of ``kernels.triton_attention`` for each head dim, in
+    """Compile every shipped candidate of ``ptobj.kernels.triton_attention`` for each head dim, in
     ``jobs`` processes, into a fresh Triton cache (so ptxas reports on every kernel)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from kernels import triton_attention
+    from ptobj.kernels import triton_attention
 
     todo = [(d, i) for d in head_dims for i in range(len(triton_attention.compile_cases(d)))]
     with tempfile.TemporaryDirectory() as cache:

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))   # synthetic_batches: the tests' synthetic batches, timed here
 
-from models.config import preset  # noqa: E402
+from ptobj.models.config import preset  # noqa: E402
 
 GPU_RUNS = {"350M": 8, "1.3B": 4}  # preset -> micro batch, as in the anchors
 GPU_ROWS = ["causal:sdpa", "fim_docs:triton", "fim_docs:flex"]
@@ -63,7 +63,7 @@ def model_config(name: str, seq: int, backend: str, dtype: str | None):
 
 def dry_run(name: str, mask: str, backend: str, batch_size: int, seq: int, args) -> dict:
     """Everything but the model and the clock: config, batch and attention mask at full size."""
-    from kernels import AttentionMask
+    from ptobj.kernels import AttentionMask
     from synthetic_batches import synthetic_batch
 
     cfg = model_config(name, seq, backend, args.dtype)
@@ -78,7 +78,7 @@ def dry_run(name: str, mask: str, backend: str, batch_size: int, seq: int, args)
 
 
 def run(name: str, mask: str, backend: str, batch_size: int, seq: int, args, pg) -> dict:
-    from models.model import build_model
+    from ptobj.models.model import build_model
     from synthetic_batches import synthetic_batch
 
     cfg = model_config(name, seq, backend, args.dtype)
@@ -148,7 +148,7 @@ def main() -> None:
 
     pg = None
     if not args.dry_run:
-        from models.parallel import init_parallel
+        from ptobj.models.parallel import init_parallel
 
         pg = init_parallel(tp=1, pp=1, seed=0)
     for name in args.preset or (list(GPU_RUNS) if gpu_sizes else ["tiny"]):

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Throughput of the data path training reads, side by side with the peers, one thread.
 
-The training path is what ``recipes/train.py`` runs per step on one rank:
+The training path is what ``ptobj/recipes/train.py`` runs per step on one rank:
 ``split_rows(collate(dataset.read(positions)), micro_batch_size)`` = the
 sampler's batched read of the step's micro-batches + the objective's transform
 on them (rows keyed by (seed, epoch, index)) + collate to torch + the split
 into micro-batches, with the dataset, transform, sampler, micro-batch size and
-gradient accumulation built from the recipe YAMLs exactly as ``recipes.data``
+gradient accumulation built from the recipe YAMLs exactly as ``ptobj.recipes.engine.data``
 builds them. One pass reads every sample of epoch 0, a step at a time.
 
 Peers run in the same process, interleaved with our lines, with the same
@@ -103,15 +103,15 @@ class Line:
 
 
 def recipe(name, overrides):
-    from recipes.train_config import load_train_config
-    return load_train_config(os.path.join(ROOT, "recipes", "configs", name + ".yaml"), list(overrides))
+    from ptobj.recipes.engine.train_config import load_train_config
+    return load_train_config(os.path.join(ROOT, "ptobj", "recipes", "configs", name + ".yaml"), list(overrides))
 
 
 def training_path_line(name, cfg, dataset, special, count_pad):
     """One pass = ``split_rows(collate(dataset.read(positions)), mb)`` over epoch 0, a step
     (the recipe's ``grad_accum_steps`` micro-batches of ``micro_batch_size``) per read."""
-    from data_pipeline.collate import collate
-    from recipes.batches import split_rows
+    from ptobj.data_pipeline.collate import collate
+    from ptobj.recipes.engine.batches import split_rows
 
     mb = cfg.schedule.micro_batch_size
     rows = mb * cfg.schedule.grad_accum_steps
@@ -131,14 +131,14 @@ def training_path_line(name, cfg, dataset, special, count_pad):
         tokens += out.size if count_pad else int((out != special.pad).sum())
     meta = {"recipe": cfg.name, "seq_length": cfg.data.seq_length, "micro_batch": mb, "rows_per_read": rows,
             "samples": N, "objective": dataset.transform.__class__.__name__,
-            "impl": "recipes.batches.split_rows(data_pipeline.collate.collate(ObjectiveDataset.read(positions)))"}
+            "impl": "ptobj.recipes.engine.batches.split_rows(ptobj.data_pipeline.collate.collate(ObjectiveDataset.read(positions)))"}
     return Line(f"train:{name}", name, "train", one_pass, tokens=tokens, meta=meta)
 
 
 def encoder_lines(args, harness, tpvp, special):
-    from data_pipeline.dataset import ObjectiveDataset
-    from objectives import registry
-    from recipes.data import sampler_for
+    from ptobj.data_pipeline.dataset import ObjectiveDataset
+    from ptobj.objectives import registry
+    from ptobj.recipes.engine.data import sampler_for
 
     corpus = harness.Corpus(args.docs, args.vocab, args.mean_len, args.seed)
     td, V, _ = tpvp.synthetic_token_data(corpus, os.path.join(args.workdir, "synthetic_train"), args.seed,
@@ -151,7 +151,7 @@ def encoder_lines(args, harness, tpvp, special):
         seed = cfg.schedule.seed
         ds = ObjectiveDataset(sampler_for(cfg.plan, td, seed, special), transform, seed=seed)
         line = training_path_line(name, cfg, ds, special, count_pad=False)
-        line.meta["recipe_file"] = f"recipes/configs/{rname}.yaml" + (f" {ov}" if ov else "")
+        line.meta["recipe_file"] = f"ptobj/recipes/configs/{rname}.yaml" + (f" {ov}" if ov else "")
         lines.append(line)
     return lines, corpus, info
 
@@ -181,8 +181,8 @@ def peer_lines(args, harness, tpvp, corpus):
 def fim_lines(args, harness, tpvp):
     import torch
 
-    from recipes.data import build_run_data
-    from recipes.distributed import DistInfo
+    from ptobj.recipes.engine.data import build_run_data
+    from ptobj.recipes.engine.distributed import DistInfo
 
     cfg = recipe("gpt_fim_350m", [f"data.corpus.max_bytes={args.code_bytes}",
                                   f"data.cache_dir={os.path.join(args.workdir, 'prepared')}",
@@ -194,7 +194,7 @@ def fim_lines(args, harness, tpvp):
     prep_s = time.perf_counter() - t0
     tok = rd.tokenizer
     line = training_path_line("fim", cfg, rd.train, tok.special, count_pad=True)
-    line.meta.update(recipe_file="recipes/configs/gpt_fim_350m.yaml", fim_rate=rd.train.transform.config.fim_rate,
+    line.meta.update(recipe_file="ptobj/recipes/configs/gpt_fim_350m.yaml", fim_rate=rd.train.transform.config.fim_rate,
                      split_level=rd.train.transform.config.split_level, sp_vocab=tok.vocab_size)
     lines = [line]
     train = rd.prepared.train
@@ -239,7 +239,7 @@ def main():
 
     import torch
     torch.set_num_threads(1)
-    from objectives.sample import SpecialTokens
+    from ptobj.objectives.sample import SpecialTokens
     special = SpecialTokens()
     peer_dir = os.path.abspath(args.peer_dir)
     harness = load_module(os.path.join(peer_dir, "peer_throughput.py"), "peer_throughput")

@@ -32,8 +32,8 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """(CorpusConfig, TokenizerConfig, cache_dir) of a prepared tiny corpus."""
-    from data_pipeline.build import prepare_corpus
-    from data_pipeline.config import CorpusConfig, TokenizerConfig
+    from ptobj.data_pipeline.build import prepare_corpus
+    from ptobj.data_pipeline.config import CorpusConfig, TokenizerConfig
 
     corpus, tokenizer = CorpusConfig(**TINY_CORPUS), TokenizerConfig(**TINY_TOKENIZER)
     cache = tmp_path_factory.mktemp("corpus_cache")

@@ -1,4 +1,4 @@
-"""Test helper: torch front-ends for the row-interval masks of ``objectives.intervals``
+"""Test helper: torch front-ends for the row-interval masks of ``ptobj.objectives.intervals``
 (the one implementation): numpy in, int32 tensors out, on the requested device, batched
 over rows. Query i sees keys ``kv_start[..., i] <= j < kv_end[..., i]``.
 """
@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from objectives import intervals
+from ptobj.objectives import intervals
 
 Intervals = tuple[torch.Tensor, torch.Tensor]
 

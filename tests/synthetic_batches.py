@@ -2,7 +2,7 @@
 ``bench/train_step.py`` (a test helper, outside the production packages).
 
 Random tokens, documents of random lengths packed per row, and row intervals
-from ``objectives.intervals`` (the one implementation of the masks).
+from ``ptobj.objectives.intervals`` (the one implementation of the masks).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from objectives import intervals
+from ptobj.objectives import intervals
 
 MASKS = ("causal", "bidirectional", "fim_docs")
 

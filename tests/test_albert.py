@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from models.config import ModelConfig, preset
+from ptobj.models.config import ModelConfig, preset
 
 HEADS = {"lm": "token", "sop": "sequence"}
 
@@ -43,7 +43,7 @@ def _numel(model) -> int:
 
 @pytest.fixture(scope="module")
 def pg():
-    from models.parallel import destroy_parallel, init_parallel
+    from ptobj.models.parallel import destroy_parallel, init_parallel
 
     collection = init_parallel(tp=1, pp=1, backend="gloo", seed=0)
     yield collection
@@ -59,7 +59,7 @@ def _tiny(**fields) -> ModelConfig:
 @pytest.mark.parametrize("embedding_size", [None, 16])
 @pytest.mark.parametrize("share", ["none", "all", "attention", "ffn"])
 def test_parameter_count_follows_the_formula(pg, share, embedding_size, norm):
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     cfg = _tiny(share_layers=share, embedding_size=embedding_size, norm_position=norm)
     expected = albert_params(cfg.vocab_size, cfg.embed_size, cfg.hidden_size, cfg.num_layers, cfg.ffn_size,
@@ -69,7 +69,7 @@ def test_parameter_count_follows_the_formula(pg, share, embedding_size, norm):
 
 def test_albert_base_is_the_papers_12M(pg):
     """ALBERT-base: V=30000, E=128, H=768, 12 layers, all shared (paper, table 3: 12M)."""
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     cfg = ModelConfig(kind="encoder", num_layers=12, hidden_size=768, num_attention_heads=12, vocab_size=30000,
                       embedding_size=128, share_layers="all", norm_position="post", max_position_embeddings=512,
@@ -86,7 +86,7 @@ def test_albert_base_is_the_papers_12M(pg):
 
 
 def test_shared_layers_are_one_set_of_weights(pg):
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     model = build_model(_tiny(share_layers="attention", norm_position="post"), pg)
     layers = model.lm.decoder.layers
@@ -107,7 +107,7 @@ def test_shared_layers_are_one_set_of_weights(pg):
 def test_a_shared_model_trains_and_reloads(pg):
     """Gradients of a shared weight sum over the layers using it; a saved state dict
     (every layer's view) loads into a freshly drawn model and gives the same outputs."""
-    from models.model import build_model
+    from ptobj.models.model import build_model
     from synthetic_batches import synthetic_batch
 
     cfg = _tiny(share_layers="all", embedding_size=16, norm_position="post")
@@ -132,7 +132,7 @@ def test_a_shared_model_trains_and_reloads(pg):
 
 
 def test_factorised_embedding_is_v_by_e_plus_e_by_h(pg):
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     cfg = _tiny(embedding_size=16, norm_position="post")
     emb = build_model(cfg, pg).lm.embedding
@@ -159,7 +159,7 @@ def test_bad_albert_fields_are_named(fields, why):
 @pytest.mark.parametrize("fields, why", [({"share_layers": "all"}, "cannot be split over pipeline stages"),
                                          ({"embedding_size": 16}, "factorised embedding with pipeline parallel 2")])
 def test_pipeline_parallel_refuses_what_it_cannot_split(fields, why):
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     group = lambda n: SimpleNamespace(size=lambda: n, rank=lambda: 0)  # noqa: E731
     with pytest.raises(ValueError, match=why):

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from objectives import intervals
-from objectives.causal_lm import CausalLM, CausalLMConfig
-from objectives.sample import CONTRACT_FIELDS, SpecialTokens
+from ptobj.objectives import intervals
+from ptobj.objectives.causal_lm import CausalLM, CausalLMConfig
+from ptobj.objectives.sample import CONTRACT_FIELDS, SpecialTokens
 
 SP = SpecialTokens()
 EOT, PAD, FIM_PAD = SP.eot, SP.pad, SP.fim_pad

@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from objectives import registry
-from objectives.compose import Compose, MixByWeight
-from objectives.macbert import MacBERT, MacBERTConfig
-from objectives.sample import SpecialTokens, Transform
-from objectives.sentence_pairs import SOP, SOPConfig
-from objectives.streams import RowStreams, site
-from objectives.task import Task
+from ptobj.objectives import registry
+from ptobj.objectives.compose import Compose, MixByWeight
+from ptobj.objectives.macbert import MacBERT, MacBERTConfig
+from ptobj.objectives.sample import SpecialTokens, Transform
+from ptobj.objectives.sentence_pairs import SOP, SOPConfig
+from ptobj.objectives.streams import RowStreams, site
+from ptobj.objectives.task import Task
 
 SP = SpecialTokens()
 V = 500
@@ -196,16 +196,16 @@ def test_plan_of_a_mix_unites_losses_fields_and_suites():
 
 
 def test_registry_imports_lazily():
-    code = ("import sys, objectives.registry as r; "
-            "assert 'objectives.macbert' not in sys.modules and 'objectives.sentence_pairs' not in sys.modules; "
-            "r.config_class('sop'); assert 'objectives.sentence_pairs' in sys.modules; "
+    code = ("import sys, ptobj.objectives.registry as r; "
+            "assert 'ptobj.objectives.macbert' not in sys.modules and 'ptobj.objectives.sentence_pairs' not in sys.modules; "
+            "r.config_class('sop'); assert 'ptobj.objectives.sentence_pairs' in sys.modules; "
             "assert 'torch' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
 
 def test_package_exports_lazily():
-    import objectives
+    from ptobj import objectives
 
     assert objectives.MacBERT is MacBERT and objectives.SOP is SOP and objectives.MixByWeight is MixByWeight
     assert objectives.build is registry.build

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ast
 
-from data_pipeline.config import CorpusConfig
-from data_pipeline.corpus import definition_documents, open_corpus
+from ptobj.data_pipeline.config import CorpusConfig
+from ptobj.data_pipeline.corpus import definition_documents, open_corpus
 
 SOURCE = '''"""Module doc."""
 import os

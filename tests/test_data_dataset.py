@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipeline.collate import collate
-from data_pipeline.dataset import ObjectiveDataset, StreamBatches
-from data_pipeline.indexed import SplitWriter, TokenData
-from data_pipeline.samplers import PackedContextSampler, SegmentPairSampler, SegmentSampler
-from objectives import streams
-from objectives.sample import SpecialTokens, Transform, row, stack
-from objectives.streams import site
+from ptobj.data_pipeline.collate import collate
+from ptobj.data_pipeline.dataset import ObjectiveDataset, StreamBatches
+from ptobj.data_pipeline.indexed import SplitWriter, TokenData
+from ptobj.data_pipeline.samplers import PackedContextSampler, SegmentPairSampler, SegmentSampler
+from ptobj.objectives import streams
+from ptobj.objectives.sample import SpecialTokens, Transform, row, stack
+from ptobj.objectives.streams import site
 
 
 def write_random_docs(prefix, n_docs=30, seed=0):
@@ -173,9 +173,9 @@ def test_collate_converts_a_batch():
 
 def test_prepared_corpus_feeds_fim_end_to_end(tmp_path):
     """Prepared stdlib-like code -> packed contexts -> the FIM objective -> a batch."""
-    from data_pipeline.build import prepare_corpus
-    from data_pipeline.config import CorpusConfig, TokenizerConfig
-    from objectives.registry import build
+    from ptobj.data_pipeline.build import prepare_corpus
+    from ptobj.data_pipeline.config import CorpusConfig, TokenizerConfig
+    from ptobj.objectives.registry import build
 
     code = "def f(a, b):\n    return a + b\n\n\nclass Point:\n    x = 1\n    y = 2\n"
     src = tmp_path / "c.txt"

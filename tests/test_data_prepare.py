@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from data_pipeline import build as build_mod
-from data_pipeline.build import prepare_corpus
-from data_pipeline.config import CorpusConfig, TokenizerConfig, load_prepare_config
-from data_pipeline.corpus import CorpusError, is_valid_document, open_corpus
-from data_pipeline.indexed import IndexedDataError, TokenData
-from data_pipeline.prepare import main as prepare_main
-from data_pipeline.sentences import split_code, split_prose
+from ptobj.data_pipeline import build as build_mod
+from ptobj.data_pipeline.build import prepare_corpus
+from ptobj.data_pipeline.config import CorpusConfig, TokenizerConfig, load_prepare_config
+from ptobj.data_pipeline.corpus import CorpusError, is_valid_document, open_corpus
+from ptobj.data_pipeline.indexed import IndexedDataError, TokenData
+from ptobj.data_pipeline.prepare import main as prepare_main
+from ptobj.data_pipeline.sentences import split_code, split_prose
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
@@ -90,7 +90,7 @@ def test_manifest_counts(prepared):
 
 
 def test_open_prepared_reads_a_directory_alone(prepared, tmp_path):
-    from data_pipeline import open_prepared
+    from ptobj.data_pipeline import open_prepared
 
     p, *_ = prepared
     again = open_prepared(p.path)
@@ -312,7 +312,7 @@ def test_two_workers_write_identical_files(tmp_path):
 
 
 def test_shipped_example_configs_load():
-    import data_pipeline
+    from ptobj import data_pipeline
 
     root = Path(data_pipeline.__file__).parent / "configs"
     names = sorted(p.name for p in root.glob("*.yaml"))

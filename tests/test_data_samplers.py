@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from data_pipeline.indexed import SplitWriter, TokenData
-from data_pipeline.samplers import (
+from ptobj.data_pipeline.indexed import SplitWriter, TokenData
+from ptobj.data_pipeline.samplers import (
     BlendedSampler,
     PackedContextSampler,
     SegmentPairSampler,
@@ -13,7 +13,7 @@ from data_pipeline.samplers import (
     SourceTargetSampler,
     blend_schedule,
 )
-from objectives.sample import SpecialTokens, row
+from ptobj.objectives.sample import SpecialTokens, row
 
 EOT = SpecialTokens().eot
 
@@ -228,7 +228,7 @@ def test_batched_reads_are_the_samples_one_by_one(corpus):
 
 
 def test_windows_copy_rows_zero_their_tails_and_rows_past_the_end():
-    from objectives.sample import before, windows
+    from ptobj.objectives.sample import before, windows
     flat = np.arange(1, 11, dtype=np.uint16)                   # 1..10
     start, n = np.array([0, 3, 8, 9, 10]), np.array([4, 2, 2, 1, 0])
     out = windows(flat, start, n, 4, np.int32)

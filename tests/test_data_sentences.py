@@ -2,7 +2,7 @@
 
 from hypothesis import given, settings, strategies as st
 
-from data_pipeline.sentences import split_code, split_prose
+from ptobj.data_pipeline.sentences import split_code, split_prose
 
 TEXT = st.text(alphabet=st.sampled_from(list("ab .!?\n\t\"A1")), max_size=80)
 

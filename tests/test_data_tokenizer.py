@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from data_pipeline.tokenizer import SentencePieceTokenizer
-from objectives.sample import SpecialTokens
+from ptobj.data_pipeline.tokenizer import SentencePieceTokenizer
+from ptobj.objectives.sample import SpecialTokens
 
 TEXT = [
     "The quick brown fox jumps over the lazy dog. A second sentence follows here!\n",

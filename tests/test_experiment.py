@@ -1,4 +1,4 @@
-"""Paper reproductions (recipes.experiment): every experiment file loads and compares like with like."""
+"""Paper reproductions (ptobj.recipes.experiments.reproduce): every experiment file loads and compares like with like."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recipes.experiment import Check, ExperimentError, _verdict, check_comparable, load, main, metric, names
+from ptobj.recipes.experiments.reproduce import Check, ExperimentError, _verdict, check_comparable, load, main, metric, names
 
 
 def test_every_experiment_loads_and_compares_like_with_like(tmp_path):
@@ -48,10 +48,10 @@ def test_verdicts_and_metric_alternatives():
 
 
 def test_held_out_suites_of_another_objective_are_checked_when_the_config_loads():
-    from recipes.config import ConfigError
-    from recipes.train_config import load_train_config
+    from ptobj.recipes.engine.config import ConfigError
+    from ptobj.recipes.engine.train_config import load_train_config
 
-    root = Path(__file__).resolve().parents[1] / "recipes/configs"
+    root = Path(__file__).resolve().parents[1] / "ptobj/recipes/configs"
     cfg = load_train_config(root / "albert_sop_tiny.yaml",
                             ["eval.suites={nsp_task: {name: nsp, fields: {nsp_label: sop_label}}}"])
     assert cfg.eval.suites["nsp_task"]["fields"] == {"nsp_label": "sop_label"}

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from objectives import intervals
-from objectives.fim import FIM, FIMConfig, original_order
-from objectives.sample import CONTRACT_FIELDS, SpecialTokens
-from objectives.streams import RowStreams
+from ptobj.objectives import intervals
+from ptobj.objectives.fim import FIM, FIMConfig, original_order
+from ptobj.objectives.sample import CONTRACT_FIELDS, SpecialTokens
+from ptobj.objectives.streams import RowStreams
 
 SP = SpecialTokens()
 EOT, PRE, MID, SUF, FPAD = SP.eot, SP.fim_prefix, SP.fim_middle, SP.fim_suffix, SP.fim_pad
@@ -410,7 +410,7 @@ def test_context_level_fim_share():
 
 
 def test_with_the_project_tokenizer():
-    from data_pipeline import tokenizer
+    from ptobj.data_pipeline import tokenizer
     rnd = random.Random(1)
     lines = [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 15))) for _ in range(400)]
     tok = tokenizer.SentencePieceTokenizer.train(lines, 300)
@@ -434,7 +434,7 @@ def test_project_tokenizer_encode_array_matches_encode(tmp_path):
     # FIM re-encodes through encode_array (a fast path for short fragments): it must give
     # encode's ids, unk remapped to special.unk, for short and long texts alike
     import sentencepiece as spm
-    from data_pipeline import tokenizer
+    from ptobj.data_pipeline import tokenizer
     rnd = random.Random(3)
     lines = [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 15))) for _ in range(300)]
     buf = io.BytesIO()  # no byte fallback: unseen characters become unk

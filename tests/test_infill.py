@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from objectives.fim import infill_prompt
-from objectives.sample import SpecialTokens
-from objectives.streams import RowStreams
-from recipes.infill import Chooser, Completion, InfillResult, Outcome, prompt_ids, score
-from recipes.infill_tasks import InfillTask, build_tasks
+from ptobj.objectives.fim import infill_prompt
+from ptobj.objectives.sample import SpecialTokens
+from ptobj.objectives.streams import RowStreams
+from ptobj.recipes.evaluation.infill import Chooser, Completion, InfillResult, Outcome, prompt_ids, score
+from ptobj.recipes.evaluation.infill_tasks import InfillTask, build_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 SP = SpecialTokens()
@@ -116,8 +116,8 @@ def test_scoring_ranks_eot_samples_and_counts_misses():
 
 @pytest.fixture(scope="module")
 def fim_run(tiny_corpus, tmp_path_factory):
-    from recipes.train import run
-    from recipes.train_config import load_train_config
+    from ptobj.recipes.train import run
+    from ptobj.recipes.engine.train_config import load_train_config
     from test_recipes_train import CONFIGS, shrink
 
     run_dir = tmp_path_factory.mktemp("infill") / "run"
@@ -141,14 +141,14 @@ def test_training_ends_with_the_declared_infilling_evaluation(fim_run):
 
 
 def test_our_model_and_its_export_agree(fim_run, tmp_path):
-    from recipes.export import export_run
-    from recipes.sweep import run_env
+    from ptobj.recipes.export import export_run
+    from ptobj.recipes.experiments.sweep import run_env
 
     run_dir, _ = fim_run
     hf = tmp_path / "hf"
     export_run(run_dir, hf)
     out = tmp_path / "agree.json"
-    done = subprocess.run([sys.executable, "-m", "recipes.infill", str(run_dir), "--hf", str(hf), "--out", str(out),
+    done = subprocess.run([sys.executable, "-m", "ptobj.recipes.evaluation.infill", str(run_dir), "--hf", str(hf), "--out", str(out),
                            "--set", "tasks_per_kind=3", "--set", "samples=3", "--set", "max_new_tokens=12"],
                           cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -163,8 +163,8 @@ def test_the_hf_path_is_transformers_generate(fim_run, tmp_path):
     """Greedy through our logits processor = transformers' own greedy generate."""
     import transformers
 
-    from recipes.export import export_run
-    from recipes.infill import HFModel, load_hf
+    from ptobj.recipes.export import export_run
+    from ptobj.recipes.evaluation.infill import HFModel, load_hf
 
     run_dir, _ = fim_run
     hf_dir = tmp_path / "hf"

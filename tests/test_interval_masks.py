@@ -1,4 +1,4 @@
-"""The tests' interval helper (tests/interval_masks.py): torch front-ends over objectives.intervals."""
+"""The tests' interval helper (tests/interval_masks.py): torch front-ends over ptobj.objectives.intervals."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import interval_masks as masks
-from objectives import intervals
+from ptobj.objectives import intervals
 
 
 def segments(lengths):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from objectives import intervals
+from ptobj.objectives import intervals
 
 
 def segments_strategy():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import interval_masks as masks
-from kernels import AttentionMask, flex, masked_attention, masked_attention_reference
+from ptobj.kernels import AttentionMask, flex, masked_attention, masked_attention_reference
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"

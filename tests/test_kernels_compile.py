@@ -26,7 +26,7 @@ def test_every_shipped_candidate_compiles_for_sm90_without_spills():
     assert not bad, "candidates that spill or overflow shared memory:\n" + "\n".join(map(json.dumps, bad))
     assert all(r["shared"] <= 227 * 1024 for r in rows)
     # every kernel and head-dim class is covered, each with its TMA tile loads in place
-    from kernels import triton_attention  # noqa: E402  (interpreted here; only the tables are read)
+    from ptobj.kernels import triton_attention  # noqa: E402  (interpreted here; only the tables are read)
 
     shipped = {(name, cls, str(t)) for name, per in triton_attention.CANDIDATES.items()
                for cls, tiles in per.items() for t in tiles}

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kernels import AttentionMask, masked_attention, masked_attention_reference
+from ptobj.kernels import AttentionMask, masked_attention, masked_attention_reference
 
 
 def attend(q, k, v, start, end, **kw):
@@ -113,6 +113,6 @@ def test_import_does_not_pull_triton():
     import subprocess
     import sys
 
-    code = ("import sys, torch, kernels; m = kernels.AttentionMask.build(torch.zeros(4, dtype=torch.int32), "
+    code = ("import sys, torch; from ptobj import kernels; m = kernels.AttentionMask.build(torch.zeros(4, dtype=torch.int32), "
             "torch.arange(1, 5), backend='triton'); assert 'triton' not in sys.modules, 'triton imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,4 @@
-"""Block tables (kernels.tiles) and AttentionMask against the dense visibility matrix.
+"""Block tables (ptobj.kernels.tiles) and AttentionMask against the dense visibility matrix.
 
 For every tile the tables promise two things the kernels rely on: every visible
 (query, key) pair lies in a visited tile (nothing is skipped), and every pair in a
@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import interval_masks as masks
-from kernels import AttentionMask, tiles
+from ptobj.kernels import AttentionMask, tiles
 
 
 def dense(kv_start, kv_end, kv_len):

@@ -26,9 +26,9 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 import interval_masks as masks  # noqa: E402
-from kernels import AttentionMask, masked_attention, masked_attention_reference, tiles  # noqa: E402
-from kernels import triton_attention  # noqa: E402
-from kernels.triton_attention import Tile  # noqa: E402
+from ptobj.kernels import AttentionMask, masked_attention, masked_attention_reference, tiles  # noqa: E402
+from ptobj.kernels import triton_attention  # noqa: E402
+from ptobj.kernels.triton_attention import Tile  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 if not HAS_CUDA and not triton_attention.INTERPRET:  # nothing below could run: fail, never skip
@@ -228,7 +228,7 @@ def _tile_ranges_probe(OUT, RANGES, n_groups, far, GROUPS: tl.constexpr, FINE: t
 
 @pytest.mark.parametrize("groups, fine, step", [(1, 16, 16), (2, 16, 32), (4, 8, 32)])
 def test_kernel_tile_rule_equals_the_torch_one(groups, fine, step):
-    """The kernels' ``_tile_ranges`` and ``kernels.tiles.tile_ranges`` (used by Flex and the
+    """The kernels' ``_tile_ranges`` and ``ptobj.kernels.tiles.tile_ranges`` (used by Flex and the
     table tests) are one rule."""
     gen = torch.Generator().manual_seed(groups)
     s = 90

@@ -5,11 +5,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from objectives import intervals
-from objectives.macbert import KEEP, RANDOM_WORD, SIMILAR, MacBERT, MacBERTConfig, load_similar_words
-from objectives.sample import SpecialTokens
-from objectives.streams import RowStreams
-from objectives.similar_words import (
+from ptobj.objectives import intervals
+from ptobj.objectives.macbert import KEEP, RANDOM_WORD, SIMILAR, MacBERT, MacBERTConfig, load_similar_words
+from ptobj.objectives.sample import SpecialTokens
+from ptobj.objectives.streams import RowStreams
+from ptobj.objectives.similar_words import (
     MAX_WORD_TOKENS,
     SimilarWords,
     chinese_word_starts,

@@ -1,12 +1,12 @@
-"""Shared masking primitives: span choice and 80/10/10 (objectives.masking)."""
+"""Shared masking primitives: span choice and 80/10/10 (ptobj.objectives.masking)."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from objectives import masking as m
-from objectives.streams import RowStreams
+from ptobj.objectives import masking as m
+from ptobj.objectives.streams import RowStreams
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

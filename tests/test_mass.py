@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from objectives import registry
-from objectives.mass import MASS, MASSConfig, fragment_length, input_length
-from objectives.sample import SpecialTokens, stack
-from objectives.streams import RowStreams
+from ptobj.objectives import registry
+from ptobj.objectives.mass import MASS, MASSConfig, fragment_length, input_length
+from ptobj.objectives.sample import SpecialTokens, stack
+from ptobj.objectives.streams import RowStreams
 
 V = 4000
 SP = SpecialTokens()

@@ -1,13 +1,13 @@
-"""BERT MLM baseline (objectives.mlm): token-level and whole-word."""
+"""BERT MLM baseline (ptobj.objectives.mlm): token-level and whole-word."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from objectives.mlm import MLM, MLMConfig
-from objectives.sample import SpecialTokens
-from objectives.streams import RowStreams
+from ptobj.objectives.mlm import MLM, MLMConfig
+from ptobj.objectives.sample import SpecialTokens
+from ptobj.objectives.streams import RowStreams
 
 SP = SpecialTokens()
 V = 300

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.config import ModelConfig, preset
-from objectives import intervals
+from ptobj.models.config import ModelConfig, preset
+from ptobj.objectives import intervals
 
 
 @pytest.fixture(scope="module")
 def pg():
-    from models.parallel import destroy_parallel, init_parallel
+    from ptobj.models.parallel import destroy_parallel, init_parallel
 
     collection = init_parallel(tp=1, pp=1, backend="gloo", seed=0)
     yield collection
@@ -57,7 +57,7 @@ def test_from_dict_rejects_unknown_fields():
 
 
 def test_presets_have_the_advertised_sizes():
-    from models.config import PRESETS
+    from ptobj.models.config import PRESETS
 
     def params(c: ModelConfig) -> float:  # decoder: attention + SwiGLU MLP + tied embedding
         kv = c.query_groups * c.head_dim
@@ -72,7 +72,7 @@ def test_presets_have_the_advertised_sizes():
 # --------------------------------------------------------------------------- heads
 @pytest.mark.parametrize("kind", ["decoder", "encoder"])
 def test_forward_backward_every_head(pg, kind):
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     torch.manual_seed(0)
     model = build_model(tiny(kind), pg)
@@ -94,7 +94,7 @@ def test_forward_backward_every_head(pg, kind):
 
 
 def test_objective_fields_need_their_head(pg):
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     heads = {k: v for k, v in ENCODER_HEADS.items() if k != "sop"}
     model = build_model(tiny("encoder", heads=heads), pg)
@@ -106,7 +106,7 @@ def test_objective_fields_need_their_head(pg):
 
 
 def test_kind_must_be_chosen_before_building(pg):
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     with pytest.raises(ValueError, match="ModelConfig.kind"):
         build_model(dataclasses.replace(tiny("decoder"), kind=None), pg)
@@ -114,7 +114,7 @@ def test_kind_must_be_chosen_before_building(pg):
 
 @pytest.mark.parametrize("kind", ["decoder", "encoder"])
 def test_loss_falls_on_a_fixed_batch(pg, kind):
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     torch.manual_seed(1)
     model = build_model(tiny(kind), pg)
@@ -148,7 +148,7 @@ def _single_row(tokens, segment_ids, kind):
 def test_packed_documents_match_documents_alone(pg, kind):
     """With document intervals, each packed document's logits equal running it alone;
     with one interval over the whole row they do not (the mask is really used)."""
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     torch.manual_seed(2)
     model = build_model(tiny(kind), pg).eval()
@@ -169,7 +169,7 @@ def test_packed_documents_match_documents_alone(pg, kind):
 
 
 def test_pair_head_ignores_rows_without_a_target():
-    from models.heads import classification_sums
+    from ptobj.models.heads import classification_sums
     logits = torch.tensor([[2.0, 0.0], [0.0, 3.0], [5.0, -5.0]])
     out = classification_sums(logits, torch.tensor([0, -1, 1]))
     assert out["count"].item() == 2

@@ -9,13 +9,13 @@ import dataclasses
 import pytest
 import torch
 
-import kernels.attention_mask as attention_mask
-from models.config import preset
+import ptobj.kernels.attention_mask as attention_mask
+from ptobj.models.config import preset
 
 
 @pytest.fixture(scope="module")
 def pg():
-    from models.parallel import destroy_parallel, init_parallel
+    from ptobj.models.parallel import destroy_parallel, init_parallel
 
     collection = init_parallel(tp=1, pp=1, backend="gloo", seed=0)
     yield collection
@@ -37,7 +37,7 @@ def loss_and_grads(model, b):
 
 
 def test_mask_is_built_once_per_forward_for_every_layer(pg, monkeypatch):
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     torch.manual_seed(0)
     model = build_model(preset("tiny", num_layers=3), pg)
@@ -61,7 +61,7 @@ def test_mask_is_built_once_per_forward_for_every_layer(pg, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
 def test_backend_from_config_gives_the_same_model_output(pg, backend):
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     torch.manual_seed(0)
     base = build_model(preset("tiny"), pg)
@@ -76,7 +76,7 @@ def test_backend_from_config_gives_the_same_model_output(pg, backend):
 
 
 def test_sdpa_backend_rejects_document_masks_by_name(pg):
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     model = build_model(preset("tiny", attention_backend="sdpa"), pg)
     with pytest.raises(ValueError, match="plain causal"):
@@ -87,7 +87,7 @@ def test_sdpa_backend_rejects_document_masks_by_name(pg):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="megatron's recompute keeps CUDA RNG state")
 @pytest.mark.parametrize("granularity", ["full", "selective"])
 def test_recompute_replays_the_same_mask(pg, granularity):
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     torch.manual_seed(0)
     cfg = preset("tiny", params_dtype="bfloat16")  # auto -> the triton backend on CUDA

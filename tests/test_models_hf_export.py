@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.config import preset
+from ptobj.models.config import preset
 
 
 @pytest.fixture(scope="module")
 def pg():
-    from models.parallel import destroy_parallel, init_parallel
+    from ptobj.models.parallel import destroy_parallel, init_parallel
 
     collection = init_parallel(tp=1, pp=1, backend="gloo", seed=0)
     yield collection
@@ -20,7 +20,7 @@ def pg():
 
 
 def test_split_qkv_follows_megatron_group_interleaving():
-    from models.hf_export import split_qkv
+    from ptobj.models.hf_export import split_qkv
 
     cfg = preset("tiny", num_attention_heads=4, num_query_groups=2, hidden_size=8)  # r=2 q heads per group, d=2
     # tag each row with (group, slot, dim): slot 0..1 = q heads, 2 = k, 3 = v
@@ -35,8 +35,8 @@ def test_split_qkv_follows_megatron_group_interleaving():
 def test_export_loads_in_transformers_with_matching_logits(pg, tmp_path):
     from transformers import LlamaForCausalLM
 
-    from models.hf_export import export
-    from models.model import build_model
+    from ptobj.models.hf_export import export
+    from ptobj.models.model import build_model
 
     torch.manual_seed(0)
     cfg = preset("tiny", num_layers=2, num_attention_heads=4, num_query_groups=2, rotary_base=5000)
@@ -68,9 +68,9 @@ TEXTS = ["The quick brown fox jumps over the lazy dog 12345.", "  indented\tcode
 def test_exported_tokenizer_gives_our_ids(pg, tmp_path):
     from transformers import AutoTokenizer
 
-    from data_pipeline.tokenizer import SentencePieceTokenizer
-    from models.hf_export import export
-    from models.model import build_model
+    from ptobj.data_pipeline.tokenizer import SentencePieceTokenizer
+    from ptobj.models.hf_export import export
+    from ptobj.models.model import build_model
 
     ours = SentencePieceTokenizer.train(TEXTS * 20, 340, model_path=tmp_path / "sp.model")
     cfg = preset("tiny", vocab_size=ours.padded_vocab_size(64))
@@ -90,8 +90,8 @@ def test_exported_tokenizer_gives_our_ids(pg, tmp_path):
 def test_span_sentinels_follow_the_pieces_in_the_exported_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    from data_pipeline.tokenizer import SentencePieceTokenizer
-    from models.hf_tokenizer import write_hf_tokenizer
+    from ptobj.data_pipeline.tokenizer import SentencePieceTokenizer
+    from ptobj.models.hf_tokenizer import write_hf_tokenizer
 
     ours = SentencePieceTokenizer.train(TEXTS * 20, 340, model_path=tmp_path / "sp.model")
     special = ours.special.with_sentinels(ours.vocab_size, 5)
@@ -111,9 +111,9 @@ def test_config_carries_what_hf_tools_read(pg, tmp_path):
     import transformers
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from data_pipeline.tokenizer import SentencePieceTokenizer
-    from models.hf_export import export
-    from models.model import build_model
+    from ptobj.data_pipeline.tokenizer import SentencePieceTokenizer
+    from ptobj.models.hf_export import export
+    from ptobj.models.model import build_model
 
     ours = SentencePieceTokenizer.train(TEXTS * 20, 340, model_path=tmp_path / "sp.model")
     cfg = preset("tiny", vocab_size=ours.padded_vocab_size(64), rotary_base=5000)
@@ -150,7 +150,7 @@ ENCODERS = {  # our encoder -> the transformers class that represents it exactly
 
 
 def _encoder(pg, heads, **fields):
-    from models.model import build_model
+    from ptobj.models.model import build_model
 
     torch.manual_seed(0)
     cfg = preset("tiny", kind="encoder", heads=heads, num_query_groups=None, **fields)
@@ -167,7 +167,7 @@ def _encoder(pg, heads, **fields):
 def test_encoder_exports_give_our_mlm_and_sop_logits(pg, tmp_path, name, sop):
     import transformers
 
-    from models.hf_export import dropped_heads, export, hf_format
+    from ptobj.models.hf_export import dropped_heads, export, hf_format
 
     heads = {"lm": "token", "sbo": "span_boundary", **({"sop": "sequence"} if sop else {})}
     cfg, model = _encoder(pg, heads, **ENCODERS[name])
@@ -196,7 +196,7 @@ def test_albert_shares_layers_on_disk_as_hf_does(pg, tmp_path):
     """All-shared: one ALBERT layer group (the paper's size on disk); otherwise one group per layer."""
     import json
 
-    from models.hf_export import export
+    from ptobj.models.hf_export import export
 
     for share, groups in (("all", 1), ("attention", 3)):
         cfg, model = _encoder(pg, {"lm": "token", "sop": "sequence"}, **ENCODERS["AlbertForPreTraining"]
@@ -214,7 +214,7 @@ def test_albert_shares_layers_on_disk_as_hf_does(pg, tmp_path):
     ({"norm_position": "post", "heads": {"lm": "token", "sop": "sequence", "nsp": "sequence"}}, "2 sequence heads"),
 ])
 def test_encoders_without_a_twin_are_refused_naming_the_field(tmp_path, fields, why):
-    from models.hf_export import export
+    from ptobj.models.hf_export import export
 
     cfg = preset("tiny", **{"kind": "encoder", "num_query_groups": None, **fields})
     with pytest.raises(NotImplementedError, match=why):

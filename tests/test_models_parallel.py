@@ -24,7 +24,7 @@ KINDS = tuple(MODELS)
 
 
 def _config(name: str):
-    from models.config import preset
+    from ptobj.models.config import preset
 
     kind, fields = MODELS[name]
     if kind == "encoder":
@@ -52,9 +52,9 @@ def _worker(rank: int, world: int, tp: int, port: int, path: str) -> None:
         torch.set_num_threads(1)
     from dataclasses import replace
 
-    from models.model import build_model
-    from models.parallel import allreduce_sequence_parallel_grads, destroy_parallel, init_parallel
-    from models.sharding import full_state_dict, load_full_state_dict
+    from ptobj.models.model import build_model
+    from ptobj.models.parallel import allreduce_sequence_parallel_grads, destroy_parallel, init_parallel
+    from ptobj.models.sharding import full_state_dict, load_full_state_dict
 
     pg = init_parallel(tp=tp, pp=1, backend="gloo", seed=100 + tp)
     reference = torch.load(path) if tp > 1 else None

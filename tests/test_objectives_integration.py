@@ -13,12 +13,12 @@ import sys
 import numpy as np
 import pytest
 
-from objectives.compose import MixByWeight
-from objectives.macbert import MacBERT, MacBERTConfig
-from objectives.sample import SpecialTokens
-from objectives.sentence_pairs import SOP, SOPConfig
-from objectives.similar_words import SimilarWords
-from objectives.streams import RowStreams
+from ptobj.objectives.compose import MixByWeight
+from ptobj.objectives.macbert import MacBERT, MacBERTConfig
+from ptobj.objectives.sample import SpecialTokens
+from ptobj.objectives.sentence_pairs import SOP, SOPConfig
+from ptobj.objectives.similar_words import SimilarWords
+from ptobj.objectives.streams import RowStreams
 
 SP = SpecialTokens()
 V = 400
@@ -51,19 +51,19 @@ def build(transform, doc, epoch, index):
 
 
 # ------------------------------------------------------------------ numpy alone
-BLOCKED = ["torch", "megatron", "datasets", "transformers", "sentencepiece", "triton", "jieba", "data_pipeline"]
+BLOCKED = ["torch", "megatron", "datasets", "transformers", "sentencepiece", "triton", "jieba", "ptobj.data_pipeline"]
 
 IMPORT_SCRIPT = r"""
 import importlib, json, pkgutil, sys, dataclasses
 for name in %(blocked)r:
     sys.modules[name] = None          # any import of it now raises ImportError
 import numpy as np
-import objectives
-from objectives import registry
-from objectives.sample import SpecialTokens
+from ptobj import objectives
+from ptobj.objectives import registry
+from ptobj.objectives.sample import SpecialTokens
 mods = sorted(m.name for m in pkgutil.iter_modules(objectives.__path__))
 for m in mods:
-    importlib.import_module("objectives." + m)
+    importlib.import_module("ptobj.objectives." + m)
 special = SpecialTokens()
 rng = np.random.default_rng(0)
 n = 40

@@ -5,17 +5,17 @@ sample is exactly the batch of one (short, empty and over-long segments, reserve
 import numpy as np
 import pytest
 
-from objectives.causal_lm import CausalLM, CausalLMConfig
-from objectives.compose import MixByWeight
-from objectives.fim import FIM, FIMConfig
-from objectives.macbert import MacBERT, MacBERTConfig
-from objectives.mlm import MLM, MLMConfig
-from objectives.sample import SpecialTokens, row, stack
-from objectives.sentence_pairs import NSP, SOP, NSPConfig, SOPConfig
-from objectives.similar_words import SimilarWords
-from objectives.spanbert import SpanBERT, SpanBERTConfig
-from objectives.streams import RowStreams
-from objectives.unilm import UniLM, UniLMConfig
+from ptobj.objectives.causal_lm import CausalLM, CausalLMConfig
+from ptobj.objectives.compose import MixByWeight
+from ptobj.objectives.fim import FIM, FIMConfig
+from ptobj.objectives.macbert import MacBERT, MacBERTConfig
+from ptobj.objectives.mlm import MLM, MLMConfig
+from ptobj.objectives.sample import SpecialTokens, row, stack
+from ptobj.objectives.sentence_pairs import NSP, SOP, NSPConfig, SOPConfig
+from ptobj.objectives.similar_words import SimilarWords
+from ptobj.objectives.spanbert import SpanBERT, SpanBERTConfig
+from ptobj.objectives.streams import RowStreams
+from ptobj.objectives.unilm import UniLM, UniLMConfig
 
 SP = SpecialTokens()
 V = 120

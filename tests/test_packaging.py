@@ -1,13 +1,18 @@
-"""Packaging: the base install is numpy alone and runs every objective; extras bring the rest.
+"""Packaging: one import package, ``ptobj``; the base install is numpy alone and runs every
+objective; extras bring the rest.
 
-* Every third-party import in the packages is guarded by ``objectives.extras.require``
+* Every third-party import in the packages is guarded by ``ptobj.extras.require``
   naming an extra that declares it (so a missing extra is named, never a bare
   ``ModuleNotFoundError``), read from the source, so a new import without its extra fails here.
 * The wheel, built from the checkout's files and installed without extras into a fresh
   virtual environment outside the checkout, holds exactly numpy besides itself, runs every
   registered objective on a literal sample, and names the extra when a module needs one.
-* The wheel carries every non-Python file of the packages (recipe and data configs,
-  launch scripts).
+* The wheel carries every non-Python file of the package (recipe and data configs,
+  launch scripts), installs one top-level name (``ptobj``) and the ``ptobj`` command.
+* The wheel with ``[train]``, installed outside the checkout beside transformers and Hugging
+  Face's own ``kernels`` package (the name that once collided with ours), trains two steps
+  of ``gpt_fim_tiny`` through the command line, exports the run, and
+  ``AutoModelForCausalLM`` gives our logits.
 """
 
 from __future__ import annotations
@@ -27,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from objectives import registry
-from objectives.extras import DISTRIBUTION, MissingExtra, require
+from ptobj.objectives import registry
+from ptobj.extras import DISTRIBUTION, MissingExtra, require
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-PACKAGES = ("objectives", "data_pipeline", "models", "kernels", "recipes")
+PACKAGE = "ptobj"
 
 
 def _norm(name: str) -> str:
@@ -79,7 +84,7 @@ def _imports_and_guards(path: Path):
             extra, *mods = [a.value for a in node.args]
             guards += [(extra, m) for m in mods]
     base = {_req_name(r).replace("-", "_") for r in PYPROJECT["project"]["dependencies"]}
-    third = {m for m in imports if m not in sys.stdlib_module_names and m not in PACKAGES and m not in base
+    third = {m for m in imports if m not in sys.stdlib_module_names and m != PACKAGE and m not in base
              and m != "__future__"}
     return third, guards
 
@@ -88,7 +93,7 @@ def test_every_third_party_import_is_guarded_by_its_extra():
     dists = importlib.metadata.packages_distributions()
     extras = PYPROJECT["project"]["optional-dependencies"]
     problems = []
-    files = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+    files = sorted((ROOT / PACKAGE).rglob("*.py"))
     assert len(files) > 20, files
     guards_of = {p: _imports_and_guards(p) for p in files}
     checked = 0
@@ -127,7 +132,7 @@ def test_require_names_the_extra_and_the_missing_module():
 def _source_files() -> list[str]:
     """Files a build sees: tracked or untracked-but-not-ignored, in the packages and the project files."""
     out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
-                          "pyproject.toml", "README.md", *PACKAGES],
+                          "pyproject.toml", "README.md", PACKAGE],
                          cwd=ROOT, check=True, capture_output=True, text=True).stdout
     return sorted(f for f in out.split("\0") if f and (ROOT / f).is_file())
 
@@ -146,26 +151,40 @@ def wheel(tmp_path_factory) -> Path:
     return whl
 
 
-def test_wheel_carries_every_data_file_of_the_packages(wheel):
+def test_wheel_carries_every_data_file_of_the_package(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    data = [f for f in _source_files() if f.split("/")[0] in PACKAGES and not f.endswith(".py")]
-    assert any(f.startswith("recipes/configs/") for f in data) and any(f.startswith("data_pipeline/configs/") for f in data)
+    data = [f for f in _source_files() if f.startswith(PACKAGE + "/") and not f.endswith(".py")]
+    assert any(f.startswith("ptobj/recipes/configs/") for f in data) and any(f.startswith("ptobj/data_pipeline/configs/") for f in data)
+    assert any(f.startswith("ptobj/recipes/experiments/") for f in data) and any("/launch/" in f for f in data)
     assert [f for f in data if f not in names] == []
     with zipfile.ZipFile(wheel) as z:
         assert all(z.read(f) == (ROOT / f).read_bytes() for f in data)
-        py = [f for f in _source_files() if f.split("/")[0] in PACKAGES and f.endswith(".py")]
+        py = [f for f in _source_files() if f.startswith(PACKAGE + "/") and f.endswith(".py")]
         assert [f for f in py if f not in names] == []
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     always = [line for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert [_req_name(line.split(":", 1)[1].strip()) for line in always] == ["numpy"], always
 
 
+def test_wheel_installs_one_top_level_name_and_the_command(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/RECORD"))
+        record = z.read(f"{info}/RECORD").decode().splitlines()
+        top_level = z.read(f"{info}/top_level.txt").decode().split() if f"{info}/top_level.txt" in names else None
+        entry_points = z.read(f"{info}/entry_points.txt").decode()
+    tops = {line.split(",")[0].split("/")[0] for line in record if line}
+    assert tops == {PACKAGE, info}, sorted(tops)
+    assert top_level in (None, [PACKAGE]), top_level
+    assert re.search(r"^ptobj = ptobj\.cli:main$", entry_points, re.M), entry_points
+
+
 BASE_CHECK = r'''
 import importlib, importlib.metadata, json, sys
 import numpy as np
 
-import objectives
-from objectives import CONTRACT_FIELDS, registry
+from ptobj import objectives
+from ptobj.objectives import CONTRACT_FIELDS, registry
 
 
 class ByteTokenizer:
@@ -220,7 +239,8 @@ for name in registry.names():
     ran[name] = targets
 
 errors = {}
-for module in ("data_pipeline.tokenizer", "data_pipeline.build", "models", "kernels", "recipes.train"):
+for module in ("ptobj.data_pipeline.tokenizer", "ptobj.data_pipeline.build", "ptobj.models", "ptobj.kernels",
+               "ptobj.recipes.train"):
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as exc:
@@ -248,9 +268,85 @@ def test_wheel_alone_runs_every_objective_outside_the_checkout(wheel, tmp_path):
     assert Path(report["objectives_file"]).is_relative_to(report["prefix"]), report["objectives_file"]
     assert [_norm(d) for d in report["distributions"]] == ["numpy", _norm(DISTRIBUTION)], report["distributions"]
     assert sorted(report["ran"]) == registry.names()
-    needs = {"data_pipeline.tokenizer": "data", "data_pipeline.build": "train", "models": "train",
-             "kernels": "train", "recipes.train": "train"}
+    needs = {"ptobj.data_pipeline.tokenizer": "data", "ptobj.data_pipeline.build": "train", "ptobj.models": "train",
+             "ptobj.kernels": "train", "ptobj.recipes.train": "train"}
     for module, extra in needs.items():
         assert module in report["errors"], f"{module} imported without its extra"
         assert report["errors"][module].startswith("MissingExtra:"), report["errors"][module]
         assert f"pip install '{DISTRIBUTION}[{extra}]'" in report["errors"][module], report["errors"][module]
+
+
+# ---- the wheel with [train], beside transformers and Hugging Face's own `kernels` -----------
+LOCK = ROOT / "requirements" / "lock.txt"
+
+LOGITS_CHECK = r'''
+import json, sys
+from pathlib import Path
+import torch
+import kernels, transformers                       # Hugging Face's kernels package, beside ours
+from transformers import AutoModelForCausalLM
+import ptobj
+from ptobj.models.config import ModelConfig
+from ptobj.models.model import build_model
+from ptobj.models.parallel import init_parallel
+from ptobj.recipes.engine import checkpoint as ckpt
+
+run, hf_dir = Path(sys.argv[1]), Path(sys.argv[2])
+cfg = ModelConfig.from_dict(json.loads((run / "model_config.json").read_text()))
+ours = build_model(cfg, init_parallel(tp=1, pp=1, backend="gloo")).eval()
+ckpt.load_checkpoint(ckpt.latest_checkpoint(run / "checkpoints"), ckpt.TensorLayout().model_items(ours))
+hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+ids = torch.randint(16, cfg.vocab_size - 64, (2, 48), generator=torch.Generator().manual_seed(0))
+s = ids.shape[1]
+with torch.no_grad():
+    a = ours.logits({"tokens": ids, "kv_start": torch.zeros(2, s, dtype=torch.int32),
+                     "kv_end": torch.arange(1, s + 1, dtype=torch.int32).expand(2, s).contiguous()})
+    b = hf(ids).logits
+print(json.dumps({"ptobj": ptobj.__file__, "kernels": kernels.__file__, "transformers": transformers.__version__,
+                  "kernels_version": __import__("importlib.metadata").metadata.version("kernels"),
+                  "max_abs_diff": (a - b[..., : a.shape[-1]]).abs().max().item(), "max_abs_logit": a.abs().max().item()}))
+'''
+
+
+def _locked_pins() -> list[str]:
+    """``name==version`` of every package the lock holds (its hashes dropped: a constraints file)."""
+    return [line.split()[0] for line in LOCK.read_text().splitlines() if re.match(r"^[A-Za-z0-9][^ ]*==", line)]
+
+
+@pytest.mark.slow
+def test_wheel_with_train_extra_trains_exports_and_loads_beside_hf_kernels(wheel, tmp_path):
+    """Outside the checkout: install, ``ptobj train`` two steps, ``ptobj export``, HF logits == ours."""
+    pins = _locked_pins()
+    assert any(p.startswith("kernels==") for p in pins), "the lock should hold Hugging Face's kernels (transformers' dependency)"
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    bin_dir = env_dir / "bin"
+    (tmp_path / "constraints.txt").write_text("\n".join(pins) + "\n")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "-q",
+         "-c", str(tmp_path / "constraints.txt"), f"ptobj[train] @ {wheel.as_uri()}", "transformers", "kernels"],
+        capture_output=True, text=True, timeout=1200)
+    assert install.returncode == 0, install.stderr[-3000:]
+    work = tmp_path / "work"                      # the user's folder: no checkout anywhere above it
+    work.mkdir()
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("PYTHONPATH", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONWARNINGS"] = "ignore"
+    train = subprocess.run(
+        [str(bin_dir / "ptobj"), "train", "gpt_fim_tiny", "schedule.train_steps=2", "schedule.warmup_steps=1",
+         "data.corpus.max_bytes=120000", "data.tokenizer.vocab_size=512", "data.seq_length=64",
+         "schedule.micro_batch_size=4", "logging.run_dir=run", "logging.progress_bar=false", "eval.batches=1",
+         "eval.infill.enabled=false", "logging.tensorboard=false"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert (work / "run" / "final_metrics.json").is_file()
+    export = subprocess.run([str(bin_dir / "ptobj"), "export", "run", "hf"], cwd=work, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert export.returncode == 0, export.stderr[-3000:]
+    (tmp_path / "logits.py").write_text(LOGITS_CHECK)
+    check = subprocess.run([str(bin_dir / "python"), "-I", str(tmp_path / "logits.py"), "run", "hf"], cwd=work,
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert check.returncode == 0, check.stderr[-3000:]
+    report = json.loads(check.stdout.strip().splitlines()[-1])
+    assert Path(report["ptobj"]).is_relative_to(env_dir) and Path(report["kernels"]).is_relative_to(env_dir), report
+    assert report["max_abs_diff"] <= 1e-4 * max(1.0, report["max_abs_logit"]), report

@@ -1,16 +1,16 @@
-"""Document-level FIM: documents rewritten one by one, then packed (data_pipeline.packed_documents)."""
+"""Document-level FIM: documents rewritten one by one, then packed (ptobj.data_pipeline.packed_documents)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from data_pipeline.indexed import SplitWriter, TokenData
-from data_pipeline.packed_documents import PackedDocumentSampler
-from objectives import registry
-from objectives.fim import FIM, FIMConfig, original_order
-from objectives.sample import SpecialTokens
-from objectives.streams import RowStreams
+from ptobj.data_pipeline.indexed import SplitWriter, TokenData
+from ptobj.data_pipeline.packed_documents import PackedDocumentSampler
+from ptobj.objectives import registry
+from ptobj.objectives.fim import FIM, FIMConfig, original_order
+from ptobj.objectives.sample import SpecialTokens
+from ptobj.objectives.streams import RowStreams
 
 SP = SpecialTokens()
 V = 300
@@ -71,7 +71,7 @@ def test_contexts_pack_the_rewritten_documents_of_each_epoch(data):
 
 
 def test_a_rate_zero_stage_gives_the_plain_packed_stream(data):
-    from data_pipeline.samplers import PackedContextSampler
+    from ptobj.data_pipeline.samplers import PackedContextSampler
 
     token_data, _ = data
     s = PackedDocumentSampler(token_data, 16, fim(0.0).documents, seed=3, special=SP, shuffle=False)

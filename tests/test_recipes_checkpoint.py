@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from recipes import checkpoint as ckpt
+from ptobj.recipes.engine import checkpoint as ckpt
 
 
 class Killed(BaseException):

@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional
 import pytest
 from hypothesis import given, strategies as st
 
-from recipes.config import ConfigError, apply_overrides, from_dict, load_config, save_config, to_dict
+from ptobj.recipes.engine.config import ConfigError, apply_overrides, from_dict, load_config, save_config, to_dict
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``python -m recipes.export RUN_DIR OUT_DIR``: a trained tiny run becomes a folder that
+"""``python -m ptobj.recipes.export RUN_DIR OUT_DIR``: a trained tiny run becomes a folder that
 transformers' Auto classes and pipeline load, with our logits and our greedy continuation."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from conftest import TINY_CORPUS, TINY_TOKENIZER
-from recipes import checkpoint as ckpt
-from recipes.export import CheckFailed, export_run, main
-from recipes.train import run
-from recipes.train_config import load_train_config
+from ptobj.recipes.engine import checkpoint as ckpt
+from ptobj.recipes.export import CheckFailed, export_run, main
+from ptobj.recipes.train import run
+from ptobj.recipes.engine.train_config import load_train_config
 from test_recipes_train import CONFIGS, shrink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +34,9 @@ def trained(tiny_corpus, tmp_path_factory):
 
 def ours_from_checkpoint(run_dir: Path, step_dir: Path):
     """Our model as training built it (model_config.json) with the checkpoint's weights."""
-    from models.config import ModelConfig
-    from models.model import build_model
-    from models.parallel import init_parallel
+    from ptobj.models.config import ModelConfig
+    from ptobj.models.model import build_model
+    from ptobj.models.parallel import init_parallel
 
     cfg = ModelConfig.from_dict(json.loads((run_dir / "model_config.json").read_text()))
     model = build_model(cfg, init_parallel(tp=1, pp=1, backend="gloo")).eval()
@@ -56,12 +56,12 @@ def test_exported_run_loads_through_auto_classes_and_pipeline(trained, tmp_path)
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from data_pipeline.tokenizer import SentencePieceTokenizer
+    from ptobj.data_pipeline.tokenizer import SentencePieceTokenizer
 
-    from recipes.sweep import run_env  # without the rendezvous settings of this (pytest) process
+    from ptobj.recipes.experiments.sweep import run_env  # without the rendezvous settings of this (pytest) process
 
     out = tmp_path / "hf"
-    done = subprocess.run([sys.executable, "-m", "recipes.export", str(trained), str(out)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "ptobj.recipes.export", str(trained), str(out)], cwd=ROOT,
                           env=run_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "checked: transformers logits match ours" in done.stdout
@@ -139,7 +139,7 @@ def test_missing_files_are_named(trained, tmp_path):
 
 
 def test_a_wrong_export_is_caught_and_not_written(trained, tmp_path, monkeypatch):
-    import models.hf_export as hf_export
+    import ptobj.models.hf_export as hf_export
 
     right = hf_export.split_qkv
 
@@ -166,16 +166,16 @@ PAIR = ("def add(a, b):", "    return a + b  # the sum of two numbers")
 
 
 def test_albert_run_exports_with_our_mlm_and_sop_logits(albert_run, tmp_path):
-    """`python -m recipes.export` on a trained ALBERT run: AutoModelForPreTraining loads it without
+    """`python -m ptobj.recipes.export` on a trained ALBERT run: AutoModelForPreTraining loads it without
     custom code and its MLM and SOP logits on a tokenized sentence pair are ours (fp32, 1e-4);
     the fill-mask pipeline predicts what our model predicts."""
     import transformers
     from transformers import AutoConfig, AutoModelForPreTraining, AutoTokenizer
 
-    from recipes.sweep import run_env
+    from ptobj.recipes.experiments.sweep import run_env
 
     out = tmp_path / "hf"
-    done = subprocess.run([sys.executable, "-m", "recipes.export", str(albert_run), str(out)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "ptobj.recipes.export", str(albert_run), str(out)], cwd=ROOT,
                           env=run_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "checked: transformers logits match ours" in done.stdout and "sequence" in done.stdout
@@ -217,7 +217,7 @@ def test_albert_run_exports_with_our_mlm_and_sop_logits(albert_run, tmp_path):
 
 
 def model_special(run_dir: Path):
-    from data_pipeline.tokenizer import SentencePieceTokenizer
+    from ptobj.data_pipeline.tokenizer import SentencePieceTokenizer
 
     return SentencePieceTokenizer.load(run_dir / "tokenizer.model").special
 
@@ -237,7 +237,7 @@ def test_spanbert_run_exports_as_bert_and_says_sbo_is_dropped(tiny_corpus, tmp_p
 
 
 def test_an_encoder_without_a_twin_is_refused_naming_the_field(tiny_corpus, tmp_path, capsys):
-    from recipes.config import save_config
+    from ptobj.recipes.engine.config import save_config
 
     run_dir = tmp_path / "prenorm_albert"
     cfg = load_train_config(CONFIGS / "albert_sop_tiny.yaml", ["model.norm_position=pre"])
@@ -249,7 +249,7 @@ def test_an_encoder_without_a_twin_is_refused_naming_the_field(tiny_corpus, tmp_
 
 
 def test_tensor_parallel_run_asks_for_torchrun(trained, tmp_path):
-    from recipes.config import save_config
+    from ptobj.recipes.engine.config import save_config
 
     run_dir = tmp_path / "tp2"
     save_config(load_train_config(trained / "config.yaml", ["parallel.tensor_parallel=2"]), run_dir / "config.yaml")
@@ -264,7 +264,7 @@ def test_tensor_parallel_2_run_exports_under_torchrun(tiny_corpus, tmp_path):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    from recipes.sweep import run_env
+    from ptobj.recipes.experiments.sweep import run_env
 
     run_dir, out = tmp_path / "tp2", tmp_path / "hf"
     overrides = [f"data.cache_dir={tiny_corpus[2]}", "data.seq_length=64", "schedule.train_steps=2",
@@ -275,10 +275,10 @@ def test_tensor_parallel_2_run_exports_under_torchrun(tiny_corpus, tmp_path):
     overrides += [f"data.tokenizer.{k}={v}" for k, v in TINY_TOKENIZER.items()]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
     env = {**run_env(), "OMP_NUM_THREADS": "1"}
-    train = subprocess.run([*torchrun, "recipes.train", str(CONFIGS / "gpt_fim_tiny.yaml"), *overrides],
+    train = subprocess.run([*torchrun, "ptobj.recipes.train", str(CONFIGS / "gpt_fim_tiny.yaml"), *overrides],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr[-3000:]
-    export = subprocess.run([*torchrun, "recipes.export", str(run_dir), str(out)], cwd=ROOT, env=env,
+    export = subprocess.run([*torchrun, "ptobj.recipes.export", str(run_dir), str(out)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert export.returncode == 0, export.stderr[-3000:]
     assert export.stdout.count("checked: transformers logits match ours") == 1  # rank 0 alone reports

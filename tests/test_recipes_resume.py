@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from conftest import TINY_CORPUS, TINY_TOKENIZER
-from recipes import checkpoint as ckpt
-from recipes.train import run
-from recipes.train_config import load_train_config
+from ptobj.recipes.engine import checkpoint as ckpt
+from ptobj.recipes.train import run
+from ptobj.recipes.engine.train_config import load_train_config
 from test_recipes_train import CONFIGS, shrink
 
 
@@ -116,16 +116,16 @@ def _cli(run_dir: Path, cache: str, *extra: str) -> list[str]:
 
 
 def _env() -> dict:
-    from recipes.sweep import run_env  # without the rendezvous settings of this (pytest) process
+    from ptobj.recipes.experiments.sweep import run_env  # without the rendezvous settings of this (pytest) process
 
     return {**run_env(), "OMP_NUM_THREADS": "1"}
 
 
 def _train(args: list[str], nproc: int = 1, **kw) -> subprocess.CompletedProcess:
-    launch = [sys.executable, "-m", "recipes.train"]
+    launch = [sys.executable, "-m", "ptobj.recipes.train"]
     if nproc > 1:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                  "-m", "recipes.train"]
+                  "-m", "ptobj.recipes.train"]
     done = subprocess.run(launch + args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900, **kw)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -192,7 +192,7 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tiny_
     _train(_cli(tmp_path / "ref", cache, *extra))
     run_dir = tmp_path / "killed"
     cdir = run_dir / "checkpoints"
-    launch = [sys.executable, "-m", "recipes.train", *_cli(run_dir, cache, *extra)]
+    launch = [sys.executable, "-m", "ptobj.recipes.train", *_cli(run_dir, cache, *extra)]
     rng = np.random.default_rng(20240611)
     kinds = list(rng.permutation(["save", "save", "save", "step", "step"]))
     partial = 0

@@ -1,7 +1,7 @@
-"""Online RL (``python -m recipes.rl``: TRL's RLOO with the ptx term) and DPO on exported tiny models.
+"""Online RL (``python -m ptobj.recipes.posttrain.rl``: TRL's RLOO with the ptx term) and DPO on exported tiny models.
 
 The end-to-end path: a tiny causal-LM run is pretrained, fine-tuned on conversations (the SFT
-recipe) and exported (``recipes.export``: a chat ``LlamaForCausalLM``); a toy preference ("more of
+recipe) and exported (``ptobj.recipes.export``: a chat ``LlamaForCausalLM``); a toy preference ("more of
 one token is better") is written as (prompt, chosen, rejected) pairs cut from the policy's own
 samples; a reward model is trained on the pairs; RLOO with the ptx term (batches from the
 pretraining run's own data pipeline) raises the reward model's score of the policy's samples in a
@@ -22,11 +22,11 @@ import torch
 
 pytest.importorskip("trl", reason="the [rlhf] extra (trl) is not installed")
 
-from recipes.export import export_run  # noqa: E402
-from recipes.rl import (ArgError, PtxBatches, RewardModelScore, load_policy, prompt_ids, ptx_config,  # noqa: E402
+from ptobj.recipes.export import export_run  # noqa: E402
+from ptobj.recipes.posttrain.rl import (ArgError, PtxBatches, RewardModelScore, load_policy, prompt_ids, ptx_config,  # noqa: E402
                         ptx_loss, train)
-from recipes.train import run  # noqa: E402
-from recipes.train_config import load_train_config  # noqa: E402
+from ptobj.recipes.train import run  # noqa: E402
+from ptobj.recipes.engine.train_config import load_train_config  # noqa: E402
 from test_recipes_train import CONFIGS, shrink  # noqa: E402
 
 PROMPTS = ["Say hello to Ann.", "Say hello to Zed.", "What is the opposite of hot?", "What is the opposite of old?",
@@ -178,12 +178,12 @@ def heldout_lm_loss(model, ptx: PtxBatches) -> float:
 
 def test_rloo_with_ptx_raises_the_reward_and_logs_the_ptx_loss(pretrained, policy, preference, reward, prompts_file,
                                                               tmp_path, capsys):
-    """`python -m recipes.rl` end to end: the reward model's score of seeded samples rises, the
+    """`python -m ptobj.recipes.posttrain.rl` end to end: the reward model's score of seeded samples rises, the
     target token becomes more frequent, the ptx loss is logged every step and finite, and the
     ptx term keeps the pretraining LM loss lower than the same run without it."""
     from transformers import AutoModelForCausalLM
 
-    from recipes.rl import main
+    from ptobj.recipes.posttrain.rl import main
 
     run_dir = pretrained[0]
     model, tok = load_policy(policy)
@@ -198,7 +198,7 @@ def test_rloo_with_ptx_raises_the_reward_and_logs_the_ptx_loss(pretrained, polic
             "--lr", "3e-3", "--prompts-per-step", "4", "--generations", "4", "--max-completion-length", str(NEW)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    print(" ".join(["python -m recipes.rl", *argv]))
+    print(" ".join(["python -m ptobj.recipes.posttrain.rl", *argv]))
     print("\n".join(line for line in printed.splitlines() if line.startswith(("{'loss'", "[rl]"))))
     tuned = AutoModelForCausalLM.from_pretrained(out / "policy", dtype=torch.float32)
     after, drawn_after = measured_reward(tuned, tok, score)
@@ -226,7 +226,7 @@ def test_ptx_batches_give_the_loss_our_model_gives(pretrained):
     LlamaForCausalLM gives the LM loss our model gives on the same batch."""
     from test_recipes_export import ours_from_checkpoint
 
-    from recipes import checkpoint as ckpt
+    from ptobj.recipes.engine import checkpoint as ckpt
 
     run_dir, policy = pretrained
     model, _ = load_policy(policy)
@@ -246,7 +246,7 @@ def test_ptx_batches_give_the_loss_our_model_gives(pretrained):
 
 
 def test_bad_arguments_are_named(pretrained, policy, reward, prompts_file, tmp_path, capsys):
-    from recipes.rl import main
+    from ptobj.recipes.posttrain.rl import main
 
     run_dir = pretrained[0]
     with pytest.raises(ArgError, match="--ptx-data .*nowhere: not found"):
@@ -281,13 +281,13 @@ def test_bad_arguments_are_named(pretrained, policy, reward, prompts_file, tmp_p
 
     from types import SimpleNamespace
 
-    from recipes.rl import check_same_tokenizer
+    from ptobj.recipes.posttrain.rl import check_same_tokenizer
 
     _, tok = load_policy(policy)
     with pytest.raises(ArgError, match="--ptx-data x: its tokenizer and the policy's disagree"):
         check_same_tokenizer(tok, SimpleNamespace(encode=lambda text: [20, 21]), what="--ptx-data x")
 
-    from recipes.dpo import main as dpo
+    from ptobj.recipes.posttrain.dpo import main as dpo
 
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"prompt": "def ", "chosen": "x"}) + "\n")
     assert dpo(["--policy", str(policy), "--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "out"),
@@ -308,11 +308,11 @@ def response_logps(model, tok, pairs, key: str) -> np.ndarray:
 
 
 def test_dpo_on_the_same_pairs_raises_the_margin_and_the_reward(policy, preference, reward, tmp_path, capsys):
-    """`python -m recipes.dpo` on the reward model's pairs: the policy's log-probability margin of
+    """`python -m ptobj.recipes.posttrain.dpo` on the reward model's pairs: the policy's log-probability margin of
     chosen over rejected rises, and so does the reward model's score of its samples."""
     from transformers import AutoModelForCausalLM
 
-    from recipes.dpo import main
+    from ptobj.recipes.posttrain.dpo import main
 
     pairs = preference["pairs"]
     path = tmp_path / "pairs.jsonl"
@@ -330,7 +330,7 @@ def test_dpo_on_the_same_pairs_raises_the_margin_and_the_reward(policy, preferen
     tuned = AutoModelForCausalLM.from_pretrained(out / "policy", dtype=torch.float32).eval()
     margin_after = (response_logps(tuned, tok, pairs, "chosen") - response_logps(tuned, tok, pairs, "rejected")).mean()
     after, _ = measured_reward(tuned, tok, score)
-    print(" ".join(["python -m recipes.dpo", *argv]))
+    print(" ".join(["python -m ptobj.recipes.posttrain.dpo", *argv]))
     print("\n".join(line for line in printed.splitlines() if line.startswith("[dpo]")))
     print(f"log p(chosen) - log p(rejected), mean over {len(pairs)} pairs: before {margin_before:.3f}, "
           f"after {margin_after:.3f}; reward model score of seeded samples: before {before:.3f}, after {after:.3f}")
@@ -339,7 +339,7 @@ def test_dpo_on_the_same_pairs_raises_the_margin_and_the_reward(policy, preferen
 
 
 def test_ranked_records_give_every_better_worse_pair(tmp_path):
-    from recipes.dpo import load_pairs
+    from ptobj.recipes.posttrain.dpo import load_pairs
 
     path = tmp_path / "ranked.jsonl"
     rows = [{"prompt": "a", "responses": ["best", "mid", "worst"]}, {"prompt": "b", "responses": ["yes", "no"]}]
@@ -355,7 +355,7 @@ def test_a_non_finite_ptx_loss_stops_the_step_before_it_is_applied(pretrained, p
                                                                    tmp_path, monkeypatch):
     """A NaN ptx loss in step 2 raises before the backward pass: the weights stay those of step
     1, and the newest checkpoint stays step 1's (none is written after the bad step)."""
-    import recipes.rl as rl
+    import ptobj.recipes.posttrain.rl as rl
     from safetensors.torch import load_file
 
     model, _ = load_policy(policy)
@@ -422,7 +422,7 @@ def test_a_resumed_run_continues_the_uninterrupted_one(pretrained, policy, rewar
     the Trainer restores drives them), the same logged losses and rewards, the same final weights,
     bit for bit. 6 steps of 4 of the 8 prompts: the resume is mid-epoch and the run goes on into
     the next epoch (whose prompt order TRL's own sampler would draw wrong after a resume)."""
-    import recipes.rl as rl
+    import ptobj.recipes.posttrain.rl as rl
 
     read = []
     right_batch = rl.PtxBatches.batch
@@ -455,7 +455,7 @@ def test_a_resumed_run_continues_the_uninterrupted_one(pretrained, policy, rewar
 def test_a_resumed_dpo_run_continues_the_uninterrupted_one(policy, preference, tmp_path, monkeypatch):
     from trl import DPOTrainer
 
-    from recipes.dpo import train as dpo
+    from ptobj.recipes.posttrain.dpo import train as dpo
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(p) + "\n" for p in preference["pairs"]))
@@ -470,10 +470,10 @@ def test_a_resumed_dpo_run_continues_the_uninterrupted_one(policy, preference, t
     assert same_weights(tmp_path / "whole", tmp_path / "resumed")
 
 
-RANKS_MAIN = '''"""recipes.rl's main, each process writing the ptx positions it reads to READ_LOG/rank<r>.jsonl."""
+RANKS_MAIN = '''"""ptobj.recipes.posttrain.rl's main, each process writing the ptx positions it reads to READ_LOG/rank<r>.jsonl."""
 import json, os, sys
 
-import recipes.rl as rl
+import ptobj.recipes.posttrain.rl as rl
 
 right = rl.PtxBatches.batch
 
@@ -499,7 +499,7 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_read_disjoint_ptx_positions(pretrained, policy, reward, prompts_file, tmp_path):
-    """``torchrun --nproc_per_node 2`` of ``recipes.rl`` on CPU (gloo), 2 steps (``accelerate launch
+    """``torchrun --nproc_per_node 2`` of ``ptobj.recipes.posttrain.rl`` on CPU (gloo), 2 steps (``accelerate launch
     --cpu`` starts one process: its multi-CPU launch goes through mpirun). Rank r of 2 reads
     positions ``(k * 2 + r) * b + [0, b)`` of the ptx stream, so the two ranks' batches are
     disjoint and together cover the stream's first 2 * 2 * b positions; the run finishes and

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_CORPUS, TINY_TOKENIZER
-from recipes.sweep import SweepRun, main, parse_grid, plan, table, write_csv
+from ptobj.recipes.experiments.sweep import SweepRun, main, parse_grid, plan, table, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_sweep_runs_the_grid_and_collects_eval_metrics(tiny_corpus, tmp_path, ca
              "eval.infill.enabled=false", "logging.tensorboard=false", "checkpoint.save_final=false"]
     fixed += [f"data.corpus.{k}={v}" for k, v in TINY_CORPUS.items()]
     fixed += [f"data.tokenizer.{k}={v}" for k, v in TINY_TOKENIZER.items()]
-    args = ["--configs", str(ROOT / "recipes/configs/gpt_fim_tiny.yaml"), "--grid", "optim.lr=[1e-3, 1e-2]",
+    args = ["--configs", str(ROOT / "ptobj/recipes/configs/gpt_fim_tiny.yaml"), "--grid", "optim.lr=[1e-3, 1e-2]",
             "--out", str(tmp_path / "sweep")]
     for f in fixed:
         args += ["--set", f]
@@ -69,10 +69,10 @@ def _fixed(tiny_corpus):
 def test_submitit_array_job_skips_done_points_and_the_collector_marks_failures(tiny_corpus, tmp_path, capsys):
     """The SLURM code path (one submitit array job) through submitit's local executor: two seeds of
     one point and a point that fails; a rerun skips what finished; the collector averages seeds."""
-    from recipes.sweep import collect, launch, point_state, read_plan
+    from ptobj.recipes.experiments.sweep import collect, launch, point_state, read_plan
 
     out = tmp_path / "sweep"
-    runs = plan([str(ROOT / "recipes/configs/gpt_fim_tiny.yaml")],
+    runs = plan([str(ROOT / "ptobj/recipes/configs/gpt_fim_tiny.yaml")],
                 [("schedule.seed", ["1", "2"]), ("optim.lr", ["1e-3", "-1"])], _fixed(tiny_corpus), out)
     got = launch(runs, launcher="submitit-local", jobs=4, out=out)
     ok = [r for r in got if r.ok]
@@ -81,11 +81,11 @@ def test_submitit_array_job_skips_done_points_and_the_collector_marks_failures(t
     assert len(bad) == 2 and all(r.status.startswith("failed") for r in bad)
     assert "lr must be > 0" in (bad[0].run_dir / "sweep.log").read_text()
     mtime = (ok[0].run_dir / "final_metrics.json").stat().st_mtime_ns
-    again = launch(plan([str(ROOT / "recipes/configs/gpt_fim_tiny.yaml")], [("schedule.seed", ["1"]),
+    again = launch(plan([str(ROOT / "ptobj/recipes/configs/gpt_fim_tiny.yaml")], [("schedule.seed", ["1"]),
                                                                               ("optim.lr", ["1e-3"])],
                         _fixed(tiny_corpus), out), launcher="serial", out=tmp_path / "sweep2")
     assert again[0].status == "cached" and (ok[0].run_dir / "final_metrics.json").stat().st_mtime_ns == mtime
-    other = plan([str(ROOT / "recipes/configs/gpt_fim_tiny.yaml")], [("schedule.seed", ["1"]), ("optim.lr", ["1e-3"])],
+    other = plan([str(ROOT / "ptobj/recipes/configs/gpt_fim_tiny.yaml")], [("schedule.seed", ["1"]), ("optim.lr", ["1e-3"])],
                  [*_fixed(tiny_corpus), "optim.min_lr=1e-5"], out)[0]
     other.run_dir = ok[0].run_dir                                  # the same folder, other settings
     assert launch([other], launcher="serial", out=tmp_path / "sweep3")[0].status.startswith("failed")
@@ -101,10 +101,10 @@ def test_submitit_array_job_skips_done_points_and_the_collector_marks_failures(t
 
 @pytest.mark.slow
 def test_local_launcher_runs_points_in_parallel(tiny_corpus, tmp_path):
-    from recipes.sweep import launch
+    from ptobj.recipes.experiments.sweep import launch
 
     out = tmp_path / "sweep"
-    runs = plan([str(ROOT / "recipes/configs/causal_lm_tiny.yaml")], [("schedule.seed", ["1", "2"])],
+    runs = plan([str(ROOT / "ptobj/recipes/configs/causal_lm_tiny.yaml")], [("schedule.seed", ["1", "2"])],
                 _fixed(tiny_corpus), out)
     got = launch(runs, launcher="local", jobs=2, out=out)
     assert all(r.status == "ok" for r in got)

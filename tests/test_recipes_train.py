@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipes import checkpoint as ckpt
-from recipes.config import ConfigError
-from recipes.train import NonFiniteLoss, Session, main, run
-from recipes.train_config import load_train_config
+from ptobj.recipes.engine import checkpoint as ckpt
+from ptobj.recipes.engine.config import ConfigError
+from ptobj.recipes.train import NonFiniteLoss, Session, main, run
+from ptobj.recipes.engine.train_config import load_train_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "ptobj" / "recipes" / "configs"
 TINY = sorted(p.name for p in CONFIGS.glob("*_tiny.yaml"))
 
 
@@ -23,7 +23,7 @@ def shrink(cfg, tiny_corpus, run_dir, *, steps=6, every=0, seq=64, mb=4, accum=1
     corpus, tokenizer, cache = tiny_corpus
     R = dataclasses.replace
     if cfg.plan.sampler.startswith("records"):  # records (SFT, reward model): the tiny corpus's tokenizer, fresh weights
-        from data_pipeline.build import TOKENIZER_FILE, prepare_corpus
+        from ptobj.data_pipeline.build import TOKENIZER_FILE, prepare_corpus
 
         prepared = prepare_corpus(corpus, tokenizer, cache, progress=False)
         tokenizer = R(tokenizer, model_path=str(prepared.path / TOKENIZER_FILE))
@@ -40,7 +40,7 @@ def shrink(cfg, tiny_corpus, run_dir, *, steps=6, every=0, seq=64, mb=4, accum=1
 
 
 def test_every_objective_has_a_tiny_recipe():
-    from objectives import registry
+    from ptobj.objectives import registry
 
     trained = {leaf.name for n in TINY for leaf in registry.leaves(load_train_config(CONFIGS / n).objective_spec)}
     assert trained == set(registry.names())
@@ -52,7 +52,7 @@ def test_tiny_config_learns_a_fixed_batch(name, tiny_corpus, tmp_path):
     cfg = load_train_config(CONFIGS / name, ["optim.lr=5e-3", "optim.min_lr=5e-3"])
     cfg = shrink(cfg, tiny_corpus, tmp_path / "run", steps=8, mb=8)
     sess = Session(cfg, progress=False)
-    from recipes.losses import target_counts
+    from ptobj.recipes.engine.losses import target_counts
 
     for first in range(10):  # a batch with targets for every objective (short segments may have none)
         mbs = sess.micro_batches(first)
@@ -91,7 +91,7 @@ def test_resume_reproduces_uninterrupted_run_bitwise(tiny_corpus, tmp_path):
     for k, v in a.items():
         assert torch.equal(v, b[k]) if isinstance(v, torch.Tensor) else v == b[k], k
     # re-evaluating the finished run from its directory gives its final held-out metrics
-    from recipes.evaluate import evaluate_run
+    from ptobj.recipes.evaluation.evaluate import evaluate_run
 
     again = evaluate_run(tmp_path / "full")
     assert again["step"] == 6 and again["ltr/lm_loss"] == pytest.approx(full.eval_metrics["ltr/lm_loss"], rel=1e-6)

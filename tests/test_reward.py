@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from objectives.reward import RANK_FIELD, RewardConfig, RewardModel, render_ranked
-from objectives.sample import SpecialTokens
+from ptobj.objectives.reward import RANK_FIELD, RewardConfig, RewardModel, render_ranked
+from ptobj.objectives.sample import SpecialTokens
 
 SP = SpecialTokens()
-CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "ptobj" / "recipes" / "configs"
 
 
 def char_encode(text: str) -> list[int]:
@@ -27,7 +27,7 @@ def neg_log_sigmoid(x: float) -> float:
 
 
 def sums(scores, rows, ranks):
-    from models.heads import ranking_sums
+    from ptobj.models.heads import ranking_sums
 
     return {k: float(v) for k, v in ranking_sums(torch.tensor(scores), torch.tensor(rows),
                                                  torch.tensor(ranks)).items()}
@@ -84,10 +84,10 @@ def test_the_score_is_read_at_the_end_of_each_response():
 
 
 def test_the_model_scores_the_end_positions_and_counts_like_the_recipe():
-    from models.config import ModelConfig
-    from models.model import build_model
-    from models.parallel import init_parallel
-    from recipes.losses import target_counts
+    from ptobj.models.config import ModelConfig
+    from ptobj.models.model import build_model
+    from ptobj.models.parallel import init_parallel
+    from ptobj.recipes.engine.losses import target_counts
 
     cfg = ModelConfig(kind="decoder", vocab_size=320, heads={"rm": "scalar"}, seq_length=64)
     model = build_model(cfg, init_parallel(tp=1, pp=1, backend="gloo")).eval()
@@ -98,8 +98,8 @@ def test_the_model_scores_the_end_positions_and_counts_like_the_recipe():
         n = enc["tokens"].size
         rows.append({"tokens": np.pad(enc["tokens"], (0, 65 - n)),
                      "rank": np.pad(enc["rank"], (0, 65 - n), constant_values=-1)})
-    from objectives.sample import stack
-    from objectives.streams import RowStreams
+    from ptobj.objectives.sample import stack
+    from ptobj.objectives.streams import RowStreams
 
     batch = {k: torch.from_numpy(np.ascontiguousarray(v))
              for k, v in t.batch(stack(rows), RowStreams.for_rows(0, 0, [0, 1])).items()}
@@ -119,8 +119,8 @@ def test_the_model_scores_the_end_positions_and_counts_like_the_recipe():
 @pytest.fixture(scope="module")
 def rm_run(tiny_corpus, tmp_path_factory):
     """A tiny decoder run, then rm_tiny from it (init_from)."""
-    from recipes.train import run
-    from recipes.train_config import load_train_config
+    from ptobj.recipes.train import run
+    from ptobj.recipes.engine.train_config import load_train_config
     from test_recipes_train import shrink
 
     root = tmp_path_factory.mktemp("reward")
@@ -143,9 +143,10 @@ def test_reward_run_starts_from_a_decoder_and_reports_pair_accuracy(rm_run):
 def test_export_scores_match_ours(rm_run, tmp_path):
     import transformers
 
-    from data_pipeline.tokenizer import SentencePieceTokenizer
-    from recipes.export import export_run, load_model
-    from recipes.resolve import resolve_model_config
+    from ptobj.data_pipeline.tokenizer import SentencePieceTokenizer
+    from ptobj.recipes.engine.runs import load_model
+    from ptobj.recipes.export import export_run
+    from ptobj.recipes.engine.resolve import resolve_model_config
 
     _, root = rm_run
     out = export_run(root / "rm", tmp_path / "hf")
@@ -162,8 +163,8 @@ def test_export_scores_match_ours(rm_run, tmp_path):
                                      tokenize=True, padding=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         theirs = hf(**enc).logits[:, 0]
-    from recipes.export import load_run_config
-    from recipes.distributed import init_distributed
+    from ptobj.recipes.engine.runs import load_run_config
+    from ptobj.recipes.engine.distributed import init_distributed
 
     cfg = load_run_config(root / "rm")
     info = init_distributed("cpu", "auto", 1, 1, seed=0)

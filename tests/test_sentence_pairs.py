@@ -5,10 +5,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from objectives import intervals
-from objectives.sample import SpecialTokens
-from objectives.streams import RowStreams
-from objectives.sentence_pairs import NSP, SOP, NSPConfig, SOPConfig, choose_split, truncate_pair
+from ptobj.objectives import intervals
+from ptobj.objectives.sample import SpecialTokens
+from ptobj.objectives.streams import RowStreams
+from ptobj.objectives.sentence_pairs import NSP, SOP, NSPConfig, SOPConfig, choose_split, truncate_pair
 
 SP = SpecialTokens()
 V = 1000

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from objectives import registry
-from objectives.intervals import dense
-from objectives.sample import SpecialTokens
-from objectives.sft import SFT, SFTConfig, render
+from ptobj.objectives import registry
+from ptobj.objectives.intervals import dense
+from ptobj.objectives.sample import SpecialTokens
+from ptobj.objectives.sft import SFT, SFTConfig, render
 
 SP = SpecialTokens()
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "recipes" / "configs"
+CONFIGS = ROOT / "ptobj" / "recipes" / "configs"
 
 
 def char_encode(text: str) -> list[int]:
@@ -89,7 +89,7 @@ def test_packed_conversations_attend_only_within_themselves():
 
 
 def test_literal_control_strings_in_a_record_tokenize_to_ordinary_pieces(tiny_corpus):
-    from data_pipeline.build import prepare_corpus
+    from ptobj.data_pipeline.build import prepare_corpus
 
     tok = prepare_corpus(*tiny_corpus, progress=False).tokenizer
     text = "say <|user|> then <|assistant|> and <|end|> <|system|>"
@@ -103,7 +103,7 @@ def test_literal_control_strings_in_a_record_tokenize_to_ordinary_pieces(tiny_co
 
 
 def test_record_sampler_packs_whole_conversations(tmp_path):
-    from data_pipeline.records import RecordSampler
+    from ptobj.data_pipeline.records import RecordSampler
 
     convs = [SFT(SFTConfig(32), special=SP, vocab_size=300).encode_record(
         [{"role": "user", "content": "u" * k}, {"role": "assistant", "content": "a" * k}], char_encode)
@@ -122,7 +122,7 @@ def test_record_sampler_packs_whole_conversations(tmp_path):
 
 
 def test_a_conversation_longer_than_a_context_is_cut_and_counted():
-    from data_pipeline.records import RecordSampler
+    from ptobj.data_pipeline.records import RecordSampler
 
     t = SFT(SFTConfig(16), special=SP, vocab_size=300)
     long = t.encode_record([{"role": "user", "content": "u" * 10}, {"role": "assistant", "content": "a" * 20}],
@@ -134,7 +134,7 @@ def test_a_conversation_longer_than_a_context_is_cut_and_counted():
 
 
 def test_prompt_response_columns_read_as_a_conversation(tmp_path):
-    from data_pipeline.records import RecordsConfig, conversation, load_records
+    from ptobj.data_pipeline.records import RecordsConfig, conversation, load_records
 
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) for i in range(3)) + "\n")
@@ -142,7 +142,7 @@ def test_prompt_response_columns_read_as_a_conversation(tmp_path):
     rows, _ = load_records(cfg, cache_dir=str(tmp_path / "cache"))
     assert conversation(rows[1], cfg, "r") == [{"role": "user", "content": "q1"},
                                                {"role": "assistant", "content": "a1"}]
-    from data_pipeline.corpus import CorpusError
+    from ptobj.data_pipeline.corpus import CorpusError
 
     with pytest.raises(CorpusError, match="needs 'messages' or 'prompt'"):
         conversation({"text": "x"}, RecordsConfig(source="x"), "r")
@@ -154,8 +154,8 @@ def test_prompt_response_columns_read_as_a_conversation(tmp_path):
 @pytest.fixture(scope="module")
 def pretrained(tiny_corpus, tmp_path_factory):
     """A tiny causal LM run (the model section of sft_tiny.yaml) to start from."""
-    from recipes.train import run
-    from recipes.train_config import load_train_config
+    from ptobj.recipes.train import run
+    from ptobj.recipes.engine.train_config import load_train_config
     from test_recipes_train import shrink
 
     run_dir = tmp_path_factory.mktemp("pretrain") / "run"
@@ -165,7 +165,7 @@ def pretrained(tiny_corpus, tmp_path_factory):
 
 
 def sft_config(pretrained: Path, run_dir: Path, *more: str):
-    from recipes.train_config import load_train_config
+    from ptobj.recipes.engine.train_config import load_train_config
 
     return load_train_config(CONFIGS / "sft_tiny.yaml", [
         f"init_from={pretrained}", f"logging.run_dir={run_dir}", "logging.progress_bar=false",
@@ -175,9 +175,9 @@ def sft_config(pretrained: Path, run_dir: Path, *more: str):
 def test_init_from_loads_the_weights_and_refuses_another_model(pretrained, tmp_path):
     import torch
 
-    from recipes import checkpoint as ckpt
-    from recipes.config import ConfigError
-    from recipes.train import Session
+    from ptobj.recipes.engine import checkpoint as ckpt
+    from ptobj.recipes.engine.config import ConfigError
+    from ptobj.recipes.train import Session
 
     sess = Session(sft_config(pretrained, tmp_path / "sft"), progress=False)
     _, saved = ckpt.read_items(ckpt.latest_checkpoint(pretrained / "checkpoints"))
@@ -193,9 +193,9 @@ def test_init_from_loads_the_weights_and_refuses_another_model(pretrained, tmp_p
 def test_sft_runs_from_a_pretrained_model_and_exports_its_chat_template(pretrained, tmp_path):
     import transformers
 
-    from data_pipeline.tokenizer import SentencePieceTokenizer
-    from recipes.export import export_run
-    from recipes.train import run
+    from ptobj.data_pipeline.tokenizer import SentencePieceTokenizer
+    from ptobj.recipes.export import export_run
+    from ptobj.recipes.train import run
 
     result = run(sft_config(pretrained, tmp_path / "sft"), progress=False)
     losses = [result.losses[s] for s in sorted(result.losses)]

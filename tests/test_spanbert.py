@@ -1,13 +1,13 @@
-"""SpanBERT (objectives.spanbert): geometric whole-word spans and SBO targets."""
+"""SpanBERT (ptobj.objectives.spanbert): geometric whole-word spans and SBO targets."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from objectives.sample import SpecialTokens
-from objectives.streams import RowStreams
-from objectives.spanbert import SpanBERT, SpanBERTConfig
+from ptobj.objectives.sample import SpecialTokens
+from ptobj.objectives.streams import RowStreams
+from ptobj.objectives.spanbert import SpanBERT, SpanBERTConfig
 
 SP = SpecialTokens()
 V = 300

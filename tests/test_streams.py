@@ -1,11 +1,11 @@
-"""Counter-based row streams and the batch form of samples (objectives.streams, objectives.sample)."""
+"""Counter-based row streams and the batch form of samples (ptobj.objectives.streams, ptobj.objectives.sample)."""
 
 import numpy as np
 import pytest
 
-from objectives import streams
-from objectives.sample import Transform, lengths, row, stack
-from objectives.streams import RowStreams, site
+from ptobj.objectives import streams
+from ptobj.objectives.sample import Transform, lengths, row, stack
+from ptobj.objectives.streams import RowStreams, site
 
 A, B = site("test.a"), site("test.b")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from objectives import registry
-from objectives.sample import SpecialTokens, stack
-from objectives.streams import RowStreams
-from objectives.t5 import T5Config, T5SpanCorruption, input_length, noise_counts, sentinels_needed
+from ptobj.objectives import registry
+from ptobj.objectives.sample import SpecialTokens, stack
+from ptobj.objectives.streams import RowStreams
+from ptobj.objectives.t5 import T5Config, T5SpanCorruption, input_length, noise_counts, sentinels_needed
 
 V = 4000
 SP = SpecialTokens().with_sentinels(V, 40)

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from objectives import registry
-from objectives.sample import SpecialTokens
+from ptobj.objectives import registry
+from ptobj.objectives.sample import SpecialTokens
 
 SP = SpecialTokens()
 V = 5000

@@ -1,14 +1,14 @@
-"""UniLM (objectives.unilm): four LMs, cloze targets, LM ids, row-interval masks."""
+"""UniLM (ptobj.objectives.unilm): four LMs, cloze targets, LM ids, row-interval masks."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from objectives import masking
-from objectives.sample import SpecialTokens
-from objectives.streams import RowStreams
-from objectives.unilm import NUM_SEGMENT_TYPES, UniLM, UniLMConfig
+from ptobj.objectives import masking
+from ptobj.objectives.sample import SpecialTokens
+from ptobj.objectives.streams import RowStreams
+from ptobj.objectives.unilm import NUM_SEGMENT_TYPES, UniLM, UniLMConfig
 
 SP = SpecialTokens()
 V = 300

@@ -1,0 +1,1 @@
+"""Post-training on exported models: online RL with the pretraining mix (RLOO / PPO-ptx), DPO."""
