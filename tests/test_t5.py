@@ -147,3 +147,21 @@ def test_declaration():
     c = T5Config(seq_length=128)
     assert task.model == "decoder" and task.sampler == "packed" and task.input_length(c) == input_length(c)
     assert task.sentinels_for(c) == sentinels_needed(c) == int(noise_counts(input_length(c), c)[1])
+
+
+def test_padding_is_never_noise_and_a_one_token_row_passes_through():
+    """A right-padded batch equals its rows alone (padding columns once counted as noise and wrote
+    padding over the last span of the target); a row of one token has no noise."""
+    from ptobj.objectives import RowStreams, build
+    from ptobj.objectives.sample import SpecialTokens
+
+    t = build("t5", {"seq_length": 32}, special=SpecialTokens().with_sentinels(30000, 1), vocab_size=30001)
+    a, b = {"tokens": np.arange(100, 120, dtype=np.int32)}, {"tokens": np.arange(200, 225, dtype=np.int32)}
+    out = t.batch([a, b], RowStreams.for_rows(1, 0, [0, 1]))
+    for i, s in enumerate((a, b)):
+        alone = t(s, 1, index=i)
+        assert all(np.array_equal(out[k][i], alone[k]) for k in alone)
+    target = alone["tokens"][alone["tokens"].tolist().index(4) + 1:]          # after [SEP]
+    assert 0 not in target[: int(alone["loss_mask"].sum())]                   # no padding inside the target
+    one = t({"tokens": np.array([150], np.int32)}, 3)
+    assert one["tokens"][:3].tolist() == [150, 4, 1]                          # source [SEP] [EOT]: no span

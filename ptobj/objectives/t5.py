@@ -113,13 +113,15 @@ class T5SpanCorruption(ConfiguredTransform):
         noise_runs = _compositions(streams.uniform(site("t5.noise_runs"), max(W - 1, 1)), noise, spans)
         keep_runs = _compositions(streams.uniform(site("t5.keep_runs"), max(W - 1, 1)), n - noise, spans)
         K = noise_runs.shape[1]
-        # runs alternate keep, noise, keep, noise, ...; run r of row b covers its next tokens
-        runs = np.stack([keep_runs, noise_runs], axis=2).reshape(B, 2 * K)
+        # runs alternate keep, noise, keep, noise, ...; run r of row b covers its next tokens. A
+        # last keep run holds what a row without noise keeps (fewer than 2 tokens: all of it).
+        runs = np.concatenate([np.stack([keep_runs, noise_runs], axis=2).reshape(B, 2 * K),
+                               (n - keep_runs.sum(axis=1) - noise_runs.sum(axis=1))[:, None]], axis=1)
         col = np.arange(W)[None, :]
         real = col < n[:, None]
-        run = np.full((B, W), -1, np.int64)
-        run[real] = np.repeat(np.tile(np.arange(2 * K), B), runs.reshape(-1))
-        is_noise = run % 2 == 1
+        run = np.full((B, W), -1, np.int64)                 # padding columns are in no run
+        run[real] = np.repeat(np.tile(np.arange(2 * K + 1), B), runs.reshape(-1))
+        is_noise = real & (run % 2 == 1)
         span = run // 2
         first = is_noise & np.concatenate([np.ones((B, 1), bool), run[:, 1:] != run[:, :-1]], axis=1)
         sentinel = self.sentinel_ids[np.clip(span, 0, max(len(self.sentinel_ids) - 1, 0))] \
