@@ -21,6 +21,13 @@ Keys of different purposes can never coincide by construction: the purpose's
 tag is the first word hashed into every key, and sequential consumers (a
 sampler's epoch permutation) get ``generator(purpose, ...)``, a numpy Generator
 whose seed words also start with the tag.
+
+Every key word (seed, epoch, index, ...) is an integer in ``[0, 2**64)``; seeds are
+documented as ``0 .. 2**63 - 1``. A word outside that range is refused, never
+wrapped, and a generator's words enter numpy's SeedSequence at a fixed width (two
+32-bit halves each, after their count), so seed ``2**32 + s`` at epoch 0 cannot
+read as seed ``s`` at epoch 1 (numpy alone splits an integer into as many 32-bit
+words as it needs, and drops high zero words).
 """
 
 from __future__ import annotations
@@ -78,12 +85,22 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z
 
 
+def _word(w) -> int:
+    """A key word as a Python int in ``[0, 2**64)``; anything else is an error naming it."""
+    if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, np.integer)):
+        raise TypeError(f"a random-stream key word must be an integer, got {w!r}")
+    w = int(w)
+    if not 0 <= w <= _MASK64:
+        raise ValueError(f"a random-stream key word (seed, epoch, index) must lie in [0, 2**64), got {w}")
+    return w
+
+
 @functools.lru_cache(maxsize=256)
 def key(purpose: str, *words: int) -> int:
     """The 64-bit key of one stream: ``key("transform", seed, epoch, index)``."""
     h = _mix_int(_GOLDEN ^ _tag(purpose))
     for w in words:
-        h = _mix_int(h ^ (int(w) & _MASK64))
+        h = _mix_int(h ^ _word(w))
     return h
 
 
@@ -93,8 +110,13 @@ with np.errstate(over="ignore"):
 
 def generator(purpose: str, *words: int) -> np.random.Generator:
     """A sequential numpy Generator for consumers that need one (a permutation per
-    epoch); its seed words start with the purpose's tag."""
-    return np.random.default_rng([_tag(purpose), *(int(w) & _MASK64 for w in words)])
+    epoch). Its entropy is the purpose's tag, the number of words, then each word as
+    two 32-bit halves: a fixed-width encoding, so distinct keys are distinct entropy."""
+    entropy = [_tag(purpose), len(words)]
+    for w in words:
+        w = _word(w)
+        entropy += [w & 0xFFFFFFFF, w >> 32]
+    return np.random.default_rng(np.random.SeedSequence(np.array(entropy, np.uint32)))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -140,6 +162,8 @@ class RowStreams:
         for name, a in (("epoch", epoch), ("index", index)):
             if a.size and (a.dtype.kind not in "iu" or a.min() < 0):
                 raise ValueError(f"RowStreams.for_rows: {name} must be integers >= 0, got {a!r}")
+            if a.dtype.kind == "u" and a.dtype.itemsize > 8 or a.dtype == object:
+                raise ValueError(f"RowStreams.for_rows: {name} must fit 64 bits, got dtype {a.dtype}")
         if epoch.shape != index.shape:
             epoch, index = np.broadcast_arrays(epoch, index)
         z = epoch.reshape(-1).astype(np.uint64) ^ np.uint64(key(purpose, int(seed)))
@@ -182,9 +206,9 @@ class RowStreams:
         return _mix(self.keys ^ np.uint64(at & _MASK64))
 
     def bits(self, at: int, rows, counters) -> np.ndarray:
-        """uint64 words for draw ``counters`` of rows ``rows`` at site ``at`` (broadcast)."""
-        z = self._site_keys(at)[rows]
-        z += _steps(counters)
+        """uint64 words for draw ``counters`` of rows ``rows`` at site ``at``; ``rows`` and
+        ``counters`` broadcast together (rows [n, 1] against counters [1, m] give [n, m])."""
+        z = self._site_keys(at)[rows] + _steps(counters)      # a new array of the broadcast shape
         return _mix(z)
 
     def uniform_at(self, at: int, rows, counters) -> np.ndarray:

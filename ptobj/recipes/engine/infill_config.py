@@ -36,6 +36,8 @@ class InfillConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.seed <= 2**63 - 1:
+            raise ValueError(f"seed must lie in [0, 2**63 - 1], got {self.seed}")
         if self.max_middle_tokens < 0:
             raise ValueError(f"max_middle_tokens must be >= 0, got {self.max_middle_tokens}")
         bad = [m for m in self.modes if m not in ("psm", "spm")]

@@ -28,6 +28,15 @@ from ptobj.recipes.engine.config import ConfigError, load_config
 from ptobj.recipes.engine.infill_config import InfillConfig
 
 
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(name: str, seed: int) -> None:
+    """Seeds key every random stream (:mod:`ptobj.objectives.streams`): integers in [0, 2**63 - 1]."""
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{name} must lie in [0, 2**63 - 1], got {seed}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
@@ -130,6 +139,7 @@ class ScheduleConfig:
     stop_after_steps: int = 0
 
     def __post_init__(self):
+        check_seed("seed", self.seed)
         for name in ("train_steps", "micro_batch_size", "grad_accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -170,6 +180,10 @@ class EvalConfig:
     suites: dict[str, Any] = field(default_factory=dict)
     # the objective's declared evaluations beyond losses (FIM: infilling of held-out code), at the end
     infill: InfillConfig = field(default_factory=InfillConfig)
+
+    def __post_init__(self):
+        if self.seed is not None:
+            check_seed("seed", self.seed)
 
 
 @dataclass(frozen=True)
