@@ -76,6 +76,7 @@ def test_exported_run_loads_through_auto_classes_and_pipeline(trained, tmp_path)
     ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
     assert ids == ours_tok.encode(PROMPT)
     assert (config.eos_token_id, tok.eos_token_id, hf.generation_config.eos_token_id) == (1, 1, 1)  # EOT
+    assert config.bos_token_id is None and tok.bos_token_id is None
 
     model = ours_from_checkpoint(trained, ckpt.latest_checkpoint(trained / "checkpoints"))
     ours = our_logits(model, ids)
@@ -153,6 +154,31 @@ def test_a_wrong_export_is_caught_and_not_written(trained, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_check_refuses_logits_off_by_more_than_its_bound(trained, tmp_path, monkeypatch):
+    """TOLERANCE is 1e-4 (relative to max(1, |logit|)): a folder 3e-4 off is refused, 3e-5 off passes."""
+    import dataclasses
+
+    import ptobj.models.hf_export as hf_export
+    from ptobj.recipes.export import TOLERANCE
+
+    assert TOLERANCE == 1e-4
+    real = hf_export.hf_format
+
+    def off_by(rel):
+        def fmt(*args, **kwargs):
+            f = real(*args, **kwargs)
+            shifted = lambda out: {k: v + rel * v.abs().max().clamp(min=1.0) for k, v in f.hf_logits(out).items()}
+            return dataclasses.replace(f, hf_logits=shifted)
+        return fmt
+
+    monkeypatch.setattr(hf_export, "hf_format", off_by(3e-4))
+    with pytest.raises(CheckFailed, match="logits differ from ours"):
+        export_run(trained, tmp_path / "far")
+    assert not (tmp_path / "far").exists()
+    monkeypatch.setattr(hf_export, "hf_format", off_by(3e-5))
+    assert export_run(trained, tmp_path / "near").max_abs_diff > 1e-5
+
+
 @pytest.fixture(scope="module")
 def albert_run(tiny_corpus, tmp_path_factory):
     """The ALBERT SOP tiny recipe (factorised, all layers shared, post-norm), trained 4 steps."""
@@ -198,7 +224,7 @@ def test_albert_run_exports_with_our_mlm_and_sop_logits(albert_run, tmp_path):
     with torch.no_grad():
         ours_lm, ours_sop = model.logits(batch), model.sequence_logits(batch)["sop"]
         theirs = hf(**enc)
-    assert ours_lm.abs().max() > 0.5  # a trained model, not a degenerate comparison
+    assert ours_lm.abs().max() > 0.1 and ours_lm.std() > 0.01  # not a degenerate (all-zero) comparison
     lm_diff = float((theirs.prediction_logits - ours_lm).abs().max())
     sop_diff = float((theirs.sop_logits - ours_sop).abs().max())
     print(f"ALBERT export, max |logit diff|: MLM {lm_diff:.3g}, SOP {sop_diff:.3g} ({s} tokens)")
@@ -214,6 +240,16 @@ def test_albert_run_exports_with_our_mlm_and_sop_logits(albert_run, tmp_path):
     with torch.no_grad():
         best = int(model.logits(batch)[0, at].argmax())
     assert fill(text, top_k=1)[0]["token"] == best
+    # the mask takes the space before it, as [MASK] replaced a whole '▁word' piece in training
+    pieces = tok.convert_ids_to_tokens(tok("the <mask> is", add_special_tokens=False)["input_ids"])
+    alone = lambda text: tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
+    assert pieces == [*alone("the"), "<mask>", *alone(" is")], pieces
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    filled = fill("the <mask> is", top_k=1)[0]
+    assert filled["sequence"] == tok.decode([*ids("the"), filled["token"], *ids(" is")])  # no space piece added
+    # one story: the config's begin / end of sequence are the tokenizer's ([CLS] ... [SEP])
+    assert (config.bos_token_id, config.eos_token_id) == (tok.bos_token_id, tok.eos_token_id) == \
+        (special.cls, special.sep)
 
 
 def model_special(run_dir: Path):

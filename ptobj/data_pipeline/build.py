@@ -59,7 +59,11 @@ def cache_key(corpus: Corpus, corpus_cfg: CorpusConfig, tok_cfg: TokenizerConfig
     tok_identity = dataclasses.asdict(tok_cfg)
     tok_identity.pop("exact_vocab_size")  # a check on the result, checked again on reuse
     if tok_cfg.model_path:
-        tok_identity = {"model": file_identity([Path(tok_cfg.model_path).resolve()])}
+        model = Path(tok_cfg.model_path)
+        if not model.is_file():
+            raise CorpusError(f"tokenizer.model_path: {model}: {'a folder' if model.is_dir() else 'no such file'}; "
+                              "give a sentencepiece .model file, or leave model_path empty to train a tokenizer")
+        tok_identity = {"model": file_identity([model.resolve()])}
     payload = json.dumps(
         {"v": FORMAT_VERSION, "corpus": corpus.identity, "corpus_cfg": dataclasses.asdict(corpus_cfg),
          "tokenizer": tok_identity}, sort_keys=True)

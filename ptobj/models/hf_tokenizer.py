@@ -82,7 +82,11 @@ def build_tokenizer(sp_model_path: str | Path, special: SpecialTokens | None = N
     # sentencepiece with the identity rule still escapes spaces as '▁' (no dummy prefix)
     tok.normalizer = normalizers.Replace(Regex(" "), WORD_BOUNDARY)
     tok.decoder = decoders.Sequence([decoders.Replace(WORD_BOUNDARY, " "), decoders.ByteFallback(), decoders.Fuse()])
-    tok.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in reserved + sentinels])
+    # the mask takes the space before it, as in training, where [MASK] replaces a whole '▁word'
+    # piece (HF's sentencepiece tokenizers, ALBERT's and XLNet's, do the same)
+    mask = reserved[special.mask]
+    tok.add_special_tokens([AddedToken(name, special=True, normalized=False, lstrip=name == mask)
+                            for name in reserved + sentinels])
     if bert_template:
         cls, sep = reserved[special.cls], reserved[special.sep]
         tok.post_processor = processors.TemplateProcessing(
@@ -101,16 +105,19 @@ def write_hf_tokenizer(sp_model_path: str | Path, out_dir: str | Path, special: 
     out_dir.mkdir(parents=True, exist_ok=True)
     build_tokenizer(sp_model_path, special, bert_template=bert_template).save(str(out_dir / "tokenizer.json"))
     names = reserved_names(special)
+    # what ends a sequence, as the model's config says too (hf_export): an encoder's [CLS] ... [SEP]
+    # (begin and end, as RoBERTa's <s> ... </s>), a chat model's <|end|>, a decoder's EOT
+    bos, eos = (special.cls, special.sep) if bert_template else (None, special.chat_end if chat else special.eot)
+    extra = [special.fim_prefix, special.fim_middle, special.fim_suffix, special.fim_pad, special.chat_system,
+             special.chat_user, special.chat_assistant, special.eot, special.chat_end]
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": None, "add_bos_token": False, "add_eos_token": False,
-        "eos_token": names[special.chat_end if chat else special.eot], "pad_token": names[special.pad], "unk_token": names[special.unk],
-        "mask_token": names[special.mask], "cls_token": names[special.cls], "sep_token": names[special.sep],
-        "additional_special_tokens": [names[getattr(special, f)] for f in
-                                      ("fim_prefix", "fim_middle", "fim_suffix", "fim_pad", "chat_system",
-                                                 "chat_user", "chat_assistant")]
-                                     + ([names[special.eot]] if chat else [names[special.chat_end]])
-                                     + sentinel_names(special),
+        "bos_token": None if bos is None else names[bos], "add_bos_token": False, "add_eos_token": False,
+        "eos_token": names[eos], "pad_token": names[special.pad], "unk_token": names[special.unk],
+        "mask_token": {"content": names[special.mask], "lstrip": True, "rstrip": False, "normalized": False,
+                       "single_word": False, "special": True, "__type": "AddedToken"},
+        "cls_token": names[special.cls], "sep_token": names[special.sep],
+        "additional_special_tokens": [names[i] for i in extra if i not in (bos, eos)] + sentinel_names(special),
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length or 10**9,
     }
@@ -119,6 +126,6 @@ def write_hf_tokenizer(sp_model_path: str | Path, out_dir: str | Path, special: 
     if bert_template:  # segment ids go to the model too (BERT's token_type_ids)
         config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    special_map = {k: config[k] for k in ("eos_token", "pad_token", "unk_token", "mask_token", "cls_token",
-                                          "sep_token", "additional_special_tokens")}
+    special_map = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token",
+                                          "cls_token", "sep_token", "additional_special_tokens") if config[k] is not None}
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))

@@ -34,7 +34,11 @@ from ptobj.recipes.engine.runs import find_checkpoint, find_tokenizer, load_mode
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROBE_SHAPE = (2, 64)  # token ids the check runs through both models (length capped at seq_length)
 PROBE_TEXT = "def add(a, b):\n    return a + b  # sum\n\nThe quick brown fox, 2024."
-TOLERANCE = 1e-3  # largest |logit difference| / max(1, largest |logit|) the check accepts
+# largest |logit difference| / max(1, largest |logit|) the check accepts. Both sides compute in fp32
+# from the weights the folder holds (rounded to bf16 / fp16 for such an export), so the one bound
+# holds for every --dtype; measured differences are about 1e-6. How far a bf16 folder run in bf16
+# drifts from the fp32 model is a property of bf16, not of the export, and is not checked here.
+TOLERANCE = 1e-4
 
 
 class CheckFailed(RuntimeError):
