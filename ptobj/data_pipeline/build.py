@@ -91,7 +91,10 @@ def _load(path: Path, reused: bool) -> PreparedCorpus:
 
 def _get_tokenizer(corpus: Corpus, corpus_cfg: CorpusConfig, tok_cfg: TokenizerConfig, save_to: Path):
     if tok_cfg.model_path:
-        tok = SentencePieceTokenizer.load(tok_cfg.model_path)
+        try:
+            tok = SentencePieceTokenizer.load(tok_cfg.model_path)
+        except (OSError, ValueError) as exc:
+            raise CorpusError(f"tokenizer.model_path: {exc}") from None
         tok.save(save_to)
         return tok
     train_docs = (d for d in _limited(corpus.documents(), corpus_cfg)

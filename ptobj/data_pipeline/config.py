@@ -85,6 +85,8 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer.exact_vocab_size must be a bool, got {self.exact_vocab_size!r}")
         if not 0.0 < self.character_coverage <= 1.0:
             raise ValueError(f"tokenizer.character_coverage must lie in (0, 1], got {self.character_coverage!r}")
+        if self.max_training_sentences < 1:
+            raise ValueError(f"tokenizer.max_training_sentences must be >= 1, got {self.max_training_sentences}")
 
 
 @dataclass(frozen=True)

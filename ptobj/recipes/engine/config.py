@@ -13,6 +13,7 @@ mappings), not guessed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -144,6 +145,40 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
+def _as_int(value: Any) -> int | None:
+    """An int from a YAML int / integral float / command-line string, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        try:
+            return int(value.strip().replace("_", ""))
+        except ValueError:
+            number = _as_float(value)
+            return int(number) if number is not None and number.is_integer() else None
+    return None
+
+
+def _as_float(value: Any) -> float | None:
+    """A float from a YAML number / command-line string (YAML reads 1e-3 as a string), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            return float(value)
+        except OverflowError:                   # an int beyond any float
+            return math.inf
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
 def convert(tp: Any, value: Any, path: str) -> Any:
     """``value`` (parsed YAML or a command-line string) as type ``tp``; errors name ``path``."""
     origin = typing.get_origin(tp)
@@ -201,34 +236,19 @@ def convert(tp: Any, value: Any, path: str) -> Any:
             return value.strip().lower() in _TRUE
         raise ConfigError(f"{path}: expected a bool (true/false), got {value!r}")
     if tp is int:
-        if isinstance(value, bool):
+        number = _as_int(value)
+        if number is None:
             raise ConfigError(f"{path}: expected an int, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip().replace("_", ""))
-            except ValueError:
-                try:
-                    number = float(value)
-                except ValueError:
-                    number = None
-                if number is not None and number.is_integer():
-                    return int(number)
-        raise ConfigError(f"{path}: expected an int, got {value!r}")
+        if not -(2**63) <= number < 2**63:
+            raise ConfigError(f"{path}: {number} does not fit a 64-bit integer")
+        return number
     if tp is float:
-        if isinstance(value, bool):
+        number = _as_float(value)
+        if number is None:
             raise ConfigError(f"{path}: expected a float, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}: expected a float, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return str(value)

@@ -61,6 +61,8 @@ class DataConfig:
             raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
         if self.vocab_multiple < 1:
             raise ValueError(f"vocab_multiple must be >= 1, got {self.vocab_multiple}")
+        if self.prepare_workers < 1:
+            raise ValueError(f"prepare_workers must be >= 1, got {self.prepare_workers}")
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,13 @@ class OptimConfig:
             raise ValueError(f"min_lr must lie in [0, lr={self.lr}], got {self.min_lr}")
         if self.clip_grad < 0:
             raise ValueError(f"clip_grad must be >= 0, got {self.clip_grad}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,8 @@ class ScheduleConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_steps <= self.train_steps:
             raise ValueError(f"warmup_steps must lie in [0, train_steps={self.train_steps}], got {self.warmup_steps}")
+        if self.stop_after_steps < 0:
+            raise ValueError(f"stop_after_steps must be >= 0 (0: run to train_steps), got {self.stop_after_steps}")
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,12 @@ class CheckpointConfig:
     resume: bool = True  # continue from <dir>/latest when it exists
     save_final: bool = True
 
+    def __post_init__(self):
+        for name in ("every_steps", "keep"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: {'only at the end' if name == 'every_steps' else 'keep all'}),"
+                                 f" got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class LoggingConfig:
@@ -164,6 +181,12 @@ class LoggingConfig:
     progress_bar: bool = True
     # GPU peak FLOP/s for MFU (dense bf16); 0 -> looked up from the device name
     peak_flops: float = 0.0
+
+    def __post_init__(self):
+        if self.every_steps < 1:
+            raise ValueError(f"every_steps must be >= 1, got {self.every_steps}")
+        if self.peak_flops < 0:
+            raise ValueError(f"peak_flops must be >= 0 (0: looked up), got {self.peak_flops}")
 
 
 @dataclass(frozen=True)
@@ -184,6 +207,11 @@ class EvalConfig:
     def __post_init__(self):
         if self.seed is not None:
             check_seed("seed", self.seed)
+        if self.every_steps < 0:
+            raise ValueError(f"every_steps must be >= 0 (0: only at the end), got {self.every_steps}")
+        for name in ("batches", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
