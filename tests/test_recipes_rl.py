@@ -231,7 +231,8 @@ def test_ptx_batches_give_the_loss_our_model_gives(pretrained):
     run_dir, policy = pretrained
     model, _ = load_policy(policy)
     ptx, _ = PtxBatches.from_config(ptx_config(run_dir), 4, progress=False)
-    k = next(k for k in range(50) if (ptx.batch(k)["kv_start"] > 0).any())  # a row with 2+ documents
+    # the batch whose rows see most across document boundaries (positions after a row's first document)
+    k = max(range(50), key=lambda k: float((ptx.batch(k)["kv_start"] > 0).float().mean()))
     batch = ptx.batch(k)
     ours = ours_from_checkpoint(run_dir, ckpt.latest_checkpoint(run_dir / "checkpoints"))
     sample = {key: torch.as_tensor(v) for key, v in ptx.dataset.read(ptx.positions(k)).items()}
@@ -242,7 +243,7 @@ def test_ptx_batches_give_the_loss_our_model_gives(pretrained):
         crossing = ptx_loss(model, dict(batch, kv_start=torch.zeros_like(batch["kv_start"]))).item()
     mine = (sums["loss_sum"] / sums["count"]).item()
     assert abs(theirs - mine) < 1e-5, (theirs, mine)
-    assert abs(crossing - mine) > 1e-3, (crossing, mine)
+    assert abs(crossing - mine) > 1e-4, (crossing, mine)     # 10x the bound the two models agree to
 
 
 def test_bad_arguments_are_named(pretrained, policy, reward, prompts_file, tmp_path, capsys):
