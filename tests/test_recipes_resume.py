@@ -217,3 +217,119 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tiny_
     for r in logged:
         same = {k: v for k, v in r.items() if k not in timing}
         assert same == {k: v for k, v in ref[r["step"]].items() if k not in timing}, (r, ref[r["step"]])
+
+
+def _last_step(run_dir: Path) -> int:
+    """The last training step ``metrics.jsonl`` logged so far (0 before the first; a line being
+    written is skipped)."""
+    try:
+        text = (run_dir / "metrics.jsonl").read_text()
+    except FileNotFoundError:
+        return 0
+    steps = [0]
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("kind") == "train":
+            steps.append(row["step"])
+    return max(steps)
+
+
+def _signal_when(proc: subprocess.Popen, ready, sig: int) -> None:
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (rc {proc.returncode}) before the signal: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.001)
+    proc.send_signal(sig)
+
+
+@pytest.mark.slow
+def test_a_signal_saves_and_stops_and_the_resumed_run_matches_an_uninterrupted_one(tiny_corpus, tmp_path):
+    """SIGTERM / SIGUSR1 at points drawn from a seeded generator, during steps and during a periodic
+    save: each time the run finishes its step, saves, writes stopped.json and exits with status 4;
+    resumed each time, its metrics and final weights equal an uninterrupted run's, bit for bit."""
+    from ptobj.recipes.engine.stopping import EXIT_REQUEUE, STOPPED_FILE
+
+    cache, total = tiny_corpus[2], 12
+    extra = [f"schedule.train_steps={total}", "checkpoint.every_steps=4", "schedule.micro_batch_size=4",
+             "model.hidden_dropout=0.1"]
+    _train(_cli(tmp_path / "ref", cache, *extra))
+    run_dir = tmp_path / "signalled"
+    cdir = run_dir / "checkpoints"
+    launch = [sys.executable, "-m", "ptobj.recipes.train", *_cli(run_dir, cache, *extra)]
+    rng = np.random.default_rng(20261207)
+    plan = [("step", signal.SIGTERM), ("save", signal.SIGTERM), ("step", signal.SIGUSR1)]
+    stops = []
+    for kind, sig in plan:
+        done_steps = _last_step(run_dir)
+        proc = subprocess.Popen(launch, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        if kind == "save":   # while the periodic save after step 8 is being written
+            _signal_when(proc, lambda: list(cdir.glob(".tmp-step_00000008*")), sig)
+        else:                # a random number of steps into this leg
+            target = done_steps + int(rng.integers(1, 3))
+            _signal_when(proc, lambda: _last_step(run_dir) >= target, sig)
+        assert proc.wait(timeout=600) == EXIT_REQUEUE, proc.stderr.read()[-3000:]
+        stopped = json.loads((run_dir / STOPPED_FILE).read_text())
+        assert stopped["reason"] == f"{signal.Signals(sig).name} received"
+        assert ckpt.read_meta(Path(stopped["checkpoint"]))["step"] == stopped["step"] < total
+        stops.append(stopped["step"])
+    assert stops == sorted(stops) and 8 in stops          # the save in flight was the one kept
+    _train(launch[3:])                                      # the last resume runs to the end
+    assert not (run_dir / STOPPED_FILE).exists()
+    assert_same_checkpoint(cdir / f"step_{total:08d}", tmp_path / "ref" / "checkpoints" / f"step_{total:08d}")
+    ref = {r["step"]: r for r in _train_records(tmp_path / "ref")}
+    timing = {"tokens_per_s", "mfu"}
+    for r in _train_records(run_dir):
+        assert {k: v for k, v in r.items() if k not in timing} == \
+            {k: v for k, v in ref[r["step"]].items() if k not in timing}, (r, ref[r["step"]])
+
+
+def test_the_time_limit_saves_and_stops_before_the_end(tiny_corpus, tmp_path):
+    from ptobj.recipes.engine.stopping import EXIT_REQUEUE, STOPPED_FILE
+
+    run_dir = tmp_path / "limited"
+    args = _cli(run_dir, tiny_corpus[2], "schedule.train_steps=500", "schedule.micro_batch_size=4",
+                "schedule.time_limit_minutes=0.1", "schedule.exit_margin_minutes=0")
+    done = subprocess.run([sys.executable, "-m", "ptobj.recipes.train", *args], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == EXIT_REQUEUE, done.stderr[-3000:]
+    stopped = json.loads((run_dir / STOPPED_FILE).read_text())
+    assert stopped["reason"].startswith("time limit") and 0 < stopped["step"] < 500
+    assert ckpt.latest_checkpoint(run_dir / "checkpoints").name == f"step_{stopped['step']:08d}"
+    assert "run the same command again to continue" in done.stdout + done.stderr
+
+
+def test_the_slurm_launcher_requeues_a_run_that_stopped_early(tiny_corpus, tmp_path):
+    """slurm.sbatch under a stand-in srun / scontrol: a run stopped by its time limit (status 4) is
+    requeued; a run that finishes is not."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text('#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\n'
+                               'SLURM_PROCID=0 SLURM_NTASKS=1 SLURM_LOCALID=0 exec "$@"\n')
+    (fake / "scontrol").write_text('#!/usr/bin/env bash\nif [ "$1" = show ]; then echo localhost; '
+                                   'else echo "$@" >> "$REQUEUED"; fi\n')
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    env = {**_env(), "PATH": f"{fake}:{Path(sys.executable).parent}:/usr/bin:/bin", "SLURM_JOB_ID": "77",
+           "SLURM_JOB_NODELIST": "localhost", "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "1",
+           "MASTER_PORT": "29561", "REQUEUED": str(tmp_path / "requeued"),
+           "PTOBJ": str(Path(sys.executable).parent / "ptobj")}
+    if not Path(env["PTOBJ"]).exists():
+        pytest.skip("the ptobj console script is not installed in this environment")
+    sbatch = ROOT / "ptobj" / "recipes" / "launch" / "slurm.sbatch"
+    limited = _cli(tmp_path / "run", tiny_corpus[2], "schedule.train_steps=500", "schedule.micro_batch_size=4",
+                   "schedule.time_limit_minutes=0.05", "schedule.exit_margin_minutes=0")
+    done = subprocess.run(["bash", str(sbatch), *limited], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "requeued").read_text().split() == ["requeue", "77"]
+    assert "requeueing job 77" in done.stdout
+    (tmp_path / "requeued").unlink()
+    finished = _cli(tmp_path / "run2", tiny_corpus[2], "schedule.train_steps=2", "schedule.micro_batch_size=4")
+    done = subprocess.run(["bash", str(sbatch), *finished], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp_path / "requeued").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import itertools
 import json
 import os
@@ -29,7 +30,8 @@ from ptobj.extras import require
 require("train", "torch", "megatron", "sentencepiece", by=__name__)
 
 from ptobj.data_pipeline.config import CorpusConfig, TokenizerConfig
-from ptobj.data_pipeline.corpus import Corpus, CorpusError, file_identity, is_valid_document, open_corpus
+from ptobj.data_pipeline.corpus import (Corpus, CorpusError, document_hash, file_identity, hash_bound, is_held_out,
+                                        open_corpus)
 from ptobj.data_pipeline.encode import encode_documents
 from ptobj.data_pipeline.indexed import IndexedDataError, SplitWriter, TokenData, split_files
 from ptobj.data_pipeline.tokenizer import SentencePieceTokenizer, vocabulary_shortfall
@@ -89,7 +91,22 @@ def _load(path: Path, reused: bool) -> PreparedCorpus:
     return PreparedCorpus(path, tokenizer, train, valid, manifest, reused)
 
 
-def _get_tokenizer(corpus: Corpus, corpus_cfg: CorpusConfig, tok_cfg: TokenizerConfig, save_to: Path):
+def held_out_bound(corpus: Corpus, cfg: CorpusConfig) -> int:
+    """The content-hash bound of the held-out split: ``valid_documents`` documents exactly (the
+    smallest hashes among the usable documents, ranked in one extra pass), else ``valid_fraction``."""
+    if not cfg.valid_documents:
+        return hash_bound(cfg.valid_fraction)
+    usable = (document_hash(d) for d in _limited(corpus.documents(), cfg)
+              if len(d.strip()) >= max(1, cfg.min_document_chars))
+    smallest = heapq.nsmallest(cfg.valid_documents + 1, usable)
+    if len(smallest) <= cfg.valid_documents:
+        raise CorpusError(f"corpus.valid_documents={cfg.valid_documents}: corpus {corpus.name} has only "
+                          f"{len(smallest)} usable document(s), which would leave none to train on")
+    return smallest[cfg.valid_documents - 1] + 1
+
+
+def _get_tokenizer(corpus: Corpus, corpus_cfg: CorpusConfig, tok_cfg: TokenizerConfig, save_to: Path,
+                   valid_bound: int):
     if tok_cfg.model_path:
         try:
             tok = SentencePieceTokenizer.load(tok_cfg.model_path)
@@ -98,7 +115,7 @@ def _get_tokenizer(corpus: Corpus, corpus_cfg: CorpusConfig, tok_cfg: TokenizerC
         tok.save(save_to)
         return tok
     train_docs = (d for d in _limited(corpus.documents(), corpus_cfg)
-                  if d.strip() and not is_valid_document(d, corpus_cfg.valid_fraction))
+                  if d.strip() and not is_held_out(d, valid_bound))
     first = next(train_docs, None)
     if first is None:
         raise CorpusError(f"corpus {corpus.name} is empty: no non-blank training document to train a tokenizer on")
@@ -173,13 +190,14 @@ def prepare_corpus(corpus_cfg: CorpusConfig, tokenizer_cfg: TokenizerConfig, out
 
 def _build(corpus, corpus_cfg, tok_cfg, tmp: Path, workers, chunk_documents, progress) -> dict:
     t0 = time.perf_counter()
-    tokenizer = _get_tokenizer(corpus, corpus_cfg, tok_cfg, tmp / TOKENIZER_FILE)
+    bound = held_out_bound(corpus, corpus_cfg)
+    tokenizer = _get_tokenizer(corpus, corpus_cfg, tok_cfg, tmp / TOKENIZER_FILE, bound)
     t_tok = time.perf_counter() - t0
     writers = {"train": SplitWriter(tmp / "train", tokenizer.vocab_size),
                "valid": SplitWriter(tmp / "valid", tokenizer.vocab_size)}
     skipped = chars = 0
     chunks = encode_documents(_limited(corpus.documents(), corpus_cfg), tokenizer, corpus_cfg.sentence_mode,
-                              valid_fraction=corpus_cfg.valid_fraction, min_chars=corpus_cfg.min_document_chars,
+                              valid_bound=bound, min_chars=corpus_cfg.min_document_chars,
                               workers=workers, chunk_documents=chunk_documents)
     bar = None
     if progress:
@@ -206,6 +224,13 @@ def _build(corpus, corpus_cfg, tok_cfg, tmp: Path, workers, chunk_documents, pro
         raise CorpusError(
             f"corpus {corpus.name} has no usable training document ({skipped} empty document(s) skipped, "
             f"{writers['valid'].documents} held out)")
+    held = writers["valid"].documents
+    if corpus_cfg.holds_out and held < corpus_cfg.min_valid_documents:
+        asked = (f"valid_documents={corpus_cfg.valid_documents}" if corpus_cfg.valid_documents else
+                 f"valid_fraction={corpus_cfg.valid_fraction} of {held + writers['train'].documents} documents")
+        raise CorpusError(f"corpus {corpus.name}: the held-out split has {held} document(s) ({asked}), below "
+                          f"corpus.min_valid_documents={corpus_cfg.min_valid_documents}; raise valid_fraction or "
+                          "set corpus.valid_documents")
     splits = {}
     for name, w in writers.items():
         w.finalize()
@@ -225,6 +250,11 @@ def _build(corpus, corpus_cfg, tok_cfg, tmp: Path, workers, chunk_documents, pro
         "tokenizer_pieces": {"asked": None if tok_cfg.model_path else tok_cfg.vocab_size,
                              "got": tokenizer.num_pieces},
         "splits": splits,
+        # what went where: documents whose content hash lies below the bound are held out
+        "held_out": {"rule": ("documents" if corpus_cfg.valid_documents else
+                              "fraction" if corpus_cfg.valid_fraction else "none"),
+                     "valid_documents": corpus_cfg.valid_documents, "valid_fraction": corpus_cfg.valid_fraction,
+                     "hash_bound": str(bound), "documents": held, "train_documents": writers["train"].documents},
         "skipped_documents": skipped,
         "characters": chars,
         "workers": workers,

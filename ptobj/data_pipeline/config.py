@@ -35,7 +35,13 @@ class CorpusConfig:
     max_bytes: int = 2_000_000  # cap on the embedded stdlib corpora (CPU-sized runs)
     max_documents: int = 0  # 0 = all
     sentences: str = "auto"  # auto: code for stdlib-code / stdlib-defs, else prose
+    # the held-out split, by content hash (independent of order): exactly ``valid_documents``
+    # documents (those with the smallest hashes; the corpus is read once more to rank them) or,
+    # when that is 0, a ``valid_fraction`` of them in expectation. Fewer than ``min_valid_documents``
+    # held out is an error naming the numbers (both 0: nothing is held out, on purpose).
     valid_fraction: float = 0.02
+    valid_documents: int = 0
+    min_valid_documents: int = 1
     min_document_chars: int = 1  # shorter (after strip) documents are skipped and counted
 
     def __post_init__(self) -> None:
@@ -45,9 +51,14 @@ class CorpusConfig:
             raise ValueError(f"corpus.sentences must be one of {SENTENCE_MODES}, got {self.sentences!r}")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"corpus.valid_fraction must lie in [0, 1), got {self.valid_fraction!r}")
-        for name in ("max_bytes", "max_documents", "min_document_chars"):
+        for name in ("max_bytes", "max_documents", "min_document_chars", "valid_documents", "min_valid_documents"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"corpus.{name} must be >= 0, got {getattr(self, name)!r}")
+
+    @property
+    def holds_out(self) -> bool:
+        """Whether a held-out split is asked for at all."""
+        return self.valid_documents > 0 or self.valid_fraction > 0
 
     @property
     def sentence_mode(self) -> str:

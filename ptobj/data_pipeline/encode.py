@@ -13,15 +13,15 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ptobj.data_pipeline.corpus import is_valid_document
+from ptobj.data_pipeline.corpus import is_held_out
 from ptobj.data_pipeline.sentences import split_sentences
 from ptobj.data_pipeline.tokenizer import SentencePieceTokenizer
 
 _WORKER: dict = {}
 
 
-def _init_worker(proto: bytes, mode: str, valid_fraction: float, min_chars: int) -> None:
-    _WORKER.update(tok=SentencePieceTokenizer(proto), mode=mode, valid=valid_fraction, min_chars=min_chars)
+def _init_worker(proto: bytes, mode: str, valid_bound: int, min_chars: int) -> None:
+    _WORKER.update(tok=SentencePieceTokenizer(proto), mode=mode, valid=valid_bound, min_chars=min_chars)
 
 
 def _encode_chunk(docs: list[str]) -> dict:
@@ -42,7 +42,7 @@ def _encode_chunk(docs: list[str]) -> dict:
         word_start.append(tok.word_start(ids))
         sent_lengths.append(lengths)
         doc_sentences.append(len(lengths))
-        valid.append(is_valid_document(text, _WORKER["valid"]))
+        valid.append(is_held_out(text, _WORKER["valid"]))
     cat = (lambda xs, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(0, dt))
     return {
         "tokens": cat(tokens, np.int32),
@@ -61,10 +61,12 @@ def _chunks(docs: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def encode_documents(docs: Iterable[str], tokenizer: SentencePieceTokenizer, mode: str, *, valid_fraction: float,
+def encode_documents(docs: Iterable[str], tokenizer: SentencePieceTokenizer, mode: str, *, valid_bound: int,
                      min_chars: int = 1, workers: int = 1, chunk_documents: int = 64) -> Iterator[dict]:
-    """Encoded chunks in corpus order; ``workers > 1`` uses a process pool (ordered imap)."""
-    args = (tokenizer._proto, mode, valid_fraction, min_chars)
+    """Encoded chunks in corpus order; a document is held out when its content hash lies below
+    ``valid_bound`` (:func:`ptobj.data_pipeline.corpus.is_held_out`); ``workers > 1`` uses a process
+    pool (ordered imap)."""
+    args = (tokenizer._proto, mode, valid_bound, min_chars)
     if workers == 1:
         _init_worker(*args)
         yield from map(_encode_chunk, _chunks(docs, chunk_documents))

@@ -6,7 +6,9 @@ come from the environment. The loop is :mod:`ptobj.recipes.engine.trainer`; this
 hands it the evaluations the objective declares (FIM: infilling, :mod:`ptobj.recipes.evaluation`).
 
 Exit status: 0 done, 2 a bad config / corpus / checkpoint (one line naming it),
-3 a non-finite loss or gradient (stopped before its optimizer step).
+3 a non-finite loss or gradient (stopped before its optimizer step), 4 stopped early on
+purpose and saved (SIGTERM / SIGUSR1, or ``schedule.time_limit_minutes`` / SLURM's end time):
+run the same command again to continue (the SLURM launcher requeues the job).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ptobj.data_pipeline.corpus import CorpusError
 from ptobj.recipes.engine import checkpoint as ckpt
 from ptobj.recipes.engine.config import ConfigError
 from ptobj.recipes.engine.distributed import shutdown
+from ptobj.recipes.engine.stopping import EXIT_REQUEUE
 from ptobj.recipes.engine.train_config import bundled_recipes, load_train_config
 from ptobj.recipes.engine.trainer import NonFiniteLoss, RunResult, Session  # noqa: F401  (the run's API)
 from ptobj.recipes.engine.trainer import run as run_loop
@@ -56,7 +59,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "ptobj train") -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     try:
-        run(cfg)
+        result = run(cfg)
+        if result.stopped:          # saved on a signal or before the time limit: run again to continue
+            return EXIT_REQUEUE
     except NonFiniteLoss as exc:
         print(f"[recipes] {exc}", file=sys.stderr)
         return EXIT_NON_FINITE

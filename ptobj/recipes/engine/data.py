@@ -1,6 +1,6 @@
 """Wire data_pipeline and objectives into the datasets a run reads.
 
-* the corpus is prepared once (rank 0 first, the others reuse the cache);
+* the corpus is prepared once (global rank 0; the others wait for its completion marker);
 * the sampler and its sample length come from the objective's plan
   (``cfg.plan``, derived from the Task declarations when the config was built);
 * train / held-out :class:`ptobj.data_pipeline.dataset.ObjectiveDataset` objects map a
@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,36 @@ class RunData:
 
 
 def prepare(cfg: TrainConfig, info: DistInfo, progress: bool = True):
-    from ptobj.data_pipeline.build import prepare_corpus
+    """The prepared corpus, built once: global rank 0 prepares it into ``data.cache_dir`` (on a
+    filesystem every node sees), every other rank waits for its completion marker (the manifest of
+    the renamed directory) and opens it; if rank 0 fails, it leaves a failure marker with its error
+    and the others stop with it. No collective call waits on the preparation, so a corpus that
+    takes hours to prepare runs into no process-group timeout."""
+    from ptobj.data_pipeline.build import MANIFEST, cache_key, open_prepared, prepare_corpus
+    from ptobj.data_pipeline.corpus import CorpusError, open_corpus
 
-    out = cfg.data.cache_dir
+    out = Path(cfg.data.cache_dir)
+    key = cache_key(open_corpus(cfg.data.corpus, cache_dir=out / ".hf-cache"), cfg.data.corpus, cfg.data.tokenizer)
+    failed = out / f".failed-{key}"
     if info.is_main:
-        prepared = prepare_corpus(cfg.data.corpus, cfg.data.tokenizer, out, workers=cfg.data.prepare_workers,
+        failed.unlink(missing_ok=True)
+        try:
+            return prepare_corpus(cfg.data.corpus, cfg.data.tokenizer, out, workers=cfg.data.prepare_workers,
                                   progress=progress)
-    info.barrier()
-    if not info.is_main:
-        prepared = prepare_corpus(cfg.data.corpus, cfg.data.tokenizer, out, workers=1, progress=False)
-    return prepared
+        except BaseException as exc:
+            if info.world_size > 1:
+                out.mkdir(parents=True, exist_ok=True)
+                failed.write_text(f"{type(exc).__name__}: {exc}")
+            raise
+    deadline = time.monotonic() + cfg.data.prepare_wait_minutes * 60
+    while not (out / key / MANIFEST).is_file():
+        if failed.is_file():
+            raise CorpusError(f"rank 0 could not prepare the corpus: {failed.read_text()}")
+        if time.monotonic() > deadline:
+            raise CorpusError(f"waited {cfg.data.prepare_wait_minutes} min for rank 0 to prepare {out / key}; "
+                              "is data.cache_dir on a filesystem every node sees? (data.prepare_wait_minutes)")
+        time.sleep(2.0)
+    return open_prepared(out / key)
 
 
 def sampler_for(plan, token_data, seed: int, special, shuffle: bool = True, transform=None):

@@ -53,6 +53,8 @@ class DataConfig:
     vocab_multiple: int = 64
     # DataLoader worker processes preparing batches ahead (0: in the training process)
     loader_workers: int = 0
+    # how long ranks other than 0 wait for rank 0 to prepare the corpus (a large one takes hours)
+    prepare_wait_minutes: float = 24 * 60
 
     def __post_init__(self):
         if self.seq_length < 8:
@@ -61,6 +63,8 @@ class DataConfig:
             raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
         if self.vocab_multiple < 1:
             raise ValueError(f"vocab_multiple must be >= 1, got {self.vocab_multiple}")
+        if not self.prepare_wait_minutes > 0:
+            raise ValueError(f"prepare_wait_minutes must be > 0, got {self.prepare_wait_minutes}")
         if self.prepare_workers < 1:
             raise ValueError(f"prepare_workers must be >= 1, got {self.prepare_workers}")
 
@@ -144,8 +148,15 @@ class ScheduleConfig:
     grad_accum_steps: int = 1
     seed: int = 1234  # model init, data order and transform randomness
     # stop (without the final checkpoint / eval) once this many steps are done, as if
-    # the job were killed there; 0 = run to train_steps. For time-limited jobs and tests.
+    # the job were killed there; 0 = run to train_steps. For tests.
     stop_after_steps: int = 0
+    # save and exit (status 4: requeue me) before this many minutes of wall time have passed, or
+    # before SLURM's job end time (SLURM_JOB_END_TIME), keeping exit_margin_minutes to save; 0: none
+    time_limit_minutes: float = 0.0
+    exit_margin_minutes: float = 5.0
+    # signals that make the run finish its step, save and exit with status 4 (SLURM sends SIGTERM
+    # before a preemption kill, and SIGUSR1 with --signal=USR1@SECONDS before the time limit)
+    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
 
     def __post_init__(self):
         check_seed("seed", self.seed)
@@ -156,6 +167,13 @@ class ScheduleConfig:
             raise ValueError(f"warmup_steps must lie in [0, train_steps={self.train_steps}], got {self.warmup_steps}")
         if self.stop_after_steps < 0:
             raise ValueError(f"stop_after_steps must be >= 0 (0: run to train_steps), got {self.stop_after_steps}")
+        for name in ("time_limit_minutes", "exit_margin_minutes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        from ptobj.recipes.engine.stopping import signal_number
+
+        for sig in self.stop_signals:
+            signal_number(sig)
 
 
 @dataclass(frozen=True)

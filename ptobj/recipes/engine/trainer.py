@@ -41,6 +41,7 @@ from ptobj.recipes.engine.distributed import DistInfo, init_distributed
 from ptobj.recipes.engine.losses import check_counts, step_counts, weighted_loss
 from ptobj.recipes.engine.resolve import resolve_model_config, resolve_precision, uses_distributed_optimizer
 from ptobj.recipes.engine.schedule import WarmupCosine, set_lr
+from ptobj.recipes.engine.stopping import EXIT_REQUEUE, STOPPED_FILE, StopRequest, allocation_end
 from ptobj.recipes.engine.train_config import TrainConfig
 
 class NonFiniteLoss(RuntimeError):
@@ -75,6 +76,7 @@ class RunResult:
     eval_metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
     reports: list[Report] = field(default_factory=list)  # each evaluation handed to run() (the objective's own)
+    stopped: str | None = None  # why the run stopped early on purpose (a signal, the time limit), saved
     loss_plot: Path | None = None
 
 
@@ -272,11 +274,13 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
     from ptobj.data_pipeline.build import TOKENIZER_FILE
     from ptobj.recipes.engine.logger import RunLogger, flops_per_token, format_line, peak_flops
 
+    started = time.time()
     sess = Session(cfg, progress=cfg.logging.progress_bar if progress is None else progress)
     info = sess.info
     run_dir = cfg.run_dir
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / STOPPED_FILE).unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         sess.tokenizer.save(run_dir / TOKENIZER_FILE)  # the run keeps its tokenizer (ptobj.recipes.export reads it)
         (run_dir / "model_config.json").write_text(json.dumps(dataclasses.asdict(sess.model_cfg), indent=1))
@@ -319,6 +323,10 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
     result = RunResult(run_dir=run_dir, start_step=start, final_step=start, checkpoint=last_good)
     window = {"tokens": 0.0, "time": 0.0, "n": 0, "sums": {}}
     stop_after = cfg.schedule.stop_after_steps
+    sched = cfg.schedule
+    stop = StopRequest(sched.stop_signals, allocation_end(sched.time_limit_minutes, started),
+                       60.0 * sched.exit_margin_minutes).install()
+    step_seconds = 0.0
     stream = sess.batch_stream(start)
     try:
         for step in range(start, total):
@@ -368,6 +376,18 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
                 last_good = _save(sess, done, last_good, save_hooks)
                 result.checkpoint = last_good
             result.final_step = done
+            step_seconds = max(step_seconds, time.perf_counter() - t0)
+            if done < total and _agreed(info, stop.reason(step_seconds)):
+                if last_good is None or ckpt.read_meta(last_good)["step"] != done:
+                    last_good = _save(sess, done, last_good, save_hooks)
+                    result.checkpoint = last_good
+                result.stopped = stop.reason(step_seconds) or "another rank stopped"
+                if info.is_main:
+                    (run_dir / STOPPED_FILE).write_text(json.dumps(
+                        {"step": done, "reason": result.stopped, "checkpoint": str(last_good)}, indent=1))
+                log.info(f"[recipes] stopped at step {done} ({result.stopped}); checkpoint saved: {last_good}; "
+                         f"run the same command again to continue (exit status {EXIT_REQUEUE})")
+                break
         finished = result.final_step >= total
         if finished and cfg.checkpoint.save_final and result.final_step > start:
             last_good = _save(sess, result.final_step, last_good, save_hooks)
@@ -388,9 +408,19 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
             result.loss_plot = _loss_plot(run_dir, cfg.name)
             log.info(_summary(result))
     finally:
+        stop.restore()
         stream.close()
         log.close()
     return result
+
+
+def _agreed(info: DistInfo, reason: str | None) -> bool:
+    """Whether any rank has a reason to stop (every rank gets the same answer)."""
+    if info.world_size == 1:
+        return reason is not None
+    flag = torch.tensor([0.0 if reason is None else 1.0], device=info.device)
+    info.all_reduce_world(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item() > 0)
 
 
 def _save(sess: Session, step: int, last_good: Path | None, hooks: dict | None) -> Path:
