@@ -42,6 +42,13 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "ptobj train"):
     p.add_argument("recipe", nargs="?", help="a bundled recipe's name (see --list) or a YAML file")
     p.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optim.lr=3e-4 schedule.train_steps=100")
     p.add_argument("--list", action="store_true", help="name the bundled recipes and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (parameters, tokens, steps, epochs, memory per GPU, time) and exit; "
+                        "touches no GPU")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="--dry-run: GPUs in all (default: WORLD_SIZE, else 8 x the tensor-parallel size)")
+    p.add_argument("--mfu", type=float, default=0.4, help="--dry-run: model FLOP utilisation for the time (0.4)")
+    p.add_argument("--json", action="store_true", help="--dry-run: also print the plan as one JSON line")
     a = p.parse_args(argv)
     if not a.list and a.recipe is None:
         p.error("the following arguments are required: recipe")
@@ -58,6 +65,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "ptobj train") -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if a.dry_run:
+        return dry_run(cfg, a.gpus, a.mfu, a.json)
     try:
         result = run(cfg)
         if result.stopped:          # saved on a signal or before the time limit: run again to continue
@@ -76,6 +85,23 @@ def main(argv: Sequence[str] | None = None, prog: str = "ptobj train") -> int:
         return 2
     finally:
         shutdown()
+    return 0
+
+
+def dry_run(cfg, gpus: int | None, mfu: float, as_json: bool) -> int:
+    import os
+
+    from ptobj.recipes.engine.plan import plan_run
+
+    gpus = gpus or int(os.environ.get("WORLD_SIZE", "0")) or 8 * cfg.parallel.tensor_parallel
+    try:
+        plan = plan_run(cfg, gpus=gpus, mfu=mfu)
+    except ValueError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    print(plan.text())
+    if as_json:
+        print(plan.json())
     return 0
 
 
