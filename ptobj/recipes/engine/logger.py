@@ -36,12 +36,14 @@ def flops_per_token(num_params: int, num_layers: int, hidden: int, seq: int, cau
 
 class RunLogger:
     def __init__(self, run_dir: Path, *, enabled: bool, total_steps: int, start_step: int, every: int,
-                 tensorboard: bool, progress_bar: bool):
+                 tensorboard: bool, progress_bar: bool, wandb=None):
+        """``wandb``: a :class:`ptobj.recipes.engine.wandb_log.WandbRun` that gets every record too."""
         self.enabled = enabled
         self.every = max(1, every)
         self.bar = None
         self.tb = None
         self.jsonl = None
+        self.wandb = wandb
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +80,8 @@ class RunLogger:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
                     self.tb.add_scalar(f"{kind}/{k}" if kind == "train" else f"eval/{k}", v, step)
+        if self.wandb is not None:
+            self.wandb.log(step, values, kind)
 
     def step(self, step: int, loss: float) -> None:
         if self.bar is not None:
@@ -92,6 +96,8 @@ class RunLogger:
             self.tb.close()
         if self.jsonl is not None:
             self.jsonl.close()
+        if self.wandb is not None:
+            self.wandb.close()
 
 
 def format_line(step: int, total: int, values: dict[str, float]) -> str:

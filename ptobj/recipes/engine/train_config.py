@@ -26,6 +26,7 @@ from ptobj.data_pipeline.records import RecordsConfig
 from ptobj.models.config import ModelConfig
 from ptobj.recipes.engine.config import ConfigError, load_config
 from ptobj.recipes.engine.infill_config import InfillConfig
+from ptobj.recipes.engine.wandb_log import WandbConfig
 
 
 SEED_MAX = 2**63 - 1
@@ -199,6 +200,8 @@ class LoggingConfig:
     progress_bar: bool = True
     # GPU peak FLOP/s for MFU (dense bf16); 0 -> looked up from the device name
     peak_flops: float = 0.0
+    # Weights & Biases (the [wandb] extra): project, entity, name, tags, mode (online / offline)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self):
         if self.every_steps < 1:

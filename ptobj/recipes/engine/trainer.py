@@ -295,9 +295,14 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
         if found is not None:
             last_good, start = found
     total = cfg.schedule.train_steps
+    wandb = None
+    if info.is_main and cfg.logging.wandb.enabled:
+        from ptobj.recipes.engine.wandb_log import WandbRun
+
+        wandb = WandbRun(cfg.logging.wandb, run_dir, cfg.name, to_dict(cfg))
     log = RunLogger(run_dir, enabled=info.is_main, total_steps=total, start_step=start,
                     every=cfg.logging.every_steps, tensorboard=cfg.logging.tensorboard,
-                    progress_bar=(cfg.logging.progress_bar if progress is None else progress))
+                    progress_bar=(cfg.logging.progress_bar if progress is None else progress), wandb=wandb)
     if not sess.data.evals:
         log.info("[recipes] the corpus has no held-out documents: evaluation is skipped "
                  "(raise data.corpus.valid_fraction)")
@@ -402,9 +407,11 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
             result.reports = evaluations(sess)
         if finished and info.is_main:  # what a sweep collects
             extra = {k: v for r in result.reports for k, v in r.metrics.items()}
-            (run_dir / "final_metrics.json").write_text(json.dumps(
-                {"step": result.final_step, "train_loss": result.losses.get(result.final_step),
-                 **result.eval_metrics, **extra}, indent=1))
+            final = {"step": result.final_step, "train_loss": result.losses.get(result.final_step),
+                     **result.eval_metrics, **extra}
+            (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1))
+            if wandb is not None:
+                wandb.final(final)
             result.loss_plot = _loss_plot(run_dir, cfg.name)
             log.info(_summary(result))
     finally:
