@@ -267,6 +267,8 @@ def _parse_list(text: str, path: str) -> list:
         return [_CommandLine(str(v)) if not isinstance(v, (dict, list)) else v for v in parsed]
     if not stripped:
         return []
+    if stripped.startswith("{"):
+        raise ConfigError(f"{path}: expected a list ([a, b] or a,b), got a mapping {text!r}")
     return [_CommandLine(v.strip()) for v in stripped.split(",")]
 
 

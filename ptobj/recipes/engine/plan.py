@@ -78,9 +78,9 @@ def _vocab(cfg: TrainConfig) -> int:
     pieces = cfg.data.tokenizer.vocab_size
     path = cfg.data.tokenizer.model_path
     if path and Path(path).is_file():
-        import sentencepiece as spm
+        from ptobj.data_pipeline.tokenizer import SentencePieceTokenizer
 
-        pieces = spm.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+        pieces = SentencePieceTokenizer.load(path).num_pieces
     return SpecialTokens().first_regular + pieces + cfg.plan.sentinels
 
 
