@@ -62,26 +62,44 @@ def code():
     return _docs("stdlib-defs", 200_000)
 
 
+# tokenizers' WordPiece and Unigram trainers break ties in hash order (the same corpus gives other ids,
+# or other scores, run to run); its BPE trainer with the whole alphabet given does not. So the WordPiece
+# vocabulary is a BPE's (each piece and its "##" continuation) and the Unigram's scores are counts.
+
+
+def _bpe_pieces(docs, normalizer, pre_tokenizer, size: int) -> list[str]:
+    tok = Tokenizer(models.BPE())
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+    alphabet = sorted(set(normalizer.normalize_str("".join(docs)) if normalizer else "".join(docs)))
+    tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=size, initial_alphabet=alphabet,
+                                                      show_progress=False))
+    return [p for p, _ in sorted(tok.get_vocab().items(), key=lambda x: x[1])]
+
+
 def wordpiece(docs) -> PreTrainedTokenizerFast:
     """BERT's kind: lower-cased WordPiece, punctuation split off."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    norm = normalizers.BertNormalizer(lowercase=True)
+    pieces = _bpe_pieces(docs, norm, pre_tokenizers.BertPreTokenizer(), 750)
+    vocab = {t: i for i, t in enumerate(specials + pieces + ["##" + p for p in pieces])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = norm
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(docs, trainers.WordPieceTrainer(
-        vocab_size=1500, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]")
 
 
 def unigram(docs) -> PreTrainedTokenizerFast:
-    """ALBERT's kind: a SentencePiece Unigram over Metaspace words; bos is [CLS], eos is [SEP]."""
+    """ALBERT's kind: a SentencePiece Unigram over Metaspace words (each piece scored by the log of
+    its count in the text); bos is [CLS], eos is [SEP]."""
     specials = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.Unigram())
+    pieces = _bpe_pieces(docs, None, pre_tokenizers.Metaspace(), 1500)
+    text = "\u2581" + "\u2581".join(d.replace(" ", "\u2581") for d in docs)
+    scores = [float(np.log(text.count(p) + 1) - np.log(len(text))) for p in pieces]
+    tok = Tokenizer(models.Unigram([(t, -1e9) for t in specials] + list(zip(pieces, scores)), unk_id=1))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(docs, trainers.UnigramTrainer(vocab_size=1500, special_tokens=specials,
-                                                          unk_token="<unk>"))
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]", bos_token="[CLS]", eos_token="[SEP]")
 
@@ -92,7 +110,8 @@ def bytelevel(docs) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=1200, special_tokens=["<|endoftext|>", "<s>"],
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                      show_progress=False))
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                                    bos_token="<s>")
 
@@ -153,8 +172,7 @@ def test_special_ids_take_the_reserved_slots_and_the_rest_is_regular(make, prose
     assert np.array_equal(t.to_ours[regular], np.arange(sp.first_regular, t.vocab_size))
     text = "Return the value of x.  It is 3 [MASK]!"
     ours = t.encode(text)
-    if make is not unigram:                                        # a literal [MASK] in text is text (a Unigram
-        assert min(ours) >= sp.first_regular                       # whose trainer made [MASK] a piece spells it so)
+    assert min(ours) >= sp.first_regular                          # a literal [MASK] in text is text
     assert np.array_equal(t.hf(ours), hf(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
@@ -416,6 +434,25 @@ def test_fim_batches_are_the_transform_and_documents_read_back_exactly(code_cont
     assert fimmed >= 20 and whole >= 10
 
 
+def test_plain_causal_attention_goes_as_a_2d_mask(code_contexts):
+    from ptobj.hf import CausalLMCollator
+
+    tokens, contexts = code_contexts
+    features = [contexts[i] for i in range(6)]
+    for collator in (FIMCollator(tokens, seq_length=128, seed=SEED, fim_rate=1.0, document_masking=False),
+                     CausalLMCollator(tokens, seq_length=128, seed=SEED, document_masking=False)):
+        batch = collator(features)
+        assert batch["attention_mask"].shape == (6, 129) and bool((batch["attention_mask"] == 1).all())
+        for b, out in enumerate(expected(collator, features)):
+            assert np.array_equal(out["kv_end"], np.arange(1, 129)) and not out["kv_start"].any()
+            assert np.array_equal(batch["input_ids"][b].numpy(),
+                                  tokens.to_hf[np.concatenate([out["tokens"], out["labels"][-1:]])])
+            assert np.array_equal(batch["position_ids"][b].numpy(), np.arange(129))
+    plain = CausalLMCollator(tokens, seq_length=128, document_masking=False)(features)
+    assert torch.equal(plain["input_ids"], torch.tensor([f["input_ids"] for f in features]))
+    assert torch.equal(plain["labels"][:, 1:], plain["input_ids"][:, 1:]) and bool((plain["labels"][:, 0] == -100).all())
+
+
 def test_t5_trains_as_encoder_decoder_and_as_one_decoder(code_contexts, code_tok):
     from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
@@ -455,15 +492,16 @@ def test_t5_trains_as_encoder_decoder_and_as_one_decoder(code_contexts, code_tok
 
 
 class Recording:
-    """The Trainer's collator, keeping what it was given and what it returned."""
+    """The Trainer's collator, keeping the first batches of each epoch: (epoch, features, batch)."""
 
-    def __init__(self, collator, keep: int = 3):
+    def __init__(self, collator, keep: int = 2):
         self.collator, self.keep, self.seen = collator, keep, []
 
     def __call__(self, features):
         out = self.collator(features)
-        if len(self.seen) < self.keep:
-            self.seen.append(([dict(x) for x in features], {k: v.clone() for k, v in out.items()}))
+        epoch = self.collator.keys.epoch
+        if sum(e == epoch for e, _, _ in self.seen) < self.keep:
+            self.seen.append((epoch, [dict(x) for x in features], {k: v.clone() for k, v in out.items()}))
         return out
 
 
@@ -502,9 +540,9 @@ def test_trainer_bert_for_pretraining_spanbert_masking_with_sop(prose_data, tmp_
     print(f"\nBertForPreTraining (SpanBERT span law + SOP): first loss {losses[0]:.4f}, last loss {losses[-1]:.4f}, "
           f"{epochs:.2f} epochs")
     assert losses[-1] < losses[0] - 0.5, losses
-    assert epochs > 1                                                # the epoch callback re-keyed a second epoch
-    for features, batch in seen_batches:
-        assert_encoder_batch(batch, expected(collator, features), tokens, ("sop_label", "next_sentence_label"))
+    assert epochs > 1 and [e for e, _, _ in seen_batches] == [0, 0, 1, 1]   # the callback keyed epoch 1 anew
+    for epoch, features, batch in seen_batches:
+        assert_encoder_batch(batch, expected(collator, features, epoch), tokens, ("sop_label", "next_sentence_label"))
 
 
 def test_trainer_albert_for_pretraining_sop(prose, albert_tok, tmp_path):
@@ -518,10 +556,10 @@ def test_trainer_albert_for_pretraining_sop(prose, albert_tok, tmp_path):
     model = AlbertForPreTraining(AlbertConfig(vocab_size=len(albert_tok), embedding_size=32, hidden_size=64,
                                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                                               max_position_embeddings=128))
-    losses, seen_batches, _ = train(model, collator, data, tmp_path, lr=2e-3)
+    losses, seen_batches, _ = train(model, collator, data, tmp_path, lr=3e-3)
     print(f"\nAlbertForPreTraining (SOP): first loss {losses[0]:.4f}, last loss {losses[-1]:.4f}")
     assert losses[-1] < losses[0] - 0.5, losses
-    for features, batch in seen_batches:
+    for _, features, batch in seen_batches:
         assert_encoder_batch(batch, expected(collator, features), tokens, ("sop_label", "sentence_order_label"))
 
 
@@ -541,7 +579,7 @@ def test_trainer_llama_fim(code, tmp_path):
     losses, seen_batches, _ = train(model, collator, contexts, tmp_path, lr=2e-3)
     print(f"\nLlamaForCausalLM (FIM): first loss {losses[0]:.4f}, last loss {losses[-1]:.4f}")
     assert losses[-1] < losses[0] - 0.5, losses
-    for features, batch in seen_batches:
+    for _, features, batch in seen_batches:
         for b, out in enumerate(expected(collator, features)):
             ctx = np.concatenate([out["tokens"], out["labels"][-1:]])
             assert np.array_equal(batch["input_ids"][b].numpy(), tokens.to_hf[ctx])
