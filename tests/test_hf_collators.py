@@ -360,6 +360,10 @@ def test_a_missing_feature_is_named(prose_data):
     n = len(tokens.tokenizer)
     with pytest.raises(ValueError, match=rf"feature 'input_ids': ids must lie in \[0, {n}\)"):
         c([{"input_ids": [5, n], "word_start": [1, 1], "index": 0}])
+    with pytest.raises(ValueError, match=r"feature 0: 'input_ids' must hold integer ids, got dtype float64"):
+        c([{"input_ids": [5.5, 7.0], "word_start": [1, 1], "index": 0}])
+    with pytest.raises(ValueError, match=r"feature 'index' must hold indices >= 0, got -1"):
+        c([{"input_ids": [5, 7], "word_start": [1, 1], "index": -1}])
 
 
 def test_precomputed_rows_equal_the_collator(prose_data):
@@ -376,7 +380,7 @@ def test_precomputed_rows_equal_the_collator(prose_data):
             assert torch.equal(g, want[k]), (type(c).__name__, k)
 
 
-def test_bert_honours_unilm_intervals():
+def test_bert_honours_unilm_intervals(prose_data):
     from transformers import BertConfig, BertForMaskedLM
 
     from ptobj.hf.masks import interval_mask
@@ -399,6 +403,15 @@ def test_bert_honours_unilm_intervals():
         b = model(input_ids=other, attention_mask=mask).logits
         assert torch.allclose(a[0, :6], b[0, :6], atol=1e-5)            # rows before 6 never see 6..9
         assert not torch.allclose(a[0, 6:], b[0, 6:], atol=1e-3)
+    tokens, data = prose_data
+    collator = UniLMCollator(tokens, seq_length=64, seed=SEED, mask_dtype=torch.bool)
+    batch = collator([data[i] for i in range(16)])
+    assert set(batch["token_type_ids"].unique().tolist()) >= {0, 2, 4, 5}   # several modes' LM ids
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tokens.tokenizer), hidden_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=64,
+                                       type_vocab_size=collator.num_token_types))
+    loss = model(**batch).loss
+    assert torch.isfinite(loss) and 5 < loss.item() < 9
 
 
 def test_fim_batches_are_the_transform_and_documents_read_back_exactly(code_contexts, code_tok, code):
@@ -477,6 +490,12 @@ def test_t5_trains_as_encoder_decoder_and_as_one_decoder(code_contexts, code_tok
     loss = t5(**batch).loss
     loss.backward()
     assert torch.isfinite(loss) and 5 < loss.item() < 9
+    pre = preprocess.apply_objective(contexts.select(range(4)), enc_dec, batch_size=3)
+    stacked = PrecomputedCollator()([pre[i] for i in range(4)])
+    for k, v in batch.items():                                       # precomputed rows: full width, same values
+        assert torch.equal(stacked[k][:, : v.shape[1]], v), k
+        assert bool((stacked[k][:, v.shape[1]:] == (-100 if k == "labels" else
+                                                      0 if k == "attention_mask" else code_tok.pad_token_id)).all())
     code_tok.add_special_tokens({"sep_token": "<sep>"})
     one = Seq2SeqCollator(HFTokens(code_tok), objective="t5", layout="decoder", seq_length=128, seed=SEED)
     batch = one(features)

@@ -140,6 +140,8 @@ class ObjectiveCollator:
                 v = np.asarray(x[name])
                 if v.ndim != 1:
                     raise ValueError(f"{who}: feature {i}: {name!r} must be 1-D, got shape {v.shape}")
+                if f in ID_FIELDS and v.size and v.dtype.kind not in "iu":
+                    raise ValueError(f"{who}: feature {i}: {name!r} must hold integer ids, got dtype {v.dtype}")
                 rows.append(v)
             group = f[: -len("tokens")] if f.endswith("tokens") else ("random_" if f.startswith("random_") else "")
             if f in ID_FIELDS:
@@ -238,8 +240,9 @@ class ObjectiveCollator:
         nt = lm.sum(axis=1)
         S = tok.shape[1]
         src = np.full((B, int(ns.max(initial=0)) + 1 if trim else S + 1), pad, np.int64)
-        real = np.arange(src.shape[1])[None, :] < ns[:, None]
-        src[real] = self.tokens.hf(tok[:, : src.shape[1]][real])
+        k = min(src.shape[1], S)                                              # the source lies before ns < k
+        real = np.arange(k)[None, :] < ns[:, None]
+        src[:, :k][real] = self.tokens.hf(tok[:, :k][real])
         src[np.arange(B), ns] = eos
         tgt = np.full((B, int(nt.max(initial=0)) if trim else S), _NO_LABEL, np.int64)
         tgt[np.arange(tgt.shape[1])[None, :] < nt[:, None]] = self.tokens.hf(lab[lm], "labels")

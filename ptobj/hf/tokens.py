@@ -159,10 +159,11 @@ class HFTokens:
     def ours(self, ids, field: str = "input_ids") -> np.ndarray:
         """HF ids -> our ids (int32, same shape); an id outside the tokenizer is an error naming ``field``."""
         a = np.asarray(ids)
-        if a.size and (a.dtype.kind not in "iu" or int(a.min()) < 0 or int(a.max()) >= self.hf_size):
-            lo, hi = (int(a.min()), int(a.max())) if a.dtype.kind in "iu" else (a.dtype, a.dtype)
+        if a.size and a.dtype.kind not in "iu":
+            raise ValueError(f"feature {field!r}: token ids must be integers, got dtype {a.dtype}")
+        if a.size and (int(a.min()) < 0 or int(a.max()) >= self.hf_size):
             raise ValueError(f"feature {field!r}: ids must lie in [0, {self.hf_size}) (the tokenizer's), "
-                             f"got {lo} .. {hi}")
+                             f"got {int(a.min())} .. {int(a.max())}")
         out = self.to_ours[a]
         if a.size and int(out.min()) < 0:
             bad = int(a.reshape(-1)[np.argmin(out.reshape(-1))])
