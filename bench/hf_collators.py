@@ -40,10 +40,9 @@ from pathlib import Path  # noqa: E402
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast  # noqa: E402
 
 from ptobj.data_pipeline.config import CorpusConfig  # noqa: E402
@@ -66,8 +65,7 @@ def tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
         vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False))
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                  sep_token="[SEP]", mask_token="[MASK]")
-    from tokenizers import processors
-
+    # transformers' collators read encodings with the [CLS] ... [SEP] template; ours add it themselves
     hf.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", hf.cls_token_id), ("[SEP]", hf.sep_token_id)])
     return hf

@@ -49,8 +49,6 @@ from ptobj.objectives.streams import RowStreams
 # our raw field -> the feature holding it (ids are HF ids there); other fields keep their name
 FEATURE = {"tokens": "input_ids", "random_tokens": "random_input_ids"}
 ID_FIELDS = ("tokens", "random_tokens")
-LAYOUTS = ("encoder", "decoder", "encoder_decoder")
-MASKS = ("padding", "causal", "intervals")
 _NO_LABEL = -100
 
 
@@ -74,7 +72,8 @@ class ObjectiveCollator:
     ``seed``: the objectives' seed (rows key as :mod:`ptobj.hf.keys` says, by ``index_field``);
     ``pad_to_multiple_of``: rounds the encoder layout's trimmed width up; ``mask_dtype``: a
     4-D mask's dtype (a float dtype: additive, eager or SDPA attention, the model's dtype;
-    ``torch.bool``: SDPA or flex)."""
+    ``torch.bool``: SDPA or flex); ``token_type_ids=False`` leaves them out (models without
+    segment embeddings, e.g. DistilBERT)."""
 
     objective = ""
     layout = "encoder"
@@ -82,7 +81,8 @@ class ObjectiveCollator:
     label_names: dict[str, str] = {}           # our sequence-label field -> the model's argument
 
     def __init__(self, tokenizer, *, seq_length: int | None = None, seed: int = 0, index_field: str | None = "index",
-                 pad_to_multiple_of: int | None = None, mask_dtype=torch.float32, similar=None, **config):
+                 pad_to_multiple_of: int | None = None, mask_dtype=torch.float32, token_type_ids: bool = True,
+                 similar=None, **config):
         who = type(self).__name__
         self.tokens = tokenizer if isinstance(tokenizer, HFTokens) else HFTokens(tokenizer)
         if seq_length is not None:
@@ -104,6 +104,7 @@ class ObjectiveCollator:
         if not (mask_dtype == torch.bool or getattr(mask_dtype, "is_floating_point", False)):
             raise ValueError(f"{who}: mask_dtype must be torch.bool or a float dtype, got {mask_dtype!r}")
         self.pad_to_multiple_of, self.mask_dtype = pad_to_multiple_of, mask_dtype
+        self.token_type_ids = bool(token_type_ids)
         self.keys = SampleKeys(seed, index_field)
         self.mask = self.mask_kind()
 
@@ -200,8 +201,9 @@ class ObjectiveCollator:
         S = out["tokens"].shape[1]
         w = min(S, _round_up(int(ke.max(initial=1)), self.pad_to_multiple_of)) if trim else S
         r = {"input_ids": self.tokens.hf(out["tokens"][:, :w]),
-             "token_type_ids": out["segment_ids"][:, :w].astype(np.int64),
              "labels": self._labels(out["labels"][:, :w], out["loss_mask"][:, :w])}
+        if self.token_type_ids:
+            r["token_type_ids"] = out["segment_ids"][:, :w].astype(np.int64)
         self._attention(r, ks[:, :w], ke[:, :w], causal=False)
         for ours, theirs in self.label_names.items():
             v = np.asarray(out[ours]).astype(np.int64)
