@@ -7,7 +7,8 @@
 * Every collator's batch is the objective's transform, called directly on each sample with
   its key, mapped to the tokenizer's ids (labels -100 outside the loss, the intervals as the
   mask); keyed by an ``index`` feature or by a counter of samples seen, whatever the batching.
-* FIM's documents read back to their exact text; BERT honours UniLM's 4-D mask.
+* FIM's documents read back to their exact text; BERT honours UniLM's 4-D mask; T5 and MASS
+  feed ``T5ForConditionalGeneration`` (source + eos, target + eos) and one Llama (prefix-LM mask).
 * ``transformers.Trainer`` trains a tiny ``BertForPreTraining`` (SpanBERT's span law + SOP
   labels as ``next_sentence_label``), an ``AlbertForPreTraining`` (SOP) and a
   ``LlamaForCausalLM`` (FIM, tokens added and embeddings resized) for 40 steps each on an
@@ -467,7 +468,19 @@ def test_plain_causal_attention_goes_as_a_2d_mask(code_contexts):
     assert bool((plain["labels"][:, 0] == -100).all())
 
 
-def test_t5_trains_as_encoder_decoder_and_as_one_decoder(code_contexts, code_tok):
+def assert_seq2seq_batch(batch, rows, tokens):
+    """The encoder gets the source and eos, the labels are the target and its EOT as eos."""
+    eos = tokens.tokenizer.eos_token_id
+    for b, out in enumerate(rows):
+        lm = out["loss_mask"] > 0
+        ns = int(np.argmax(lm))
+        src = batch["input_ids"][b][batch["attention_mask"][b] > 0].numpy()
+        assert np.array_equal(src, np.append(tokens.to_hf[out["tokens"][:ns]], eos))
+        tgt = batch["labels"][b][batch["labels"][b] >= 0].numpy()
+        assert np.array_equal(tgt, tokens.to_hf[out["labels"][lm]]) and tgt[-1] == eos
+
+
+def test_t5_and_mass_train_as_encoder_decoder_and_as_one_decoder(code_contexts, code_tok):
     from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
     _, contexts = code_contexts
@@ -477,14 +490,8 @@ def test_t5_trains_as_encoder_decoder_and_as_one_decoder(code_contexts, code_tok
     features = [contexts[i] for i in range(4)]
     enc_dec = Seq2SeqCollator(tokens, objective="t5", seq_length=128, seed=SEED)
     batch = enc_dec(features)
-    for b, out in enumerate(expected(enc_dec, features)):
-        lm = out["loss_mask"] > 0
-        ns = int(np.argmax(lm))
-        src = batch["input_ids"][b][batch["attention_mask"][b] > 0].numpy()
-        assert np.array_equal(src, np.append(tokens.to_hf[out["tokens"][:ns]], code_tok.eos_token_id))
-        tgt = batch["labels"][b][batch["labels"][b] >= 0].numpy()
-        assert np.array_equal(tgt, tokens.to_hf[out["labels"][lm]]) and tgt[-1] == code_tok.eos_token_id
-        assert code_tok.convert_ids_to_tokens(int(tgt[0])) == "<extra_id_0>"
+    assert_seq2seq_batch(batch, expected(enc_dec, features), tokens)
+    assert code_tok.convert_ids_to_tokens(batch["labels"][:, 0].tolist()) == ["<extra_id_0>"] * 4
     t5 = T5ForConditionalGeneration(T5Config(vocab_size=len(code_tok), d_model=32, d_kv=8, d_ff=64, num_layers=1,
                                              num_heads=2, decoder_start_token_id=code_tok.pad_token_id,
                                              pad_token_id=code_tok.pad_token_id))
@@ -497,7 +504,11 @@ def test_t5_trains_as_encoder_decoder_and_as_one_decoder(code_contexts, code_tok
         assert torch.equal(stacked[k][:, : v.shape[1]], v), k
         assert bool((stacked[k][:, v.shape[1]:] == (-100 if k == "labels" else
                                                       0 if k == "attention_mask" else code_tok.pad_token_id)).all())
-    code_tok.add_special_tokens({"sep_token": "<sep>"})
+    code_tok.add_special_tokens({"sep_token": "<sep>", "mask_token": "<mask>"})
+    mass = Seq2SeqCollator(HFTokens(code_tok), objective="mass", seq_length=128, seed=SEED)
+    batch = mass(features)
+    assert_seq2seq_batch(batch, expected(mass, features), mass.tokens)
+    assert (batch["input_ids"] == code_tok.mask_token_id).sum() > 80      # the fragments, 80% [MASK]
     one = Seq2SeqCollator(HFTokens(code_tok), objective="t5", layout="decoder", seq_length=128, seed=SEED)
     batch = one(features)
     assert batch["attention_mask"].shape[1:] == (1, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
