@@ -240,7 +240,7 @@ for name in registry.names():
 
 errors = {}
 for module in ("ptobj.data_pipeline.tokenizer", "ptobj.data_pipeline.build", "ptobj.models", "ptobj.kernels",
-               "ptobj.recipes.train"):
+               "ptobj.recipes.train", "ptobj.hf"):
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as exc:
@@ -269,7 +269,7 @@ def test_wheel_alone_runs_every_objective_outside_the_checkout(wheel, tmp_path):
     assert [_norm(d) for d in report["distributions"]] == ["numpy", _norm(DISTRIBUTION)], report["distributions"]
     assert sorted(report["ran"]) == registry.names()
     needs = {"ptobj.data_pipeline.tokenizer": "data", "ptobj.data_pipeline.build": "train", "ptobj.models": "train",
-             "ptobj.kernels": "train", "ptobj.recipes.train": "train"}
+             "ptobj.kernels": "train", "ptobj.recipes.train": "train", "ptobj.hf": "hf"}
     for module, extra in needs.items():
         assert module in report["errors"], f"{module} imported without its extra"
         assert report["errors"][module].startswith("MissingExtra:"), report["errors"][module]

@@ -1,7 +1,8 @@
 """The import graph of the package: no cycles, and every arrow points down the layers.
 
 Layers, bottom up: ``ptobj.extras``; ``objectives`` and ``kernels`` (nothing else of ours);
-``data_pipeline`` (objectives); ``models`` (kernels, objectives); then inside ``recipes`` the
+``data_pipeline`` (objectives); ``models`` (kernels, objectives); ``hf`` (objectives, data_pipeline:
+the objectives inside Hugging Face training, beside ``models``); then inside ``recipes`` the
 training engine (the floor: none of the rest of recipes), export, evaluation, post-training,
 experiments and the training command. Function-local imports count as arrows. No module
 imports a bare ``objectives`` / ``kernels`` / ... (the names the package keeps to itself).
@@ -24,6 +25,7 @@ ALLOWED = {
     "ptobj.kernels": ("ptobj.extras",),
     "ptobj.data_pipeline": ("ptobj.extras", "ptobj.objectives"),
     "ptobj.models": ("ptobj.extras", "ptobj.kernels", "ptobj.objectives"),
+    "ptobj.hf": ("ptobj.extras", "ptobj.objectives", "ptobj.data_pipeline"),
     "ptobj.recipes.engine": LOWER + ("ptobj.recipes",),
     "ptobj.recipes.export": LOWER + ("ptobj.recipes", "ptobj.recipes.engine"),
     "ptobj.recipes.evaluation": LOWER + ("ptobj.recipes", "ptobj.recipes.engine", "ptobj.recipes.export"),
