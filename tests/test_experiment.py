@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from ptobj.recipes.experiments.reproduce import Check, ExperimentError, _verdict, check_comparable, load, main, metric, names
+from ptobj.recipes.experiments.reproduce import Check, ExperimentError, check_comparable, load, main, metric, names
 
 
 def test_every_experiment_loads_and_compares_like_with_like(tmp_path):
@@ -35,15 +36,27 @@ def test_runs_that_would_not_compare_like_with_like_are_refused(tmp_path):
     assert main([str(bad), "--dry-run"]) == 2
 
 
-def test_verdicts_and_metric_alternatives():
-    c = Check("x", "m", "a", ">", "b")
-    assert _verdict(c, {"a": [0.6], "b": [0.5]}).startswith("holds")
-    assert _verdict(c, {"a": [0.4], "b": [0.5]}).startswith("does not hold")
-    assert _verdict(c, {"a": [0.6, 0.4], "b": [0.5, 0.52]}).startswith("within noise")
-    assert _verdict(Check("x", "m", "a", "~", "b", 0.05), {"a": [1.0], "b": [1.04]}).startswith("holds")
-    assert _verdict(Check("x", "m", "a", "~", "b", 0.05), {"a": [1.0], "b": [1.1]}).startswith("does not hold")
-    assert _verdict(Check("x", "m", "a", "~", "b", 0.05), {"a": [1.0, 1.2], "b": [1.2, 1.2]}).startswith("within")
-    assert _verdict(c, {"a": [], "b": [0.5]}) == "not measured"
+def test_paired_verdicts_and_metric_alternatives():
+    from ptobj.recipes.experiments.paired import describe, paired, t975, verdict
+
+    # arms far apart per arm (seed spread 0.33) but consistent seed by seed: resolved
+    a = {1: 4.10, 2: 4.45, 3: 4.20, 4: 4.43}
+    b = {s: v - 0.1 + d for (s, v), d in zip(a.items(), (0.01, -0.02, 0.015, -0.005))}
+    p = paired(a, b)
+    assert p.seeds == (1, 2, 3, 4) and p.mean == pytest.approx(0.1)
+    diffs = [a[s] - b[s] for s in a]
+    sd = float(np.std(diffs, ddof=1))
+    assert p.sd == pytest.approx(sd) and p.high - p.mean == pytest.approx(t975(3) * sd / 2)
+    assert verdict(p, ">") == "holds" and verdict(p, "<") == "opposite"
+    assert verdict(p, "~", 0.05) == "opposite" and verdict(p, "~", 0.2) == "holds"
+    noisy = paired({1: 1.0, 2: 1.2, 3: 0.9}, {1: 1.1, 2: 1.0, 3: 1.0})
+    assert noisy.low < 0 < noisy.high and verdict(noisy, ">") == "unresolved" == verdict(noisy, "<")
+    assert verdict(noisy, "~", 0.05) == "unresolved"
+    assert paired({1: 1.0}, {1: 0.5}) is None and verdict(None, ">") == "unresolved"
+    assert paired({1: 1.0, 2: 2.0}, {2: 1.0, 3: 1.0}) is None           # one seed in common only
+    text = describe(p, ">")
+    assert text.startswith("holds: a - b = +0.1") and "95% interval [" in text and "resolves differences beyond" in text
+    assert t975(1) == 12.706 and t975(1000) == 1.96
     assert metric({"nsp_task/sop_acc": 0.7}, "nsp_task/nsp_acc|nsp_task/sop_acc") == 0.7
 
 

@@ -95,7 +95,8 @@ def test_resume_reproduces_uninterrupted_run_bitwise(tiny_corpus, tmp_path):
 
     again = evaluate_run(tmp_path / "full")
     assert again["step"] == 6 and again["ltr/lm_loss"] == pytest.approx(full.eval_metrics["ltr/lm_loss"], rel=1e-6)
-    assert set(full.eval_metrics) == {"ltr/lm_loss", "ltr/lm_acc", "fim/lm_loss", "fim/lm_acc"}
+    assert set(full.eval_metrics) == {"ltr/lm_loss", "ltr/lm_acc", "fim/lm_loss", "fim/lm_acc", "ltr/lm_loss_se",
+                                      "fim/lm_loss_se"}
     # the resolved config is saved beside the run and reloads to the same tree
     assert load_train_config(tmp_path / "full" / "config.yaml") == _fim_cfg(tiny_corpus, tmp_path / "full", steps=6,
                                                                               every=3)
@@ -272,3 +273,21 @@ def test_an_empty_corpus_file_fails_naming_the_file_and_reason(tmp_path, capsys)
                  f"data.cache_dir={tmp_path / 'cache'}", f"logging.run_dir={tmp_path / 'run'}"])
     assert code == 2
     assert f"corpus error: corpus file {empty} is empty: 0 bytes, no records to read" in capsys.readouterr().err
+
+
+def test_the_held_out_standard_error_is_the_ratio_estimators_over_batches():
+    import math
+
+    import numpy as np
+
+    from ptobj.recipes.engine.heldout import _ratio_se
+    from ptobj.recipes.evaluation.infill import ratio_se
+
+    rng = np.random.default_rng(0)
+    c = rng.integers(50, 200, 12).astype(float)
+    x = c * (3.0 + rng.normal(0, 0.2, 12))
+    r = x.sum() / c.sum()
+    expect = math.sqrt(((x - r * c) ** 2).sum() / (12 * 11)) / c.mean()
+    assert _ratio_se(x.sum(), c.sum(), (x * x).sum(), (x * c).sum(), (c * c).sum(), 12) == pytest.approx(expect)
+    assert ratio_se(list(x), list(c)) == pytest.approx((r, expect))
+    assert math.isnan(_ratio_se(x[0], c[0], x[0] ** 2, x[0] * c[0], c[0] ** 2, 1))

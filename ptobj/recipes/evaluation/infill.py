@@ -342,7 +342,8 @@ def middle_nll(model, tok, prompts: Sequence[np.ndarray], middles: Sequence[str]
 def score(outcomes: Sequence[Outcome]) -> dict[str, float]:
     """``infill/{kind|all}/{mode}/{decoding}_exact`` and ``_parse``, ``.../eot_share`` (of the
     samples), ``.../greedy_eot``, ``.../middle_loss`` (per token of the reference middle and its
-    EOT) and ``.../tasks``."""
+    EOT) and ``.../tasks``; exact match and middle loss with their standard error over tasks
+    (``..._se``: binomial for a share, the ratio estimator's for the per-token loss)."""
     groups: dict[tuple[str, str], list[Outcome]] = {}
     for o in outcomes:
         groups.setdefault((o.task.kind, o.mode), []).append(o)
@@ -353,8 +354,9 @@ def score(outcomes: Sequence[Outcome]) -> dict[str, float]:
         out[f"{key}/tasks"] = float(len(group))
         for decoding in DECODINGS:
             picks = [(o, o.pick(decoding)) for o in group]
-            out[f"{key}/{decoding}_exact"] = float(np.mean([c is not None and c.text == o.task.middle
-                                                           for o, c in picks]))
+            hit = float(np.mean([c is not None and c.text == o.task.middle for o, c in picks]))
+            out[f"{key}/{decoding}_exact"] = hit
+            out[f"{key}/{decoding}_exact_se"] = math.sqrt(hit * (1 - hit) / len(group))
             code = [(o, c) for o, c in picks if o.task.parses]
             if code:
                 out[f"{key}/{decoding}_parse"] = float(np.mean([c is not None and parses(o.task.filled(c.text))
@@ -362,9 +364,21 @@ def score(outcomes: Sequence[Outcome]) -> dict[str, float]:
         samples = [c for o in group for c in o.samples]
         out[f"{key}/eot_share"] = float(np.mean([c.eot for c in samples])) if samples else math.nan
         out[f"{key}/greedy_eot"] = float(np.mean([o.greedy.eot for o in group]))
-        tokens = sum(o.nll[1] for o in group)
-        out[f"{key}/middle_loss"] = sum(o.nll[0] for o in group) / tokens if tokens else math.nan
+        out[f"{key}/middle_loss"], out[f"{key}/middle_loss_se"] = ratio_se([o.nll[0] for o in group],
+                                                                         [o.nll[1] for o in group])
     return out
+
+
+def ratio_se(sums: Sequence[float], counts: Sequence[float]) -> tuple[float, float]:
+    """sum(sums) / sum(counts) and its standard error over the items (the ratio estimator's)."""
+    n, total = len(sums), float(sum(counts))
+    if not total:
+        return math.nan, math.nan
+    r = float(sum(sums)) / total
+    if n < 2:
+        return r, math.nan
+    resid = sum((float(x) - r * float(c)) ** 2 for x, c in zip(sums, counts))
+    return r, math.sqrt(resid / (n * (n - 1))) / (total / n)
 
 
 def agreement(a: InfillResult, b: InfillResult) -> dict[str, float]:

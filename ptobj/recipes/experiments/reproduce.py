@@ -16,10 +16,11 @@ standard deviation over seeds, the checks, the command, commit, date and load
 average), ``loss_curves.png`` and ``metrics.png`` are written to ``--results``
 (default: the experiment's output folder).
 
-A check compares two runs on one metric (``a op b``); its verdict is *holds*,
-*does not hold*, or *within noise* when seeds were swept and the difference is
-smaller than the larger standard deviation. The checks state the paper's
-direction; nothing here is tuned toward it.
+A check compares two runs on one metric (``a op b``) through their per-seed paired
+differences (:mod:`ptobj.recipes.experiments.paired`): *holds* when the 95% t interval of
+``a - b`` lies on the paper's side of zero, *opposite* on the other side, *unresolved*
+otherwise, with the interval and the smallest difference the design resolves. The checks
+state the paper's direction; nothing here is tuned toward it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from ptobj.recipes.experiments.paired import describe, paired
 from ptobj.recipes.experiments.sweep import (SweepRun, add_launch_args, launch, mean_std, metric, plots, point_state, slug,
                            slurm_params)
 
@@ -216,24 +218,6 @@ def check_comparable(points: Sequence[tuple[Run, int, SweepRun]], nproc: int = 1
 # ----------------------------------------------------------------------------- the report
 
 
-def _verdict(check: Check, values: dict[str, list[float]]) -> str:
-    ma, sa, na = mean_std(values.get(check.a, []))
-    mb, sb, nb = mean_std(values.get(check.b, []))
-    if na == 0 or nb == 0:
-        return "not measured"
-    if check.op == "~":
-        d = abs(ma - mb)
-        if d <= check.tolerance:
-            return f"holds ({ma:.4g} vs {mb:.4g}: difference {d:.3g}, tolerance {check.tolerance:g})"
-        if na > 1 and nb > 1 and d < max(sa, sb):
-            return f"within noise ({ma:.4g} vs {mb:.4g}: difference {d:.3g} above the tolerance, below a std)"
-        return f"does not hold ({ma:.4g} vs {mb:.4g}: difference {d:.3g}, tolerance {check.tolerance:g})"
-    if na > 1 and nb > 1 and abs(ma - mb) < max(sa, sb):
-        return f"within noise ({ma:.4g} vs {mb:.4g})"
-    holds = OPS[check.op](ma, mb)
-    return f"{'holds' if holds else 'does not hold'} ({ma:.4g} {check.op} {mb:.4g} is {holds})"
-
-
 def _git(*args: str) -> str:
     try:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
@@ -258,15 +242,17 @@ def report(exp: Experiment, size: str, points: Sequence[tuple[Run, int, SweepRun
             m, s, n = mean_std([metric(p.metrics, key) for p in ok])
             cells.append("-" if n == 0 else (f"{m:.4f} ± {s:.4f}" if n > 1 else f"{m:.4f}"))
         rows.append("| " + " | ".join([label, done, *cells]) + " |")
+    by_seed: dict[str, dict[int, SweepRun]] = {}
+    for run, seed, p in points:
+        by_seed.setdefault(run.label, {})[seed] = point_state(p)
     checks = []
     for c in exp.checks:
-        values = {"a": [metric(p.metrics, c.metric) for p in by_label.get(c.a, []) if p.ok],
-                  "b": [metric(p.metrics, c.b_metric or c.metric) for p in by_label.get(c.b, []) if p.ok]}
-        verdict = _verdict(dataclasses.replace(c, a="a", b="b"), values)
+        a = {s: metric(p.metrics, c.metric) for s, p in by_seed.get(c.a, {}).items() if p.ok}
+        b = {s: metric(p.metrics, c.b_metric or c.metric) for s, p in by_seed.get(c.b, {}).items() if p.ok}
         op = f"~ (within {c.tolerance:g})" if c.op == "~" else c.op
         what = f"{c.a} `{c.metric}` {op} {c.b} `{c.b_metric}`" if c.b_metric else \
             f"`{c.metric}`: {c.a} {op} {c.b}"
-        checks.append(f"- {c.claim} ({what}): **{verdict}**")
+        checks.append(f"- {c.claim} ({what}): **{describe(paired(a, b), c.op, c.tolerance)}**")
     load_after = os.getloadavg()
     seeds = exp.seeds(size)
     lines = [
@@ -283,7 +269,10 @@ def report(exp: Experiment, size: str, points: Sequence[tuple[Run, int, SweepRun
         f"({'mean ± standard deviation over seeds' if len(seeds) > 1 else 'one seed: no error bars'}).", "",
         *([exp.sizes[size]["note"], ""] if exp.sizes[size].get("note") else []),
         *rows, "",
-        "The paper's direction, checked on these numbers:", "", *(checks or ["- (no checks)"]), "",
+        "The paper's direction, checked on the per-seed paired differences (arm a minus arm b, seed by "
+        "seed; 95% t interval): holds when the interval lies on the paper's side of zero (inside the "
+        "tolerance for ~), opposite on the other side, unresolved otherwise.", "",
+        *(checks or ["- (no checks)"]), "",
         *([exp.notes.strip(), ""] if exp.notes.strip() else []),
         "![training loss](loss_curves.png)", "", "![final metrics](metrics.png)", "",
     ]
