@@ -19,7 +19,8 @@ template's system and user turns, then ``<|assistant|>``):
 An item's score is its mean over its templates; a dataset's and a cluster's score is
 the mean over their items (a cluster pools its datasets' items), with the standard
 error over items (sample standard deviation / sqrt(items)). ``chance`` is the
-expected accuracy of a uniform guess among the options.
+expected accuracy of a uniform guess among the options. ``zero_shot.json`` keeps each
+item's score (``item_scores``), so two models can be compared item by item.
 
 At the end of a run whose records are such a mixture (``ptobj train flan_tiny``), the
 scores go into ``final_metrics.json`` (``zero_shot/<cluster>/score``, ``.../se``, ...)
@@ -34,6 +35,7 @@ import json
 import math
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -122,12 +124,13 @@ class ZeroShotResult:
                  "log-likelihood, exact match of greedy answers; each item under its templates, mean +- standard "
                  "error over items",
                  f"{'cluster':<12} {'dataset':<20} {'task':<14} {'items':>5} {'templ':>5} {'score':>7} {'+- se':>7} "
-                 f"{'chance':>7}"]
+                 f"{'chance':>7}  most frequent answer"]
         for c, cs in self.summary["clusters"].items():
             for d in cs["datasets"]:
                 ds = self.summary["datasets"][d]
+                top, share = next(iter(ds["predictions"].items()), ("", 0.0))
                 lines.append(f"{c:<12} {d:<20} {ds['task']:<14} {ds['items']:>5} {ds['templates']:>5} "
-                             f"{ds['score']:>7.3f} {ds['se']:>7.3f} {ds['chance']:>7.3f}")
+                             f"{ds['score']:>7.3f} {ds['se']:>7.3f} {ds['chance']:>7.3f}  {top[:24]!r} {share:.0%}")
             if len(cs["datasets"]) > 1:
                 lines.append(f"{c:<12} {'(all)':<20} {'':<14} {cs['items']:>5} {'':>5} {cs['score']:>7.3f} "
                              f"{cs['se']:>7.3f} {cs['chance']:>7.3f}")
@@ -159,9 +162,12 @@ def summarize(outcomes: Sequence[Outcome]) -> tuple[dict, dict[str, float]]:
         scores = [s for (dd, _), s in per_item.items() if dd == d]
         mean, se = _mean_se(scores)
         n_templates = max(len(v) for (dd, _), v in items.items() if dd == d)
+        picks = Counter(o.prediction for o in outcomes if o.prompt.dataset == d)
+        total = sum(picks.values())
         datasets[d] = {"cluster": m["cluster"], "task": m["task"], "items": len(scores), "templates": n_templates,
                        "score": mean, "se": se, "chance": chance(m["prompts"]),
-                       "per_template": {t: float(np.mean(v)) for t, v in templates[d].items()}}
+                       "per_template": {t: float(np.mean(v)) for t, v in templates[d].items()},
+                       "predictions": {k: v / total for k, v in picks.most_common(10)}}
         clusters.setdefault(m["cluster"], {"datasets": []})["datasets"].append(d)
     for c, cs in clusters.items():
         scores = [s for (d, _), s in per_item.items() if d in cs["datasets"]]
@@ -233,8 +239,12 @@ def result_json(result: ZeroShotResult, extra: dict | None = None) -> str:
             examples[o.prompt.dataset] = {"template": o.prompt.template, "messages": list(o.prompt.messages),
                                           "targets": list(o.prompt.targets), "prediction": o.prediction,
                                           "correct": o.correct, "loglikelihoods": o.loglikelihoods}
+    items: dict[str, dict[int, list[float]]] = {}
+    for o in result.outcomes:
+        items.setdefault(o.prompt.dataset, {}).setdefault(o.prompt.record, []).append(o.correct)
+    item_scores = {d: {str(r): float(np.mean(v)) for r, v in sorted(rs.items())} for d, rs in items.items()}
     return json.dumps({**(extra or {}), "metrics": result.metrics, **result.summary, "examples": examples,
-                       "truncated_prompts": result.truncated}, indent=1, default=str)
+                       "item_scores": item_scores, "truncated_prompts": result.truncated}, indent=1, default=str)
 
 
 # ----------------------------------------------------------------------------- in a training run
