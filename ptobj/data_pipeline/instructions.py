@@ -25,7 +25,8 @@ A template has a ``user`` and an ``assistant`` text (and an optional ``system``
 text); ``{name}`` is a record column named in ``fields``, ``{answer}`` the
 answer's text and ``{options}`` the options block (``{{`` and ``}}`` are literal
 braces). Any other name is an error naming the file, the template and the field,
-when the file is read. For a classification task the options block (FLAN's
+when the file is read; so is the answer column by its own name (``{answer}``
+stands for it, and an option being ranked takes its place there). For a classification task the options block (FLAN's
 ``OPTIONS:`` then ``- option`` per line) is appended to the user turn of every
 template that does not place it; turned-around templates get none.
 
@@ -51,7 +52,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 

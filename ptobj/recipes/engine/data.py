@@ -123,8 +123,10 @@ def build_record_data(cfg: TrainConfig, transform, kw: dict, tok, records=None) 
         from ptobj.data_pipeline.instructions import InstructionSampler, mixture_json, plan_mixture
 
         if getattr(transform, "record_kind", None) != "conversation":
-            raise ValueError(f"data.records.mixture: renders conversations; the objective reads "
-                             f"{getattr(transform, 'record_kind', None)!r} records")
+            from ptobj.recipes.engine.config import ConfigError
+
+            raise ConfigError(f"data.records.mixture: renders conversations (SFT records); objective "
+                              f"{cfg.objective.name!r} reads {getattr(transform, 'record_kind', None)!r} records")
         mixed = plan_mixture(records, rc.mixture, valid_fraction=rc.valid_fraction, seed=seed)
         notes, run_files = mixed.table().splitlines(), {"mixture.json": mixture_json(mixed)}
         valid_idx = mixed.valid_examples()

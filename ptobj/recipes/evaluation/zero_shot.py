@@ -87,11 +87,12 @@ def loglikelihoods(model, rows: Sequence[tuple[np.ndarray, int]], batch_size: in
     for b in range(0, len(order), batch_size):
         batch = order[b: b + batch_size]
         logits = model.logits([rows[r][0].tolist() for r in batch])
-        logp = torch.log_softmax(logits.double(), dim=-1).cpu()
         for k, r in enumerate(batch):
             ids, start = rows[r]
-            pos = torch.arange(start, len(ids))
-            out[r] = float(logp[k, pos - 1, torch.as_tensor(ids[start:], dtype=torch.long)].sum())
+            # the logits that predict ids[start:], in float64 (only these positions)
+            logp = torch.log_softmax(logits[k, start - 1: len(ids) - 1].double(), dim=-1)
+            target = torch.as_tensor(ids[start:], dtype=torch.long, device=logp.device)
+            out[r] = float(logp.gather(1, target[:, None]).sum())
     return out
 
 
