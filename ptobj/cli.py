@@ -5,6 +5,7 @@
     ptobj export runs/gpt_fim_tiny hf/gpt_fim_tiny
     ptobj infill runs/gpt_fim_tiny                        # the infilling evaluation
     ptobj evaluate runs/gpt_fim_tiny                      # held-out losses of a saved run
+    ptobj zeroshot runs/flan_tiny                         # zero-shot scores on held-out task clusters
     ptobj sweep --configs gpt_fim_tiny causal_lm_tiny --grid optim.lr=[1e-3,3e-3]
     ptobj experiment fim_for_free --size cpu
     ptobj rl ... / ptobj dpo ...                          # post-training on exported models
@@ -27,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("ptobj.recipes.export", "export a run to a Hugging Face folder (logits checked)"),
     "infill": ("ptobj.recipes.evaluation.infill", "the infilling evaluation of a FIM run or HF model"),
     "evaluate": ("ptobj.recipes.evaluation.evaluate", "held-out losses of a saved run"),
+    "zeroshot": ("ptobj.recipes.evaluation.zero_shot", "zero-shot scores on an instruction mixture's held-out clusters"),
     "sweep": ("ptobj.recipes.experiments.sweep", "an ablation grid, locally or as a SLURM array"),
     "experiment": ("ptobj.recipes.experiments.reproduce", "a paper reproduction: sweep, checks, report"),
     "rl": ("ptobj.recipes.posttrain.rl", "online RL (RLOO) with the pretraining mix on an export"),

@@ -4,9 +4,13 @@ Fine-tuning objectives (SFT, reward models; see :mod:`ptobj.objectives.sft`,
 :mod:`ptobj.objectives.reward`) read whole records rather than a token stream:
 
 * ``records.source``: a local ``.jsonl`` / ``.json`` / ``.parquet`` file, a
-  Hugging Face hub dataset name (needs internet), or ``embedded:NAME`` for the
-  small sets shipped in ``ptobj/data_pipeline/records_data/`` (``sft_tiny``,
-  ``rm_tiny``) that run on CPU with no download;
+  Hugging Face hub dataset name (needs internet; without it, or with
+  ``HF_HUB_OFFLINE=1`` and no cached copy, the error names the dataset and how to
+  point at a local copy), or ``embedded:NAME`` for the small sets shipped in
+  ``ptobj/data_pipeline/records_data/`` (``sft_tiny``, ``rm_tiny``, the
+  instruction miniature ``flan_tiny/...``) that run on CPU with no download;
+* or ``records.mixture``: several datasets phrased through instruction templates
+  and mixed (:mod:`ptobj.data_pipeline.mixture`, :mod:`ptobj.data_pipeline.instructions`);
 * a *conversation* record has ``messages`` (a list of ``{role, content}``) or
   ``prompt`` + ``response`` columns (-> ``[user: prompt, assistant: response]``);
 * a *ranked* record has ``prompt`` (text, or a list of messages) and either
@@ -23,19 +27,25 @@ packed one after the other (``packs_records``: SFT) or one record per row (a
 reward model's prompt), the rest padded. Packing happens once, in an order
 drawn from the seed; each epoch reads the rows in its own order. A record
 longer than a row is cut to the row (packed) or refused, naming it (one per row:
-a cut would lose the responses' ends).
+a cut would lose the responses' ends). A subclass may make each record anew for
+every epoch (:meth:`RecordSampler.record`: an instruction mixture draws a template
+per epoch), packing by an upper bound of each record's length.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+from urllib.parse import urlparse
 
 import numpy as np
 
 from ptobj.data_pipeline.corpus import CorpusError, is_valid_document
+from ptobj.data_pipeline.mixture import MixtureConfig
 from ptobj.objectives import streams
 from ptobj.extras import require
 from ptobj.objectives.sample import SpecialTokens
@@ -57,24 +67,35 @@ class RecordsConfig:
     responses_field: str = "responses"
     chosen_field: str = "chosen"
     rejected_field: str = "rejected"
+    # instead of source: instruction datasets mixed (ptobj.data_pipeline.mixture); valid_fraction
+    # holds out that fraction of each training dataset's records
+    mixture: MixtureConfig | None = None
 
     def __post_init__(self):
+        if self.mixture is not None and self.source:
+            raise ValueError(f"records: give source ({self.source!r}) or mixture, not both")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"records.valid_fraction must lie in [0, 1), got {self.valid_fraction!r}")
         if self.max_records < 0:
             raise ValueError(f"records.max_records must be >= 0, got {self.max_records!r}")
 
 
-def _builder(cfg: RecordsConfig) -> tuple[str, dict, str]:
+def embedded_path(source: str, where: str = "data.records.source") -> Path:
+    """The file of ``embedded:NAME`` (``records_data/NAME.jsonl``; NAME may hold a folder)."""
+    name = source.removeprefix("embedded:")
+    path = (EMBEDDED_DIR / f"{name}.jsonl").resolve()
+    if not path.is_relative_to(EMBEDDED_DIR.resolve()) or not path.is_file():
+        raise CorpusError(f"{where}: no embedded record set {name!r}; known: {embedded_names()}")
+    return path
+
+
+def _builder(cfg: RecordsConfig, where: str = "data.records.source") -> tuple[str, dict, str]:
     """(datasets builder, its keyword arguments, a label naming the source)."""
     if not cfg.source:
-        raise CorpusError("data.records.source: empty; name a .jsonl/.json/.parquet file, a hub dataset or "
+        raise CorpusError(f"{where}: empty; name a .jsonl/.json/.parquet file, a hub dataset or "
                           f"embedded:NAME ({', '.join(embedded_names())})")
     if cfg.source.startswith("embedded:"):
-        name = cfg.source.removeprefix("embedded:")
-        path = EMBEDDED_DIR / f"{name}.jsonl"
-        if not path.is_file():
-            raise CorpusError(f"data.records.source: no embedded record set {name!r}; known: {embedded_names()}")
+        path = embedded_path(cfg.source, where)
     else:
         path = Path(cfg.source).expanduser()
     suffix = path.suffix.lower()
@@ -89,20 +110,60 @@ def _builder(cfg: RecordsConfig) -> tuple[str, dict, str]:
 
 
 def embedded_names() -> list[str]:
-    return sorted(p.stem for p in EMBEDDED_DIR.glob("*.jsonl"))
+    return sorted(p.relative_to(EMBEDDED_DIR).with_suffix("").as_posix() for p in EMBEDDED_DIR.rglob("*.jsonl"))
 
 
-def load_records(cfg: RecordsConfig, cache_dir: str | None = None) -> tuple[list[dict], str]:
-    """The raw records (dicts) of ``cfg.source`` and a label naming it."""
+_TRUE = ("1", "true", "yes", "on")
+
+
+def hub_offline() -> bool:
+    """Hugging Face's own offline switches (``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE``) are on."""
+    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached from here, or None when a connection opens (or goes
+    through a proxy, which is not probed). One TCP connection, nothing sent."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"no connection to {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def hub_hint(cfg: RecordsConfig, where: str) -> str:
+    """How to use a hub dataset without the hub: a local copy named by ``where``."""
+    args = ", ".join([repr(cfg.source), *([repr(cfg.subset)] if cfg.subset else []), f"split={cfg.split!r}"])
+    stem = cfg.source.rsplit("/", 1)[-1] + (f"_{cfg.subset}" if cfg.subset else "") + f"_{cfg.split}"
+    return (f"download it where the hub is reachable (python -c \"import datasets; datasets.load_dataset({args})"
+            f".to_json('{stem}.jsonl')\") and set {where} to that file (.jsonl/.json/.parquet), or set "
+            "HF_HUB_OFFLINE=1 to read a copy the datasets cache already holds (under data.cache_dir/records)")
+
+
+def load_records(cfg: RecordsConfig, cache_dir: str | None = None,
+                 where: str = "data.records.source") -> tuple[list[dict], str]:
+    """The raw records (dicts) of ``cfg.source`` and a label naming it. A hub dataset fails at
+    once when the hub cannot be reached, naming it and ``where`` (the field to point at a local copy)."""
     require("data", "datasets", by=__name__)
+    builder, kwargs, label = _builder(cfg, where)
+    hub = builder == cfg.source
+    if hub and not hub_offline():
+        why = hub_unreachable()
+        if why is not None:
+            raise CorpusError(f"{where}: {label!r} is a Hugging Face hub dataset and the hub cannot be reached "
+                              f"({why}); nothing was read. To run without the hub, {hub_hint(cfg, where)}")
     import datasets
 
-    builder, kwargs, label = _builder(cfg)
     datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(builder, cache_dir=cache_dir, **kwargs)
     except Exception as exc:  # datasets raises many types; name the input either way
-        raise CorpusError(f"cannot read records {label}: {type(exc).__name__}: {exc}") from exc
+        hint = f". To run without the hub, {hub_hint(cfg, where)}" if hub else ""
+        raise CorpusError(f"cannot read records {label} ({where}): {type(exc).__name__}: {exc}{hint}") from exc
     rows = ds.to_list()
     if cfg.max_records:
         rows = rows[: cfg.max_records]
@@ -194,34 +255,43 @@ class RecordSampler:
                  record_ids: Sequence[int] | None = None):
         if not encoded:
             raise CorpusError(f"{label}: no records to sample")
+        self.records = list(encoded)
+        self._setup([len(r["tokens"]) for r in self.records], list(encoded[0]), length, pack=pack, seed=seed,
+                    shuffle=shuffle, special=special, fill=fill, label=label, record_ids=record_ids)
+
+    def _setup(self, lengths: Sequence[int], fields: list[str], length: int, *, pack: bool, seed: int,
+               shuffle: bool, special: SpecialTokens | None, fill: dict | None, label: str,
+               record_ids: Sequence[int] | None) -> None:
+        """Pack records of (at most) ``lengths`` ids into rows, once, in an order drawn from the seed."""
         self.length, self.seed, self.shuffle = int(length), int(seed), shuffle
         special = special or SpecialTokens()
-        self.fields = list(encoded[0])
+        self.fields = list(fields)
         self.fill = {f: (special.pad if f == "tokens" else int((fill or {}).get(f, 0))) for f in self.fields}
         self.truncated = 0
-        records = []
-        for i, r in enumerate(encoded):
-            n = len(r["tokens"])
+        sizes = []
+        for i, n in enumerate(lengths):
             if n > self.length:
                 if not pack:
                     rid = i if record_ids is None else record_ids[i]
                     raise CorpusError(f"{label}: record {rid} needs {n} ids, a row holds {self.length} "
                                       "(raise data.seq_length or shorten the record)")
                 self.truncated += 1
-                r = {f: np.asarray(v)[: self.length] for f, v in r.items()}
-            records.append(r)
-        self.records = records
-        order = streams.generator("sampler.pick", self.seed).permutation(len(records)) if shuffle \
-            else np.arange(len(records))
+            sizes.append(min(int(n), self.length))
+        order = streams.generator("sampler.pick", self.seed).permutation(len(sizes)) if shuffle \
+            else np.arange(len(sizes))
         self.rows: list[list[int]] = []
         fill_level = self.length
         for i in order.tolist():
-            n = len(records[i]["tokens"])
+            n = sizes[i]
             if not pack or fill_level + n > self.length:
                 self.rows.append([])
                 fill_level = 0
             self.rows[-1].append(i)
             fill_level += n
+
+    def record(self, r: int, epoch: int) -> dict:
+        """Record ``r`` as epoch ``epoch`` reads it (here: the same in every epoch)."""
+        return self.records[r]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -240,10 +310,10 @@ class RecordSampler:
                     if self.shuffle else np.arange(len(self.rows))
             pos = 0
             for r in self.rows[int(orders[e][i])]:
-                rec = self.records[r]
-                n = len(rec["tokens"])
+                rec = self.record(r, e)
+                n = min(len(rec["tokens"]), self.length - pos)
                 for f in self.fields:
-                    out[f][b, pos : pos + n] = rec[f]
+                    out[f][b, pos : pos + n] = np.asarray(rec[f])[:n]
                 pos += n
         return out
 

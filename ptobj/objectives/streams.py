@@ -53,6 +53,8 @@ PURPOSES: dict[str, int] = {
     "sampler.pick": 3,     # a sampler's per-sample picks (NSP's other segment, a source/target cut)
     "document": 4,         # a document-level transform before packing, keyed by (seed, epoch, document)
     "infill.sample": 5,    # the infilling evaluation's token draws, keyed by (seed, task, sample)
+    "instruction.template": 6,  # an instruction example's template, keyed by (seed, epoch, index) and its dataset
+    "instruction.mixture": 7,   # which records of a dataset fill a mixture, keyed by (seed, dataset)
 }
 
 

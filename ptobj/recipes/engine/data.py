@@ -30,6 +30,10 @@ class RunData:
     # the tokenizer's reserved ids plus the span sentinels the objective declares, after its pieces
     special: Any = None
     vocab_size: int = 0  # ids the model embeds: the tokenizer's and the sentinels
+    # what the data has to say at the start of a run (an instruction mixture's shares), and files the
+    # run folder keeps ({name: text}, e.g. mixture.json)
+    notes: list[str] = field(default_factory=list)
+    run_files: dict[str, str] = field(default_factory=dict)
 
 
 def prepare(cfg: TrainConfig, info: DistInfo, progress: bool = True):
@@ -112,22 +116,57 @@ def record_tokenizer(cfg: TrainConfig):
     return SentencePieceTokenizer.load(path)
 
 
-def build_record_data(cfg: TrainConfig, transform, kw: dict, tok) -> RunData:
+def read_records(cfg: TrainConfig):
+    """The records of a run that reads records, before anything else is built (so an unreadable
+    source, or a hub dataset with no hub, fails first): (rows, label), or the datasets of an
+    instruction mixture (ptobj.data_pipeline.instructions)."""
+    rc, cache = cfg.data.records, str(Path(cfg.data.cache_dir) / "records")
+    if rc.mixture is not None:
+        from ptobj.data_pipeline.instructions import load_mixture
+
+        return load_mixture(rc.mixture, cache)
+    from ptobj.data_pipeline.records import load_records
+
+    return load_records(rc, cache_dir=cache)
+
+
+def build_record_data(cfg: TrainConfig, transform, kw: dict, tok, records=None) -> RunData:
     """Train / held-out datasets of records (SFT, reward models; see ptobj.data_pipeline.records)."""
     from ptobj.data_pipeline.dataset import ObjectiveDataset
-    from ptobj.data_pipeline.records import RecordSampler, encode_records, load_records, split_records
+    from ptobj.data_pipeline.records import RecordSampler, encode_records, split_records
     from ptobj.objectives import registry
 
     plan, rc = cfg.plan, cfg.data.records
-    rows, label = load_records(rc, cache_dir=str(Path(cfg.data.cache_dir) / "records"))
-    train_idx, valid_idx = split_records(rows, rc.valid_fraction)
+    records = read_records(cfg) if records is None else records
     seed = cfg.schedule.seed
+    notes, run_files = [], {}
+    if rc.mixture is not None:  # instruction datasets, each example rendered through a template it draws
+        from ptobj.data_pipeline.instructions import InstructionSampler, mixture_json, plan_mixture
 
-    def sampler(indices, transform, seed):
-        return RecordSampler(encode_records(rows, indices, transform, tok, rc, label), plan.input_length,
-                             pack=plan.sampler == "records_packed", seed=seed, special=kw["special"],
-                             fill=getattr(transform, "record_fill", None), label=f"records {label}",
-                             record_ids=indices)
+        if getattr(transform, "record_kind", None) != "conversation":
+            from ptobj.recipes.engine.config import ConfigError
+
+            raise ConfigError(f"data.records.mixture: renders conversations (SFT records); objective "
+                              f"{cfg.objective.name!r} reads {getattr(transform, 'record_kind', None)!r} records")
+        mixed = plan_mixture(records, rc.mixture, valid_fraction=rc.valid_fraction, seed=seed)
+        notes, run_files = mixed.table().splitlines(), {"mixture.json": mixture_json(mixed)}
+        valid_idx = mixed.valid_examples()
+
+        def sampler(examples, transform, seed):
+            return InstructionSampler(mixed.train, examples, transform.encode_record, tok.encode, plan.input_length,
+                                      pack=plan.sampler == "records_packed", seed=seed, special=kw["special"],
+                                      fill=getattr(transform, "record_fill", None))
+
+        train_idx = mixed.examples()
+    else:
+        rows, label = records
+        train_idx, valid_idx = split_records(rows, rc.valid_fraction)
+
+        def sampler(indices, transform, seed):
+            return RecordSampler(encode_records(rows, indices, transform, tok, rc, label), plan.input_length,
+                                 pack=plan.sampler == "records_packed", seed=seed, special=kw["special"],
+                                 fill=getattr(transform, "record_fill", None), label=f"records {label}",
+                                 record_ids=indices)
 
     train = ObjectiveDataset(sampler(train_idx, transform, seed), transform, seed=seed)
     evals = {}
@@ -141,7 +180,7 @@ def build_record_data(cfg: TrainConfig, transform, kw: dict, tok) -> RunData:
             evals[name] = ObjectiveDataset(sampler(valid_idx, suite_transform, eval_seed), suite_transform,
                                            seed=eval_seed)
     return RunData(prepared=None, tokenizer=tok, train=train, evals=evals, special=kw["special"],
-                   vocab_size=tok.vocab_size + plan.sentinels)
+                   vocab_size=tok.vocab_size + plan.sentinels, notes=notes, run_files=run_files)
 
 
 def build_run_data(cfg: TrainConfig, info: DistInfo, progress: bool = True) -> RunData:
@@ -149,6 +188,7 @@ def build_run_data(cfg: TrainConfig, info: DistInfo, progress: bool = True) -> R
     from ptobj.objectives import registry
 
     if cfg.plan.sampler in RECORD_SAMPLERS:
+        records = read_records(cfg)
         tok = record_tokenizer(cfg)
         special = tok.special.with_sentinels(tok.vocab_size, cfg.plan.sentinels)
         kw = dict(special=special, vocab_size=tok.vocab_size, tokenizer=tok)
@@ -156,7 +196,7 @@ def build_run_data(cfg: TrainConfig, info: DistInfo, progress: bool = True) -> R
             transform = registry.build_spec(cfg.objective_spec, **kw)
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"objective: {exc}") from exc
-        return build_record_data(cfg, transform, kw, tok)
+        return build_record_data(cfg, transform, kw, tok, records)
     prepared = prepare(cfg, info, progress=progress)
     tok = prepared.tokenizer
     plan = cfg.plan

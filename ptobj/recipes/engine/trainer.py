@@ -283,6 +283,8 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
         (run_dir / STOPPED_FILE).unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         sess.tokenizer.save(run_dir / TOKENIZER_FILE)  # the run keeps its tokenizer (ptobj.recipes.export reads it)
+        for name, text in sess.data.run_files.items():  # what the data writes down (an instruction mixture's shares)
+            (run_dir / name).write_text(text)
         (run_dir / "model_config.json").write_text(json.dumps(dataclasses.asdict(sess.model_cfg), indent=1))
         ckpt.remove_partial_saves(cfg.checkpoint_dir)
     info.barrier()
@@ -308,6 +310,8 @@ def run(cfg: TrainConfig, *, progress: bool | None = None,
                  "(raise data.corpus.valid_fraction)")
     for line in skipped:
         log.info(f"[recipes] {line}")
+    for line in sess.data.notes:
+        log.info(line)
     cut = getattr(sess.data.train.sampler, "truncated", 0)   # records (SFT) longer than a context
     if cut:
         log.info(f"[recipes] {cut} training record(s) longer than a context ({cfg.data.seq_length + 1} ids) "

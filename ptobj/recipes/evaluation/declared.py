@@ -1,4 +1,5 @@
-"""The evaluations an objective declares beyond held-out losses (``Task.evaluations``), by kind.
+"""The evaluations an objective declares beyond held-out losses (``Task.evaluations``), by kind,
+and the zero-shot scores of an instruction mixture's held-out clusters.
 
 A Task names an evaluation kind and its settings (``ptobj.objectives.task.Evaluation``);
 this module maps each kind to the code that runs it on a trained session. FIM
@@ -47,7 +48,9 @@ KINDS: dict[str, Callable] = {"infilling": infilling}
 
 
 def run_declared(sess) -> list[Report]:
-    """Every evaluation the session's objective declares (``cfg.plan.evaluations``), in order."""
+    """Every evaluation the session's objective declares (``cfg.plan.evaluations``), in order, then
+    the one its data declares: an instruction mixture's held-out clusters, scored zero-shot
+    (:mod:`ptobj.recipes.evaluation.zero_shot`)."""
     reports = []
     for name, ev in sess.cfg.plan.evaluations.items():
         if ev.kind not in KINDS:
@@ -56,4 +59,9 @@ def run_declared(sess) -> list[Report]:
         report = KINDS[ev.kind](sess, name, dict(ev.params))
         if report is not None:
             reports.append(report)
+    mixture = sess.cfg.data.records.mixture
+    if mixture is not None and mixture.held_out:
+        from ptobj.recipes.evaluation.zero_shot import zero_shot
+
+        reports.append(zero_shot(sess))
     return reports
