@@ -51,7 +51,7 @@ upgrade() {
   local wheels=${TORCH_WHEELS:-/opt/wheels}
   [ -e "$wheels" ] || wheels=https://download.pytorch.org/whl/cpu/torch/
   python3 -m pip install -q --user uv >/dev/null 2>&1 || python3 -m pip install -q uv
-  python3 -m uv pip compile pyproject.toml --extra train --extra test --extra sweep --extra rlhf --extra wandb --extra hf \
+  python3 -m uv pip compile pyproject.toml --extra train --extra test --extra sweep --extra rlhf --extra wandb --extra hf --extra docs \
     --generate-hashes --upgrade --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
     --find-links "$wheels" -c requirements/torch-cpu.txt --custom-compile-command "bash dev.sh upgrade" \
     -q -o "$LOCK"
