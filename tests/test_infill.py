@@ -114,6 +114,19 @@ def test_scoring_ranks_eot_samples_and_counts_misses():
     assert ex is outs[0]                                      # exact, and ended by EOT
 
 
+def test_undecoded_tasks_count_in_the_loss_only():
+    task = InfillTask("single_line", 0, 4, 9, "def ", "f():\n", "    pass\n", True)
+    decoded = Outcome(task, "psm", _c("f():\n", True, -1.0), [_c("f():\n", True, -0.5)], (2.0, 4))
+    scored = Outcome(task, "psm", None, [], (6.0, 2))                  # beyond decode_per_kind
+    m = score([decoded, scored])
+    k = "infill/single_line/psm"
+    assert m[f"{k}/tasks"] == 2 and m[f"{k}/decoded"] == 1
+    assert m[f"{k}/greedy_exact"] == 1.0 and m[f"{k}/greedy_exact_se"] == 0.0    # over the decoded task
+    assert m[f"{k}/middle_loss"] == pytest.approx(8.0 / 6)                     # over both
+    assert m[f"{k}/eot_share"] == 1.0
+    assert InfillResult([scored, decoded], m).example() is decoded
+
+
 @pytest.fixture(scope="module")
 def fim_run(tiny_corpus, tmp_path_factory):
     from ptobj.recipes.train import run
@@ -123,7 +136,7 @@ def fim_run(tiny_corpus, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("infill") / "run"
     cfg = shrink(load_train_config(CONFIGS / "gpt_fim_tiny.yaml"), tiny_corpus, run_dir, steps=8)
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
-        cfg.eval, infill=dataclasses.replace(cfg.eval.infill, tasks_per_kind=2, max_new_tokens=12)))
+        cfg.eval, infill=dataclasses.replace(cfg.eval.infill, tasks_per_kind=3, decode_per_kind=2, max_new_tokens=12)))
     result = run(cfg, progress=False)
     return run_dir, result
 
@@ -136,6 +149,7 @@ def test_training_ends_with_the_declared_infilling_evaluation(fim_run):
                                                   for k in ("single_line", "multi_line", "random_span")
                                                   if f"infill/{k}/psm/tasks" in metrics)
     assert metrics["infill/all/psm/middle_loss"] > 0
+    assert metrics["infill/all/psm/decoded"] < metrics["infill/all/psm/tasks"]      # decode_per_kind=2 of 3
     assert [r.name for r in result.reports] == ["infill"] and "EOT best-n" in result.reports[0].text
     assert result.loss_plot == run_dir / "loss.png" and result.loss_plot.stat().st_size > 1000
 
@@ -149,7 +163,8 @@ def test_our_model_and_its_export_agree(fim_run, tmp_path):
     export_run(run_dir, hf)
     out = tmp_path / "agree.json"
     done = subprocess.run([sys.executable, "-m", "ptobj.recipes.evaluation.infill", str(run_dir), "--hf", str(hf), "--out", str(out),
-                           "--set", "tasks_per_kind=3", "--set", "samples=3", "--set", "max_new_tokens=12"],
+                           "--set", "tasks_per_kind=3", "--set", "decode_per_kind=0", "--set", "samples=3",
+                           "--set", "max_new_tokens=12"],
                           cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())

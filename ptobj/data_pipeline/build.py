@@ -97,7 +97,7 @@ def held_out_bound(corpus: Corpus, cfg: CorpusConfig) -> int:
     if not cfg.valid_documents:
         return hash_bound(cfg.valid_fraction)
     usable = (document_hash(d) for d in _limited(corpus.documents(), cfg)
-              if len(d.strip()) >= max(1, cfg.min_document_chars))
+              if cfg.usable(d))
     smallest = heapq.nsmallest(cfg.valid_documents + 1, usable)
     if len(smallest) <= cfg.valid_documents:
         raise CorpusError(f"corpus.valid_documents={cfg.valid_documents}: corpus {corpus.name} has only "
@@ -115,7 +115,7 @@ def _get_tokenizer(corpus: Corpus, corpus_cfg: CorpusConfig, tok_cfg: TokenizerC
         tok.save(save_to)
         return tok
     train_docs = (d for d in _limited(corpus.documents(), corpus_cfg)
-                  if d.strip() and not is_held_out(d, valid_bound))
+                  if corpus_cfg.usable(d) and not is_held_out(d, valid_bound))
     first = next(train_docs, None)
     if first is None:
         raise CorpusError(f"corpus {corpus.name} is empty: no non-blank training document to train a tokenizer on")
@@ -198,6 +198,7 @@ def _build(corpus, corpus_cfg, tok_cfg, tmp: Path, workers, chunk_documents, pro
     skipped = chars = 0
     chunks = encode_documents(_limited(corpus.documents(), corpus_cfg), tokenizer, corpus_cfg.sentence_mode,
                               valid_bound=bound, min_chars=corpus_cfg.min_document_chars,
+                              max_chars=corpus_cfg.max_document_chars,
                               workers=workers, chunk_documents=chunk_documents)
     bar = None
     if progress:

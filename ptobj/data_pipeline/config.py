@@ -43,6 +43,13 @@ class CorpusConfig:
     valid_documents: int = 0
     min_valid_documents: int = 1
     min_document_chars: int = 1  # shorter (after strip) documents are skipped and counted
+    max_document_chars: int = 0  # longer documents are skipped and counted (0: no limit)
+
+    def usable(self, text: str) -> bool:
+        """Whether a document is kept: not shorter (stripped) than min_document_chars, not longer
+        than max_document_chars."""
+        return len(text.strip()) >= max(1, self.min_document_chars) and \
+            not (self.max_document_chars and len(text) > self.max_document_chars)
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -51,7 +58,8 @@ class CorpusConfig:
             raise ValueError(f"corpus.sentences must be one of {SENTENCE_MODES}, got {self.sentences!r}")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"corpus.valid_fraction must lie in [0, 1), got {self.valid_fraction!r}")
-        for name in ("max_bytes", "max_documents", "min_document_chars", "valid_documents", "min_valid_documents"):
+        for name in ("max_bytes", "max_documents", "min_document_chars", "max_document_chars", "valid_documents",
+                     "min_valid_documents"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"corpus.{name} must be >= 0, got {getattr(self, name)!r}")
 

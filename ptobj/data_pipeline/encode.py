@@ -20,8 +20,9 @@ from ptobj.data_pipeline.tokenizer import SentencePieceTokenizer
 _WORKER: dict = {}
 
 
-def _init_worker(proto: bytes, mode: str, valid_bound: int, min_chars: int) -> None:
-    _WORKER.update(tok=SentencePieceTokenizer(proto), mode=mode, valid=valid_bound, min_chars=min_chars)
+def _init_worker(proto: bytes, mode: str, valid_bound: int, min_chars: int, max_chars: int) -> None:
+    _WORKER.update(tok=SentencePieceTokenizer(proto), mode=mode, valid=valid_bound, min_chars=min_chars,
+                   max_chars=max_chars)
 
 
 def _encode_chunk(docs: list[str]) -> dict:
@@ -30,7 +31,7 @@ def _encode_chunk(docs: list[str]) -> dict:
     tokens, word_start, sent_lengths, doc_sentences, valid = [], [], [], [], []
     skipped = 0
     for text in docs:
-        if len(text.strip()) < max(1, _WORKER["min_chars"]):
+        if len(text.strip()) < max(1, _WORKER["min_chars"]) or (_WORKER["max_chars"] and len(text) > _WORKER["max_chars"]):
             skipped += 1
             continue
         ids, lengths = tok.encode_flat(split_sentences(text, _WORKER["mode"]))
@@ -62,11 +63,12 @@ def _chunks(docs: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 def encode_documents(docs: Iterable[str], tokenizer: SentencePieceTokenizer, mode: str, *, valid_bound: int,
-                     min_chars: int = 1, workers: int = 1, chunk_documents: int = 64) -> Iterator[dict]:
+                     min_chars: int = 1, max_chars: int = 0, workers: int = 1,
+                     chunk_documents: int = 64) -> Iterator[dict]:
     """Encoded chunks in corpus order; a document is held out when its content hash lies below
     ``valid_bound`` (:func:`ptobj.data_pipeline.corpus.is_held_out`); ``workers > 1`` uses a process
     pool (ordered imap)."""
-    args = (tokenizer._proto, mode, valid_bound, min_chars)
+    args = (tokenizer._proto, mode, valid_bound, min_chars, max_chars)
     if workers == 1:
         _init_worker(*args)
         yield from map(_encode_chunk, _chunks(docs, chunk_documents))

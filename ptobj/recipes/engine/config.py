@@ -145,6 +145,12 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
+def parse_value(tp: Any, text: str, path: str) -> Any:
+    """A value typed on the command line (``key=value``'s value) as type ``tp``, parsed as the
+    dotted overrides are (lists as ``[a, b]`` or ``a,b``); errors name ``path``."""
+    return convert(tp, _CommandLine(text), path)
+
+
 def _as_int(value: Any) -> int | None:
     """An int from a YAML int / integral float / command-line string, else None."""
     if isinstance(value, bool):

@@ -14,6 +14,10 @@ class InfillConfig:
     enabled: bool = True
     kinds: tuple[str, ...] = KINDS
     tasks_per_kind: int = 8
+    # of those, the first this many per kind are decoded (greedy and samples: the exact-match
+    # metrics); every task is scored by the loss of its reference middle, which is cheap.
+    # 0: decode them all
+    decode_per_kind: int = 0
     # best-of-n: n samples at this temperature, ranked by mean log-probability (greedy is the baseline)
     samples: int = 4
     temperature: float = 0.8
@@ -36,6 +40,8 @@ class InfillConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.decode_per_kind < 0:
+            raise ValueError(f"decode_per_kind must be >= 0 (0: every task), got {self.decode_per_kind}")
         if not 0 <= self.seed <= 2**63 - 1:
             raise ValueError(f"seed must lie in [0, 2**63 - 1], got {self.seed}")
         if self.max_middle_tokens < 0:

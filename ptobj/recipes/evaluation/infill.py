@@ -257,7 +257,7 @@ class InfillResult:
     def example(self) -> Outcome | None:
         """One outcome whose EOT-aware pick emitted EOT: an exact match if any (the longest
         middle), else the one the model was surest of."""
-        ok = [o for o in self.outcomes if o.pick("eot_best_of_n") is not None]
+        ok = [o for o in self.outcomes if o.greedy is not None and o.pick("eot_best_of_n") is not None]
         if not ok:
             return None
         exact = [o for o in ok if o.pick("eot_best_of_n").text == o.task.middle]
@@ -288,11 +288,17 @@ def run_infill(model, tok, tasks: Sequence[InfillTask], cfg: InfillConfig, *, mo
         raise ValueError(f"infilling: seq_length {seq_length} leaves {budget} prompt tokens after "
                          f"max_new_tokens={cfg.max_new_tokens}; lower eval.infill.max_new_tokens")
     n = cfg.samples
-    rows = []  # (outcome index, sample index or -1 for greedy, prompt)
+    rows = []  # (outcome index, sample index or -1 for greedy, prompt) of the decoded tasks
     pairs = [(t, m) for t in tasks for m in modes]
+    prompts = [prompt_ids(task, mode, tok, budget, spm_variant) for task, mode in pairs]
+    seen: dict[str, int] = {}
+    decode = []
+    for task in tasks:                                    # the first decode_per_kind tasks of each kind
+        seen[task.kind] = seen.get(task.kind, 0) + 1
+        decode.append(not cfg.decode_per_kind or seen[task.kind] <= cfg.decode_per_kind)
     for o, (task, mode) in enumerate(pairs):
-        p = prompt_ids(task, mode, tok, budget, spm_variant)
-        rows += [(o, -1, p)] + [(o, j, p) for j in range(n)]
+        if decode[o // len(modes)]:
+            rows += [(o, -1, prompts[o])] + [(o, j, prompts[o]) for j in range(n)]
     got: list[Completion] = [None] * len(rows)
     for a in range(0, len(rows), cfg.batch_rows):
         chunk = rows[a : a + cfg.batch_rows]
@@ -307,7 +313,7 @@ def run_infill(model, tok, tasks: Sequence[InfillTask], cfg: InfillConfig, *, mo
             got[a + i] = c
         if progress is not None:
             progress(min(a + cfg.batch_rows, len(rows)), len(rows))
-    nll = middle_nll(model, tok, [r[2] for r in rows if r[1] < 0], [t.middle for t, _ in pairs], allowed)
+    nll = middle_nll(model, tok, prompts, [t.middle for t, _ in pairs], allowed)
     outcomes = [Outcome(task, mode, None, [], nll=x) for (task, mode), x in zip(pairs, nll)]
     for (o, j, _), c in zip(rows, got):
         if j < 0:
@@ -352,18 +358,20 @@ def score(outcomes: Sequence[Outcome]) -> dict[str, float]:
     for (kind, mode), group in sorted(groups.items()):
         key = f"infill/{kind}/{mode}"
         out[f"{key}/tasks"] = float(len(group))
-        for decoding in DECODINGS:
-            picks = [(o, o.pick(decoding)) for o in group]
+        decoded = [o for o in group if o.greedy is not None]
+        out[f"{key}/decoded"] = float(len(decoded))
+        for decoding in DECODINGS if decoded else ():
+            picks = [(o, o.pick(decoding)) for o in decoded]
             hit = float(np.mean([c is not None and c.text == o.task.middle for o, c in picks]))
             out[f"{key}/{decoding}_exact"] = hit
-            out[f"{key}/{decoding}_exact_se"] = math.sqrt(hit * (1 - hit) / len(group))
+            out[f"{key}/{decoding}_exact_se"] = math.sqrt(hit * (1 - hit) / len(decoded))
             code = [(o, c) for o, c in picks if o.task.parses]
             if code:
                 out[f"{key}/{decoding}_parse"] = float(np.mean([c is not None and parses(o.task.filled(c.text))
                                                                for o, c in code]))
-        samples = [c for o in group for c in o.samples]
+        samples = [c for o in decoded for c in o.samples]
         out[f"{key}/eot_share"] = float(np.mean([c.eot for c in samples])) if samples else math.nan
-        out[f"{key}/greedy_eot"] = float(np.mean([o.greedy.eot for o in group]))
+        out[f"{key}/greedy_eot"] = float(np.mean([o.greedy.eot for o in decoded])) if decoded else math.nan
         out[f"{key}/middle_loss"], out[f"{key}/middle_loss_se"] = ratio_se([o.nll[0] for o in group],
                                                                          [o.nll[1] for o in group])
     return out
@@ -386,6 +394,8 @@ def agreement(a: InfillResult, b: InfillResult) -> dict[str, float]:
     sampled) with identical ids, and the largest difference of any metric."""
     same = total = 0
     for x, y in zip(a.outcomes, b.outcomes):
+        if x.greedy is None or y.greedy is None:              # scored by loss only, not decoded
+            continue
         for c, d in zip([x.greedy, *x.samples], [y.greedy, *y.samples]):
             same += c.ids == d.ids and c.stop == d.stop
             total += 1
@@ -406,8 +416,8 @@ def held_out_texts(token_data, tokenizer, max_docs: int = 2000) -> list[str]:
 def summary_table(metrics: dict, modes: Sequence[str] = ("psm", "spm"), kinds: Sequence[str] = KINDS) -> str:
     """A short table: per kind and mode, exact match of the three decodings, parse rate of the
     EOT-aware pick, EOT share of the samples."""
-    head = f"{'task':<12} {'mode':<4} {'tasks':>5} {'greedy':>7} {'best-n':>7} {'EOT best-n':>10} " \
-           f"{'parses':>7} {'EOT share':>9} {'middle loss':>11}"
+    head = f"{'task':<12} {'mode':<4} {'tasks':>5} {'decoded':>7} {'greedy':>7} {'best-n':>7} {'EOT best-n':>10} " \
+           f"{'parses':>7} {'EOT share':>9} {'middle loss':>15}"
     lines = [head, "-" * len(head)]
     for kind in [*kinds, "all"]:
         for mode in modes:
@@ -415,9 +425,10 @@ def summary_table(metrics: dict, modes: Sequence[str] = ("psm", "spm"), kinds: S
             if f"{key}/tasks" not in metrics:
                 continue
             g = lambda name: metrics.get(f"{key}/{name}", math.nan)  # noqa: E731
-            lines.append(f"{kind:<12} {mode:<4} {int(g('tasks')):>5} {g('greedy_exact'):>7.2f} "
+            loss = f"{g('middle_loss'):.3f} ± {g('middle_loss_se'):.3f}"
+            lines.append(f"{kind:<12} {mode:<4} {int(g('tasks')):>5} {int(g('decoded')):>7} {g('greedy_exact'):>7.2f} "
                          f"{g('best_of_n_exact'):>7.2f} {g('eot_best_of_n_exact'):>10.2f} "
-                         f"{g('eot_best_of_n_parse'):>7.2f} {g('eot_share'):>9.2f} {g('middle_loss'):>11.3f}")
+                         f"{g('eot_best_of_n_parse'):>7.2f} {g('eot_share'):>9.2f} {loss:>15}")
     return "\n".join(lines)
 
 
@@ -453,7 +464,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "ptobj infill") -> int:
                    help="eval.infill field=value, e.g. --set tasks_per_kind=20 --set samples=8")
     p.add_argument("--out", default=None, help="write metrics (and agreement) as JSON here")
     a = p.parse_args(argv)
-    from ptobj.recipes.engine.config import ConfigError, convert
+    from ptobj.recipes.engine.config import ConfigError, parse_value
     from ptobj.recipes.engine.distributed import init_distributed, shutdown
     from ptobj.recipes.engine.runs import find_checkpoint, find_tokenizer, load_model, load_run_config
     from ptobj.recipes.engine.resolve import resolve_model_config
@@ -467,7 +478,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "ptobj infill") -> int:
             if k not in {f.name for f in dataclasses.fields(InfillConfig)}:
                 raise ConfigError(f"--set {k}: unknown field; InfillConfig knows "
                                   f"{sorted(f.name for f in dataclasses.fields(InfillConfig))}")
-            icfg = dataclasses.replace(icfg, **{k: convert(typing.get_type_hints(InfillConfig)[k], v, k)})
+            icfg = dataclasses.replace(icfg, **{k: parse_value(typing.get_type_hints(InfillConfig)[k], v, k)})
     except (FileNotFoundError, ConfigError, ValueError) as exc:
         print(f"infill error: {exc}", file=sys.stderr)
         return 2
