@@ -19,7 +19,8 @@ settings.load_profile("project")
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-TINY_CORPUS = {"source": "stdlib-code", "max_bytes": 120_000, "valid_fraction": 0.2}
+TINY_CORPUS = {"source": "stdlib-code", "max_bytes": 120_000, "valid_fraction": 0.2, "valid_documents": 0,
+               "max_document_chars": 0}
 TINY_TOKENIZER = {"vocab_size": 512, "max_training_sentences": 3000}
 
 

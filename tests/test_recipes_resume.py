@@ -109,7 +109,9 @@ def _cli(run_dir: Path, cache: str, *extra: str) -> list[str]:
     out = [str(CONFIGS / "gpt_fim_tiny.yaml"), f"data.cache_dir={cache}", "data.seq_length=64",
            "schedule.warmup_steps=1", f"logging.run_dir={run_dir}", "logging.every_steps=1",
            "logging.progress_bar=false", "logging.tensorboard=false", "eval.at_end=false",
-           "eval.infill.enabled=false", "parallel.device=cpu", "checkpoint.keep=0"]
+           "eval.infill.enabled=false", "parallel.device=cpu", "checkpoint.keep=0",
+           # the test size (the recipe is sized for the main job)
+           "model.num_layers=2", "model.hidden_size=64", "model.num_attention_heads=4", "model.ffn_hidden_size=192"]
     out += [f"data.corpus.{k}={v}" for k, v in TINY_CORPUS.items()]
     out += [f"data.tokenizer.{k}={v}" for k, v in TINY_TOKENIZER.items()]
     return out + list(extra)
