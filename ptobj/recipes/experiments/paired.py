@@ -75,6 +75,9 @@ def describe(p: Paired | None, op: str, tolerance: float = 0.0) -> str:
     if p is None:
         return f"{v} (fewer than two paired seeds: no interval)"
     tol = f", tolerance ±{tolerance:g}" if op == "~" else ""
+    if p.sd == 0:
+        return (f"{v}: a - b = {p.mean:+.4g} in each of {p.n} paired seeds (no spread: the metric did not "
+                f"separate the arms in any seed{tol})")
     return (f"{v}: a - b = {p.mean:+.4g}, 95% interval [{p.low:+.4g}, {p.high:+.4g}] over {p.n} paired seeds "
             f"(sd {p.sd:.3g}{tol}); this design resolves differences beyond ±{p.half_width:.3g}")
 

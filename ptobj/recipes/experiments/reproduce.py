@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import math
 import os
 import subprocess
 import sys
@@ -253,6 +254,17 @@ def report(exp: Experiment, size: str, points: Sequence[tuple[Run, int, SweepRun
         what = f"{c.a} `{c.metric}` {op} {c.b} `{c.b_metric}`" if c.b_metric else \
             f"`{c.metric}`: {c.a} {op} {c.b}"
         checks.append(f"- {c.claim} ({what}): **{describe(paired(a, b), c.op, c.tolerance)}**")
+    noise = []
+    for key, label in exp.table:
+        se = [metric(p.metrics, f"{k}_se") for p in (q for g in by_label.values() for q in g if q.ok)
+              for k in key.split("|")[:1]]
+        se = [x for x in se if isinstance(x, (int, float)) and math.isfinite(x)]
+        spreads = [mean_std([metric(p.metrics, key) for p in g if p.ok])[1] for g in by_label.values()]
+        spreads = [s for s in spreads if math.isfinite(s) and s > 0]
+        if se:
+            noise.append(f"- {label}: standard error over evaluation items {sum(se) / len(se):.4f} (mean over "
+                         f"runs); spread over seeds {sum(spreads) / len(spreads):.4f} (mean over arms)"
+                         if spreads else f"- {label}: standard error over evaluation items {sum(se) / len(se):.4f}")
     load_after = os.getloadavg()
     seeds = exp.seeds(size)
     lines = [
@@ -269,6 +281,8 @@ def report(exp: Experiment, size: str, points: Sequence[tuple[Run, int, SweepRun
         f"({'mean ± standard deviation over seeds' if len(seeds) > 1 else 'one seed: no error bars'}).", "",
         *([exp.sizes[size]["note"], ""] if exp.sizes[size].get("note") else []),
         *rows, "",
+        *(["How much of a number is the evaluation set (the metric's own standard error over held-out "
+           "items) and how much the seed:", "", *noise, ""] if noise else []),
         "The paper's direction, checked on the per-seed paired differences (arm a minus arm b, seed by "
         "seed; 95% t interval): holds when the interval lies on the paper's side of zero (inside the "
         "tolerance for ~), opposite on the other side, unresolved otherwise.", "",
