@@ -117,3 +117,25 @@ def test_tensor_parallel_2_matches_tensor_parallel_1(tmp_path):
                     torch.testing.assert_close(two[kind]["weights"][name], w, atol=0, rtol=0)
         for name, g in one[kind]["grads"].items():
             torch.testing.assert_close(two[kind]["grads"][name], g, atol=1e-5, rtol=1e-4, msg=lambda m: f"{kind} {name}: {m}")
+
+
+def test_world_of_one_opens_no_port_and_ignores_a_busy_master_port():
+    """A single process with no launcher variables needs no port: a MASTER_PORT
+    left in the environment (a parent still listening on it) must not matter,
+    and init_parallel must not write one for child processes to inherit."""
+    import subprocess
+    import sys
+
+    code = ("import os\nfrom ptobj.models.parallel import init_parallel, destroy_parallel\n"
+            "pg = init_parallel(backend='gloo')\nimport torch\n"
+            "assert torch.distributed.get_world_size() == 1\n"
+            "assert os.environ['MASTER_PORT'] == os.environ['BUSY'], 'environment changed'\n"
+            "destroy_parallel()\nprint('ok')")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, BUSY=port)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -334,7 +334,7 @@ def test_wheel_with_train_extra_trains_exports_and_loads_beside_hf_kernels(wheel
     env["PYTHONWARNINGS"] = "ignore"
     train = subprocess.run(
         [str(bin_dir / "ptobj"), "train", "gpt_fim_tiny", "schedule.train_steps=2", "schedule.warmup_steps=1",
-         "data.corpus.max_bytes=120000", "data.tokenizer.vocab_size=512", "data.seq_length=64",
+         "data.corpus.max_bytes=120000", "data.corpus.valid_documents=20", "data.tokenizer.vocab_size=512", "data.seq_length=64",
          "schedule.micro_batch_size=4", "logging.run_dir=run", "logging.progress_bar=false", "eval.batches=1",
          "eval.infill.enabled=false", "logging.tensorboard=false"],
         cwd=work, env=env, capture_output=True, text=True, timeout=900)

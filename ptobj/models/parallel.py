@@ -7,8 +7,10 @@ megatron-core 0.16.1 builds models from an explicit ``ProcessGroupCollection``
 the matching collection; ``build_model`` takes that collection.
 
 Call it once per process, after ``torchrun`` (or ``torch.multiprocessing``)
-has set RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; a single process with
-none of these set becomes a world of one.
+has set RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT. A single process with
+no WORLD_SIZE becomes a world of one on an in-process store: no port is opened
+and the environment is left alone, so child processes (a sweep's runs, a
+test's subprocesses) never inherit a port this process is listening on.
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ def init_parallel(tp: int = 1, pp: int = 1, backend: str | None = None, *, seed:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not torch.distributed.is_initialized():
         rank = int(os.environ.get("RANK", "0"))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1))))
-        torch.distributed.init_process_group(backend, rank=rank, world_size=world)
+        if "WORLD_SIZE" in os.environ:
+            torch.distributed.init_process_group(backend, rank=rank, world_size=int(os.environ["WORLD_SIZE"]))
+        else:
+            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
     world = torch.distributed.get_world_size()
     if world % (tp * pp):
         raise ValueError(f"init_parallel: world size {world} is not divisible by tp*pp = {tp}*{pp}")
@@ -90,10 +92,3 @@ def destroy_parallel() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
