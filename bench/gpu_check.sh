@@ -7,7 +7,8 @@
 #      B4 H16 S4096 D128 and B8 H16 S2048 D64, masks causal / doc_causal / doc_bidir /
 #      unilm_s2s / doc_r2l (the shared anchors' masks);
 #   3. train-step tokens/s and MFU, 350M and 1.3B: causal with SDPA, document-masked FIM
-#      with ours and with Flex.
+#      with ours and with Flex;
+#   4. megatron's distributed optimizer: its NaN guard and a bf16 resume from its state.
 # Writes bench/results/gpu_check_<date>_<gpu>.jsonl (one JSON line per figure) and .md.
 #
 #   bash bench/gpu_check.sh             # on the GPU machine
@@ -79,6 +80,12 @@ stage attention 180 $PY bench/attention.py "${dry[@]}" --shapes "4,16,4096,128;8
 # 3. training step: causal with SDPA vs document-masked FIM with ours and with Flex
 stage train_step 180 $PY bench/train_step.py "${dry[@]}" --preset 350M --preset 1.3B \
   --row causal:sdpa --row fim_docs:triton --row fim_docs:flex --steps 8 --warmup 3
+
+# 4. megatron's distributed optimizer: a bf16 run resumed from its per-parameter state (last: the
+#    figures above never wait on it)
+collect=(); [ $DRY = 1 ] && collect=(--collect-only)
+stage optimizer 90 $PY -m pytest -q -m gpu -rfE -p no:cacheprovider "${collect[@]}" \
+  tests/test_recipes_resume.py tests/test_recipes_train.py -k distributed_optimizer
 
 $PY bench/gpu_table.py "$out.jsonl" --anchors "${ANCHORS:-../shared/bench/results}" > "$out.md"
 rm -rf "$logs"

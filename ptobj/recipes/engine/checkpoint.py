@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -358,17 +357,17 @@ def load_checkpoint(step_dir: str | Path, template: dict[str, Any]) -> dict[str,
 def read_items(step_dir: str | Path) -> tuple[dict, dict[str, Any]]:
     """(meta, every item at full size) of a verified checkpoint, in one process, without a
     model: for inspection and comparisons. A strided tensor-parallel parameter appears as
-    its logical parts ``key#k`` (see :class:`TensorLayout`)."""
+    its logical parts ``key#k`` (see :class:`TensorLayout`). Only tensors are read: this
+    project writes nothing else, and DCP would unpickle anything else."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     step_dir = Path(step_dir)
     meta = verify(step_dir)
     reader = dcp.FileSystemReader(step_dir)
-    items: dict[str, Any] = {}
-    for key, md in reader.read_metadata().state_dict_metadata.items():
-        is_tensor = isinstance(md, TensorStorageMetadata)
-        items[key] = torch.empty(md.size, dtype=md.properties.dtype) if is_tensor else io.BytesIO()
+    items = {key: torch.empty(md.size, dtype=md.properties.dtype)
+             for key, md in reader.read_metadata().state_dict_metadata.items()
+             if isinstance(md, TensorStorageMetadata)}  # byte items would be unpickled: never read
     with _single_process_quiet():
         dcp.load(items, storage_reader=reader, no_dist=True)
     return meta, items
@@ -444,13 +443,3 @@ class TensorLayout:
             if isinstance(value, torch.Tensor):
                 out.update(self.items(prefix + name, value, params.get(name, value)))
         return out
-
-
-def blob(obj: Any) -> io.BytesIO:
-    """``obj`` as one opaque checkpoint item: DCP writes a ``BytesIO`` as is and, on
-    load, replaces the item (any placeholder, e.g. ``io.BytesIO()``) by ``torch.load``
-    of those bytes, i.e. by ``obj`` itself."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return buf

@@ -11,6 +11,7 @@ applies the update, refusing a non-finite norm.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -182,26 +183,138 @@ class MegatronDistributedAdam:
                                                  opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
         self.optimizer.step_with_ready_grads()
 
-    def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(),
-                "param_state": self.optimizer.get_parameter_state_dp_zero()}
+    # -- checkpoints: per parameter, in any data- and tensor-parallel layout ---------------------
+    # megatron shards its fp32 main weights and Adam moments over the data-parallel group by
+    # flat ranges of its gradient buckets, which move with the data-parallel size. A checkpoint
+    # holds instead, per model parameter, the whole (tensor-parallel-local) main weight and
+    # moments, sharded like the parameter by TensorLayout: the keys of TorchAdamW plus
+    # ``main_param``, plain tensors (no pickled state), loadable at any DP and TP size. The first
+    # rank of each data-parallel group gathers them (save) and hands each rank its slice (load).
 
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.optimizer.load_parameter_state_from_dp_zero(state["param_state"])
+    def _optimizers(self) -> list:
+        return list(getattr(self.optimizer, "chained_optimizers", [self.optimizer]))
 
-    def _item_key(self) -> str:
-        # megatron's sharded fp32 main weights and moments, gathered per data-parallel group:
-        # they reload only into the layout that saved them (the model weights reshard)
-        return f"optimizer@tp{self.info.tp_size}-dp{self.info.dp_size}-rank{self.info.rank:05d}"
+    @functools.cached_property
+    def _shards(self) -> dict:
+        """model parameter -> (its distributed optimizer, (start, end) of this rank's flat slice)."""
+        out = {}
+        for opt in self._optimizers():
+            for buffer_ranges in opt.gbuf_ranges:
+                for buckets in buffer_ranges.values():
+                    for bucket in buckets:
+                        for param, ranges in bucket["param_map"].items():
+                            out[param] = (opt, (ranges["param"].start, ranges["param"].end))
+        return out
+
+    @functools.cached_property
+    def _dp_group(self):
+        groups = {tuple(dist.get_process_group_ranks(o.data_parallel_group)): o.data_parallel_group
+                  for o in self._optimizers()}
+        if len(groups) != 1:
+            raise NotImplementedError(f"distributed optimizers over several data-parallel groups: {sorted(groups)}")
+        return next(iter(groups.values()))
+
+    def _named_params(self):
+        return [(n, p) for n, p in self.model.module.named_parameters() if p.requires_grad]
+
+    def _adam_step(self) -> int:
+        """Adam's step count: per parameter (torch Adam) or per group (TE / apex FusedAdam)."""
+        for opt in self._optimizers():
+            for group in opt.optimizer.param_groups:
+                if "step" in group:
+                    return int(group["step"])
+            for state in opt.optimizer.state.values():
+                if "step" in state:
+                    return int(state["step"])
+        return 0
 
     def checkpoint_items(self, layout) -> dict:
-        from ptobj.recipes.engine.checkpoint import blob
-
-        return {self._item_key(): blob(self.state_dict())}
+        """On the first rank of each data-parallel group: ``optimizer/{name}/main_param``,
+        ``exp_avg``, ``exp_avg_sq`` (fp32, whole, sharded like the parameter) and ``step``;
+        nothing on the other ranks (DCP takes each rank's own keys). Collective over the
+        data-parallel group. The tensors are kept so that :meth:`loaded` finds what was
+        loaded into them."""
+        group = self._dp_group
+        first = group.rank() == 0
+        step = torch.tensor(float(self._adam_step()), dtype=torch.float64)
+        out, self._wholes = {}, {}
+        for name, p in self._named_params():
+            opt, part = self._shards.get(p, (None, None))
+            local = opt._get_main_param_and_optimizer_states(p) if opt is not None else {}
+            for key, source in STATE_KEYS.items():
+                piece = local.get(source)
+                if part is not None and piece is None:  # Adam has not stepped yet
+                    piece = torch.zeros(part[1] - part[0], dtype=torch.float32, device=p.device)
+                whole = gather_flat_slices(p.shape, part, piece, group, p.device)
+                if first:
+                    self._wholes[name, key] = whole
+                    out.update(layout.items(f"optimizer/{name}/{key}", whole, p))
+            if first:
+                out[f"optimizer/{name}/step"] = step.clone()
+        return out
 
     def loaded(self, items: dict) -> None:
-        self.load_state_dict(items[self._item_key()])
+        """Hand each rank its slices of what :meth:`checkpoint_items`' tensors were loaded with."""
+        group = self._dp_group
+        first = group.rank() == 0
+        params = self._named_params()
+        step = items[f"optimizer/{params[0][0]}/step"].clone() if first else torch.zeros((), dtype=torch.float64)
+        dist.broadcast(step, src=dist.get_global_rank(group, 0), group=group)
+        self._set_adam_step(int(step))
+        for name, p in params:
+            opt, part = self._shards.get(p, (None, None))
+            pieces = {key: scatter_flat_slices(self._wholes.get((name, key)), p.numel(), part, group, p.device)
+                      for key in STATE_KEYS}
+            if opt is None:
+                continue
+            main = opt._get_main_param_and_optimizer_states(p)["param"]
+            state = opt.optimizer.state[main]
+            main.data.copy_(pieces["main_param"])
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key not in state:
+                    state[key] = torch.zeros_like(main, dtype=torch.float32)
+                state[key].copy_(pieces[key])
+            if isinstance(opt.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+                state["step"] = torch.tensor(float(int(step)), dtype=torch.float32)
+        self._wholes = {}  # the model's bf16 weights are items of their own, rounded from these
+
+    def _set_adam_step(self, step: int) -> None:
+        for opt in self._optimizers():
+            if not isinstance(opt.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+                for group in opt.optimizer.param_groups:
+                    group["step"] = step
+
+
+# checkpoint key -> megatron's name for the tensor
+STATE_KEYS = {"main_param": "param", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
+
+
+def gather_flat_slices(shape, part: tuple[int, int] | None, piece: torch.Tensor | None, group,
+                       device) -> torch.Tensor | None:
+    """The whole tensor of ``shape`` from the disjoint slices of its flattened form that the
+    ranks of ``group`` hold (``part`` = (start, end) of this rank's ``piece``, None for no
+    slice): returned on the group's first rank, None elsewhere. Exact: the slices are summed
+    into zeros. Collective over ``group``."""
+    whole = torch.zeros(math.prod(shape), dtype=torch.float32, device=device)
+    if part is not None:
+        whole[part[0]:part[1]] = piece.reshape(-1)
+    if dist.get_world_size(group) > 1:
+        dist.reduce(whole, dst=dist.get_global_rank(group, 0), group=group)
+    return whole.view(shape) if group.rank() == 0 else None
+
+
+def scatter_flat_slices(whole: torch.Tensor | None, numel: int, part: tuple[int, int] | None, group,
+                        device) -> torch.Tensor | None:
+    """This rank's slice ``part`` of the flattened ``whole`` held by the group's first rank
+    (None elsewhere): the inverse of :func:`gather_flat_slices` for any other slicing.
+    Collective over ``group``."""
+    if group.rank() == 0:
+        flat = whole.reshape(-1).to(device=device, dtype=torch.float32)
+    else:
+        flat = torch.empty(numel, dtype=torch.float32, device=device)
+    if dist.get_world_size(group) > 1:
+        dist.broadcast(flat, src=dist.get_global_rank(group, 0), group=group)
+    return None if part is None else flat[part[0]:part[1]]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, info: DistInfo):

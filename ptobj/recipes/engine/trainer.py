@@ -228,7 +228,9 @@ class Session:
         items = self.layout.model_items(self.model)
         if not model_only:
             items.update(self.optimizer.checkpoint_items(self.layout))
-            items["data"] = self.data.train.position_state(step * self.per_step)
+            # as int64 tensors: a checkpoint holds tensors only, so loading one unpickles nothing
+            items["data"] = {k: torch.tensor(v, dtype=torch.int64)
+                             for k, v in self.data.train.position_state(step * self.per_step).items()}
         return items
 
     def save(self, step: int, **hooks) -> Path:
@@ -253,7 +255,7 @@ class Session:
         if model_only:
             return step_dir, step
         self.optimizer.loaded(items)
-        position = self.data.train.position_of(items["data"])
+        position = self.data.train.position_of({k: int(v) for k, v in items["data"].items()})
         if position != step * self.per_step:
             raise RuntimeError(
                 f"{step_dir}: data position {position} != step {step} x {self.per_step} samples "
