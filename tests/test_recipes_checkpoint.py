@@ -139,3 +139,21 @@ def test_tensors_load_into_another_dtype(tmp_path):
     target = {"model/w": torch.zeros(4, 8, dtype=torch.float32)}
     ckpt.load_checkpoint(step_dir, target)
     assert torch.equal(target["model/w"], w.float())
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_layout_local_inverts_items_after_a_round_trip(tmp_path, stride):
+    """A tensor-parallel parameter (strided like SwiGLU's fc1 for stride 2) saved as its logical
+    parts comes back, through ``local``, as the rank's tensor in the parameter's own layout."""
+    like = torch.nn.Parameter(torch.zeros(6 * stride, 4))
+    like.tensor_model_parallel, like.partition_dim, like.partition_stride = True, 0, stride
+    plain = torch.zeros(5)
+    value = torch.arange(24.0 * stride).view(6 * stride, 4)
+    layout = ckpt.TensorLayout()
+    items = {**layout.items("w", value, like), **layout.items("b", torch.arange(5.0), plain)}
+    assert len(items) == 1 + stride
+    ckpt.save_checkpoint(tmp_path, 1, items)
+    into = {**layout.items("w", torch.zeros_like(value), like), **layout.items("b", torch.zeros(5), plain)}
+    ckpt.load_checkpoint(tmp_path / "step_00000001", into)
+    assert torch.equal(layout.local(into, "w", like), value)
+    assert torch.equal(layout.local(into, "b", plain), torch.arange(5.0))

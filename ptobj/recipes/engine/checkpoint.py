@@ -435,6 +435,16 @@ class TensorLayout:
                                         stride=torch.empty(shape, device="meta").stride())
         return out
 
+    def local(self, items: dict[str, Any], key: str, like: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`items`: this rank's tensor, shaped like the parameter ``like``,
+        from the items made for ``key`` (after a load, what was loaded)."""
+        if not getattr(like, "tensor_model_parallel", False):
+            return _local(items[key])
+        dim, stride = int(like.partition_dim), int(getattr(like, "partition_stride", 1))
+        if stride == 1:
+            return _local(items[key])
+        return torch.cat([_local(items[f"{key}#{k}"]) for k in range(stride)], dim=dim)
+
     def model_items(self, model: torch.nn.Module, prefix: str = "model/") -> dict[str, Any]:
         """Every tensor of ``model.state_dict()`` (parameters sharded by their marks)."""
         params = dict(model.named_parameters())

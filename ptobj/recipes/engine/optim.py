@@ -114,7 +114,7 @@ class TorchAdamW:
             out[f"optimizer/{name}/step"] = state["step"]
         return out
 
-    def loaded(self, items: dict) -> None:
+    def loaded(self, items: dict, layout) -> None:
         """Nothing to do: the items were views of the optimizer's own tensors."""
 
 
@@ -232,12 +232,11 @@ class MegatronDistributedAdam:
         """On the first rank of each data-parallel group: ``optimizer/{name}/main_param``,
         ``exp_avg``, ``exp_avg_sq`` (fp32, whole, sharded like the parameter) and ``step``;
         nothing on the other ranks (DCP takes each rank's own keys). Collective over the
-        data-parallel group. The tensors are kept so that :meth:`loaded` finds what was
-        loaded into them."""
+        data-parallel group."""
         group = self._dp_group
         first = group.rank() == 0
         step = torch.tensor(float(self._adam_step()), dtype=torch.float64)
-        out, self._wholes = {}, {}
+        out = {}
         for name, p in self._named_params():
             opt, part = self._shards.get(p, (None, None))
             local = opt._get_main_param_and_optimizer_states(p) if opt is not None else {}
@@ -247,23 +246,25 @@ class MegatronDistributedAdam:
                     piece = torch.zeros(part[1] - part[0], dtype=torch.float32, device=p.device)
                 whole = gather_flat_slices(p.shape, part, piece, group, p.device)
                 if first:
-                    self._wholes[name, key] = whole
                     out.update(layout.items(f"optimizer/{name}/{key}", whole, p))
             if first:
                 out[f"optimizer/{name}/step"] = step.clone()
         return out
 
-    def loaded(self, items: dict) -> None:
-        """Hand each rank its slices of what :meth:`checkpoint_items`' tensors were loaded with."""
+    def loaded(self, items: dict, layout) -> None:
+        """Hand each rank its slices of the loaded items (held by each group's first rank)."""
         group = self._dp_group
         first = group.rank() == 0
         params = self._named_params()
-        step = items[f"optimizer/{params[0][0]}/step"].clone() if first else torch.zeros((), dtype=torch.float64)
+        device = params[0][1].device  # NCCL broadcasts device tensors only
+        step = (items[f"optimizer/{params[0][0]}/step"].to(device, torch.float64) if first
+                else torch.zeros((), dtype=torch.float64, device=device))
         dist.broadcast(step, src=dist.get_global_rank(group, 0), group=group)
         self._set_adam_step(int(step))
         for name, p in params:
             opt, part = self._shards.get(p, (None, None))
-            pieces = {key: scatter_flat_slices(self._wholes.get((name, key)), p.numel(), part, group, p.device)
+            pieces = {key: scatter_flat_slices(layout.local(items, f"optimizer/{name}/{key}", p) if first else None,
+                                               p.numel(), part, group, p.device)
                       for key in STATE_KEYS}
             if opt is None:
                 continue
@@ -276,7 +277,6 @@ class MegatronDistributedAdam:
                 state[key].copy_(pieces[key])
             if isinstance(opt.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
                 state["step"] = torch.tensor(float(int(step)), dtype=torch.float32)
-        self._wholes = {}  # the model's bf16 weights are items of their own, rounded from these
 
     def _set_adam_step(self, step: int) -> None:
         for opt in self._optimizers():

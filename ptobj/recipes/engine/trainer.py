@@ -254,7 +254,7 @@ class Session:
         step = int(meta["step"])
         if model_only:
             return step_dir, step
-        self.optimizer.loaded(items)
+        self.optimizer.loaded(items, self.layout)
         position = self.data.train.position_of({k: int(v) for k, v in items["data"].items()})
         if position != step * self.per_step:
             raise RuntimeError(
