@@ -18,6 +18,7 @@ subcommand runs, so ``ptobj --help`` needs no extra installed.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -59,7 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ptobj: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest, prog=f"ptobj {name}") or 0)
+    try:
+        return int(module.main(rest, prog=f"ptobj {name}") or 0)
+    except BrokenPipeError:  # the reader left (`ptobj train --list | head -1`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one at exit's flush
+        return 141  # 128 + SIGPIPE, as the shell's own tools end
 
 
 if __name__ == "__main__":

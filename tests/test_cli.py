@@ -61,3 +61,13 @@ def test_the_console_script_runs_from_another_folder(tmp_path):
                          text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("config error: gpt_fim_tiny: optim.lrr: unknown key")
+
+
+def test_output_cut_short_by_its_reader_ends_without_a_traceback(tmp_path):
+    """``ptobj train --list | head -1``: the reader has gone when the list is written."""
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "ptobj"), "train", "--list"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # long before the command has imported what it needs and printed
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
