@@ -6,12 +6,14 @@ tokenizer, corpus readers and Chinese word boundaries; ``[train]`` (which includ
 ``[data]``) torch, megatron-core and triton for models, kernels, recipes and the
 indexed datasets. A module that needs an extra calls :func:`require` before its
 imports, so a user sees which extra to install instead of a bare
-``ModuleNotFoundError`` from deep inside a stack.
+``ModuleNotFoundError`` from deep inside a stack. A package exports the names of its
+modules lazily (:func:`lazy_exports`), so importing it needs none of their extras.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from importlib import import_module
 
 DISTRIBUTION = "ptobj"
 
@@ -34,3 +36,22 @@ def require(extra: str, *modules: str, by: str) -> None:
             f"pip install '{DISTRIBUTION}[{extra}]'",
             name=missing[0],
         )
+
+
+def lazy_exports(package: str, table: dict[str, str], eager: dict | None = None):
+    """``(__getattr__, __dir__)`` for ``package``: ``table`` maps an exported name to the
+    module holding it; a module named like the export is itself the export, as Python binds
+    a package's submodules under their names once imported (so no attribute may share its
+    module's name); ``eager`` is the package's ``globals()``, listed by ``__dir__`` too."""
+
+    def __getattr__(name: str):
+        module = table.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        found = import_module(module)
+        return found if module.endswith("." + name) else getattr(found, name)
+
+    def __dir__() -> list[str]:
+        return sorted({*(eager or {}), *table})
+
+    return __getattr__, __dir__

@@ -7,7 +7,7 @@
 Names are imported lazily, so ``import ptobj.data_pipeline`` stays cheap.
 """
 
-from importlib import import_module
+from ptobj.extras import lazy_exports
 
 _EXPORTS = {
     "CorpusConfig": "ptobj.data_pipeline.config",
@@ -25,13 +25,9 @@ _EXPORTS = {
     "SourceTargetSampler": "ptobj.data_pipeline.samplers",
     "BlendedSampler": "ptobj.data_pipeline.samplers",
     "ObjectiveDataset": "ptobj.data_pipeline.dataset",
-    "collate": "ptobj.data_pipeline.collate",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'data_pipeline' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

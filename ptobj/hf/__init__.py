@@ -14,9 +14,7 @@ Modules: :mod:`ptobj.hf.tokens` (ids, special tokens, word starts), :mod:`ptobj.
 :mod:`ptobj.hf.preprocess`. Names are imported lazily.
 """
 
-from importlib import import_module
-
-from ptobj.extras import require
+from ptobj.extras import lazy_exports, require
 
 require("hf", "torch", "transformers", "tokenizers", by=__name__)
 
@@ -42,16 +40,6 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ptobj.hf' has no attribute {name!r}")
-    m = import_module(module)
-    return m if module.endswith("." + name) else getattr(m, name)
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = sorted(_EXPORTS)

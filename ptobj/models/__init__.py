@@ -3,7 +3,7 @@
 Needs the ``[train]`` extra (torch, megatron-core).
 """
 
-from ptobj.extras import require
+from ptobj.extras import lazy_exports, require
 
 require("train", "torch", "megatron", "transformers", "safetensors", "tokenizers", "sentencepiece", by=__name__)
 
@@ -12,13 +12,7 @@ from ptobj.models.config import PRESETS, ModelConfig, preset
 __all__ = ["ModelConfig", "PRESETS", "preset", "build_model", "init_parallel", "destroy_parallel"]
 
 
-def __getattr__(name):  # lazy: keep `import ptobj.models` cheap
-    if name == "build_model":
-        from ptobj.models.model import build_model
-
-        return build_model
-    if name in ("init_parallel", "destroy_parallel"):
-        from ptobj.models import parallel
-
-        return getattr(parallel, name)
-    raise AttributeError(name)
+# lazy: keep `import ptobj.models` cheap
+__getattr__, __dir__ = lazy_exports(__name__, {"build_model": "ptobj.models.model",
+                                               "init_parallel": "ptobj.models.parallel",
+                                               "destroy_parallel": "ptobj.models.parallel"}, globals())

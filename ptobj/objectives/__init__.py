@@ -5,7 +5,7 @@ imports ``ptobj.objectives.macbert`` on first use), so importing the package sta
 cheap and ``ptobj.objectives.registry`` can resolve names on demand.
 """
 
-import importlib
+from ptobj.extras import lazy_exports
 
 from ptobj.objectives.sample import CONTRACT_FIELDS, Batch, ConfiguredTransform, Sample, SpecialTokens, Transform, row, stack
 from ptobj.objectives.streams import RowStreams
@@ -37,15 +37,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'objectives' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 # ``import *`` takes the eager names and this part's transforms (the other lazy names on demand)
